@@ -1,0 +1,99 @@
+"""Contracts every backend implements.
+
+A backend declares what it can do as data (``Capabilities``) so the rest of the
+tool never branches on backend names. Its ``compile`` writes model files into a
+folder that the caller turns into an artifact (manifest, verification); its
+``load`` returns a ``Runner`` that speaks the ONNX model's layout and dtypes.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from toolchain.lazy import install_hint, is_installed
+from toolchain.onnx_io import TensorInfo
+
+Feed = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    precisions: tuple[str, ...]
+    """Precisions ``compile --precision`` accepts."""
+    opset_range: tuple[int, int]
+    """Lowest and highest ONNX opset the backend's converter accepts."""
+    layouts: tuple[str, ...] = ("NCHW",)
+    """Input layouts the compiled model uses internally (the runner always speaks the ONNX layout)."""
+    needs_gpu: bool = False
+    runs_here: bool = True
+    """False where the artifact can only be finished/run on the device (e.g. TensorRT engines on a Jetson)."""
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Options of ``edgekiln compile`` shared by all backends."""
+
+    precision: str = "fp32"
+    target: str | None = None
+    threads: int | None = None
+    """Intra-op threads the runner uses by default (None: the runtime's default)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Backend-specific options, recorded in the manifest."""
+
+
+@dataclass
+class CompiledFiles:
+    """What ``Backend.compile`` wrote: the main model file (relative to the artifact folder) and details."""
+
+    model_file: str
+    runtime_options: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Runner(abc.ABC):
+    """Loaded model that runs feeds keyed by the ONNX input names and returns ONNX-named outputs."""
+
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+
+    @abc.abstractmethod
+    def run(self, feed: Feed) -> Feed: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release runtime resources."""
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class Backend(abc.ABC):
+    name: str
+    description: str
+    capabilities: Capabilities
+    required_modules: tuple[str, ...]
+    """Python modules the backend needs; checked without importing them."""
+
+    def is_available(self) -> tuple[bool, str]:
+        """Whether the backend can be used here and, if not, what to install (never imports the SDK)."""
+        missing = [m for m in self.required_modules if not is_installed(m)]
+        if missing:
+            return False, f"missing {', '.join(missing)}: {install_hint(missing[0])}"
+        return True, "ready"
+
+    @abc.abstractmethod
+    def compile(self, onnx_path: Path, options: CompileOptions, out_dir: Path) -> CompiledFiles:
+        """Write the backend's model files into ``out_dir`` (an empty temporary folder)."""
+
+    @abc.abstractmethod
+    def load(self, model_path: Path, runtime_options: dict[str, Any]) -> Runner:
+        """Load a compiled model for inference."""

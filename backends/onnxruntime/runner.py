@@ -1,0 +1,67 @@
+"""ONNX Runtime runner: an InferenceSession behind the common Runner interface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from backends.base import Feed, Runner
+from toolchain.errors import InputFileError, UsageError
+from toolchain.onnx_io import TensorInfo, graph_inputs, graph_outputs
+from toolchain.lazy import require
+
+_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+           "all": "ORT_ENABLE_ALL"}
+
+
+def session_options(threads: int | None = None, graph_optimization: str = "all"):
+    ort = require("onnxruntime", "Running an ONNX model")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[graph_optimization])
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: ORT's warnings go to stderr and would bury our one-line errors
+    return options
+
+
+class OnnxRuntimeRunner(Runner):
+    def __init__(self, session, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> None:
+        self.session = session
+        self.inputs = inputs
+        self.outputs = outputs
+        self._output_names = [o.name for o in outputs]
+
+    @classmethod
+    def from_path(cls, path: Path, threads: int | None = None, graph_optimization: str = "all") -> "OnnxRuntimeRunner":
+        model = onnx.load(str(path), load_external_data=False)
+        return cls._create(str(path), model, threads, graph_optimization)
+
+    @classmethod
+    def from_model(cls, model: onnx.ModelProto, threads: int | None = None,
+                   graph_optimization: str = "all") -> "OnnxRuntimeRunner":
+        return cls._create(model.SerializeToString(), model, threads, graph_optimization)
+
+    @classmethod
+    def _create(cls, source: str | bytes, model: onnx.ModelProto, threads: int | None,
+                graph_optimization: str) -> "OnnxRuntimeRunner":
+        ort = require("onnxruntime", "Running an ONNX model")
+        try:
+            session = ort.InferenceSession(source, sess_options=session_options(threads, graph_optimization),
+                                           providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types for invalid graphs
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputFileError(f"ONNX Runtime cannot load the model: {first}") from exc
+        return cls(session, graph_inputs(model), graph_outputs(model))
+
+    def run(self, feed: Feed) -> Feed:
+        expected = {i.name for i in self.inputs}
+        if set(feed) != expected:
+            raise UsageError(f"the model takes inputs {sorted(expected)}, got {sorted(feed)}")
+        try:
+            values = self.session.run(self._output_names, feed)
+        except Exception as exc:  # ORT reports bad shapes/dtypes as its own exception types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"ONNX Runtime rejected the inputs: {first}") from exc
+        return dict(zip(self._output_names, values))

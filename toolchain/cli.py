@@ -1,0 +1,260 @@
+"""The ``edgekiln`` command line: thin Click commands over ``toolchain.api``.
+
+Start-up stays light: only click and the standard library are imported here;
+each command imports what it needs when it runs. User errors (``ToolchainError``)
+are printed as one line with the error's exit code; tracebacks only with --debug.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from toolchain import __version__
+
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+_existing_path = click.Path(path_type=Path)
+
+
+def verify_flags(command: Callable) -> Callable:
+    """The verification flags shared by every model-producing command."""
+    decorators = [
+        click.option("--no-verify", "no_verify", is_flag=True, help="Skip the numerical check against the reference."),
+        click.option("--atol", type=float, default=1e-4, show_default=True, help="Absolute tolerance of the check."),
+        click.option("--rtol", type=float, default=1e-3, show_default=True, help="Relative tolerance of the check."),
+        click.option("--calib", type=_existing_path, default=None,
+                     help="Folder of sample images to verify on (besides random inputs)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random verification inputs."),
+    ]
+    return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
+
+
+def _verify_kwargs(no_verify: bool, atol: float, rtol: float, calib: Path | None, seed: int) -> dict:
+    return {"verify": not no_verify, "atol": atol, "rtol": rtol, "calib": calib, "seed": seed}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="edgekiln")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+def cli(debug: bool) -> None:
+    """Convert, optimize, compile and verify neural networks for small devices.
+
+    \b
+    Typical flow:
+      edgekiln convert model.pt --input input:1x3x224x224 -o model.onnx
+      edgekiln optimize model.onnx --simplify -o model.simple.onnx
+      edgekiln compile model.simple.onnx --backend onnxruntime -o artifact/
+      edgekiln bench artifact/
+    Run 'edgekiln build' with no arguments to see the whole flow on the bundled example.
+    """
+
+
+@cli.command()
+@click.argument("source", required=False, type=_existing_path)
+@click.option("-o", "--output", type=_existing_path, required=True, help="ONNX file to write.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]",
+              help="Input name/shape/dtype, e.g. input:1x3x224x224 (repeat per input).")
+@click.option("--dynamic-batch", is_flag=True, help="Make axis 0 of inputs and outputs dynamic.")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default: the target's, else 17).")
+@click.option("--target", default=None, help="Device profile whose defaults (opset) apply; see 'edgekiln targets'.")
+@click.option("--model-class", default=None, metavar="MODULE:CLASS",
+              help="Architecture for a state dict: package.module:Class or path/to/file.py:Class.")
+@click.option("--weights", type=_existing_path, default=None, help="State-dict file for --model-class.")
+@click.option("--model-kwargs", default=None, metavar="JSON", help="Constructor keyword arguments for --model-class.")
+@click.option("--trust-pickle", is_flag=True, help="Allow unpickling a whole model object (runs code from the file).")
+@click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto", show_default=True,
+              help="PyTorch ONNX exporter.")
+@click.option("--no-keras-safe-mode", "keras_unsafe", is_flag=True,
+              help="Allow Keras Lambda layers (deserializes code from the file).")
+@verify_flags
+def convert(source: Path | None, output: Path, inputs: tuple[str, ...], dynamic_batch: bool, opset: int | None,
+            target: str | None, model_class: str | None, weights: Path | None, model_kwargs: str | None,
+            trust_pickle: bool, exporter: str, keras_unsafe: bool, **verify: object) -> None:
+    """Ingest a PyTorch, TensorFlow/Keras or ONNX model into verified ONNX."""
+    from toolchain import api
+    from toolchain.report import print_parity, say
+
+    result = api.convert(source, output, inputs=inputs, dynamic_batch=dynamic_batch, opset=opset, target=target,
+                         model_class=model_class, weights=weights, model_kwargs=model_kwargs,
+                         trust_pickle=trust_pickle, exporter=exporter, keras_safe_mode=not keras_unsafe,
+                         **_verify_kwargs(**verify))
+    say(f"converted {result.source_format} ({result.framework} {result.framework_version}) -> {result.output} "
+        f"(opset {result.opset}, {result.seconds:.1f} s)")
+    for note in result.notes:
+        say(f"  note: {note}")
+    say("  inputs: " + ", ".join(i.describe() for i in result.inputs))
+    say("  outputs: " + ", ".join(o.describe() for o in result.outputs))
+    print_parity(result.parity)
+
+
+@cli.command()
+@click.argument("model", type=_existing_path)
+@click.option("-o", "--output", type=_existing_path, required=True, help="ONNX file to write.")
+@click.option("--simplify", is_flag=True, help="Constant folding and redundant-node removal (onnxsim, else onnxslim).")
+@click.option("--simplify-engine", type=click.Choice(["auto", "onnxsim", "onnxslim"]), default="auto",
+              show_default=True, help="Which simplifier to use.")
+@verify_flags
+def optimize(model: Path, output: Path, simplify: bool, simplify_engine: str, **verify: object) -> None:
+    """Run graph passes on an ONNX model and re-verify it."""
+    from toolchain import api
+    from toolchain.report import print_parity, print_table, say
+
+    result = api.optimize(model, output, simplify=simplify, simplify_engine=simplify_engine, **_verify_kwargs(**verify))
+    rows = [(r.name, r.details.get("engine", ""), f"{r.before.nodes} -> {r.after.nodes}",
+             f"{r.before.initializers} -> {r.after.initializers}",
+             f"{r.before.serialized_bytes / 1024:.1f} -> {r.after.serialized_bytes / 1024:.1f}") for r in result.passes]
+    print_table(f"optimize -> {result.output}", ["pass", "engine", "nodes", "initializers", "KiB"], rows)
+    for note in (n for r in result.passes for n in r.notes):
+        say(f"  note: {note}")
+    print_parity(result.parity)
+
+
+@cli.command(name="compile")
+@click.argument("model", type=_existing_path)
+@click.option("-o", "--output", type=_existing_path, required=True, help="Artifact folder to write.")
+@click.option("--backend", default=None, help="Backend (default: the target's, else onnxruntime); see 'edgekiln backends'.")
+@click.option("--target", default=None, help="Device profile; see 'edgekiln targets'.")
+@click.option("--precision", default=None, help="fp32, fp16, int8, ... (what the backend supports).")
+@click.option("--threads", type=int, default=None, help="Intra-op threads the artifact runs with.")
+@click.option("--graph-optimization", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
+              show_default=True, help="ONNX Runtime graph optimization level.")
+@verify_flags
+def compile_command(model: Path, output: Path, backend: str | None, target: str | None, precision: str | None,
+                    threads: int | None, graph_optimization: str, **verify: object) -> None:
+    """Lower an ONNX model to a backend artifact folder (model + manifest.json)."""
+    from toolchain import api
+    from toolchain.report import print_parity, say
+
+    result = api.compile(model, output, backend=backend, target=target, precision=precision, threads=threads,
+                         graph_optimization=graph_optimization, **_verify_kwargs(**verify))
+    say(f"compiled {model} with {result.artifact.backend} -> {result.artifact.path} ({result.seconds:.1f} s)")
+    print_parity(result.parity)
+
+
+@cli.command()
+@click.argument("artifact", type=_existing_path)
+@click.option("--input", "inputs", multiple=True, metavar="[NAME=]FILE",
+              help="Input as .npy, .npz or an image (preprocessed as the artifact's manifest says).")
+@click.option("--top-k", type=int, default=5, show_default=True, help="Classes to show for a classifier output.")
+@click.option("--save", type=_existing_path, default=None, help="Write all outputs to this .npz file.")
+@click.option("--threads", type=int, default=None, help="Intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print outputs as JSON.")
+def run(artifact: Path, inputs: tuple[str, ...], top_k: int, save: Path | None, threads: int | None,
+        as_json: bool) -> None:
+    """Run an artifact (or an .onnx file) once and print its outputs."""
+    from toolchain import api
+    from toolchain.outputs import describe_outputs, save_outputs
+
+    _feed, outputs = api.run(artifact, inputs, threads=threads)
+    if save is not None:
+        save_outputs(outputs, save)
+    if as_json:
+        click.echo(json.dumps({k: v.tolist() for k, v in outputs.items()}))
+    else:
+        click.echo(describe_outputs(outputs, top_k=top_k))
+
+
+@cli.command()
+@click.argument("artifact", type=_existing_path)
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs first.")
+@click.option("--iterations", type=int, default=100, show_default=True, help="Timed runs.")
+@click.option("--threads", type=int, default=None, help="Intra-op threads (default: the artifact's).")
+@click.option("--batch", type=int, default=1, show_default=True, help="Batch size (needs a dynamic batch axis).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def bench(artifact: Path, warmup: int, iterations: int, threads: int | None, batch: int, as_json: bool) -> None:
+    """Measure latency percentiles, throughput and peak memory of an artifact on this machine."""
+    from toolchain import api
+    from toolchain.report import print_table
+
+    result = api.bench(artifact, warmup=warmup, iterations=iterations, threads=threads, batch=batch)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    print_table(f"bench {artifact} ({result.backend}, batch {result.batch}, threads {result.threads or 'default'}, "
+                f"{result.iterations} runs after {result.warmup} warm-up)",
+                ["p50 ms", "p90 ms", "p99 ms", "mean ms", "throughput/s", "peak RSS MiB", "RSS growth MiB"],
+                [(f"{result.p50_ms:.3f}", f"{result.p90_ms:.3f}", f"{result.p99_ms:.3f}", f"{result.mean_ms:.3f}",
+                  f"{result.throughput_per_s:.1f}", f"{result.peak_rss_mb:.0f}", f"{result.rss_growth_mb:.1f}")])
+
+
+@cli.command()
+@click.argument("model", type=_existing_path)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def inspect(model: Path, as_json: bool) -> None:
+    """Show inputs, outputs, opset, op histogram, parameters, size and MACs of an ONNX model."""
+    from toolchain import api
+    from toolchain.model_info import format_summary
+
+    summary = api.inspect(model)
+    click.echo(json.dumps(summary.to_dict(), indent=2) if as_json else format_summary(summary))
+
+
+@cli.command(name="backends")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def backends_command(as_json: bool) -> None:
+    """List backends, whether each is usable here, and what to install if not."""
+    from toolchain import api
+    from toolchain.report import print_table
+
+    rows = api.backends()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    print_table("backends", ["name", "usable", "status", "precisions", "description"],
+                [(r["name"], "yes" if r["available"] else "no", r["status"], ",".join(r["precisions"]),
+                  r["description"]) for r in rows])
+
+
+@cli.command()
+def targets() -> None:
+    """List device profiles and the defaults each implies."""
+    from toolchain.report import print_table
+    from toolchain.targets import TARGETS
+
+    print_table("targets", ["target", "backend", "precision", "opset", "device", "notes"],
+                [(t.name, t.backend, t.precision, t.opset, t.description, t.notes) for t in TARGETS.values()])
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning errors into one line and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("EDGEKILN_DEBUG") == "1"
+    from toolchain.errors import ToolchainError
+
+    try:
+        code = cli.main(args=args, prog_name="edgekiln", standalone_mode=False)
+    except ToolchainError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {_one_line(exc.one_line())}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        command = " ".join(a for a in args[:1] if not a.startswith("-"))
+        click.echo(f"error: {_one_line(exc.format_message())} (see 'edgekiln {command + ' ' if command else ''}--help')",
+                   err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug: keep the user's terminal readable, tracebacks behind --debug
+        if debug:
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {_one_line(str(exc))[:300]} "
+                   "(rerun with --debug for the traceback and please report it)", err=True)
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,60 @@
+"""User-facing error family.
+
+Everything a user can cause (bad file, bad option, a model that does not verify)
+raises a ``ToolchainError`` subclass. The CLI prints those as one line and exits
+with the class's ``exit_code``; anything else is a bug and gets a traceback only
+with ``--debug``.
+"""
+
+from __future__ import annotations
+
+
+class ToolchainError(Exception):
+    """Base for errors caused by the user's input or environment, not by a bug."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        text = self.message.rstrip(".")
+        return f"{text}. {self.hint}" if self.hint else f"{text}."
+
+
+class UsageError(ToolchainError):
+    """Options that are malformed, contradictory or unsupported."""
+
+    exit_code = 2
+
+
+class InputFileError(ToolchainError):
+    """A model or data file that is missing, unreadable, corrupt or of the wrong kind."""
+
+    exit_code = 3
+
+
+class ConversionError(ToolchainError):
+    """A framework could not turn the model into ONNX (or ONNX into a backend format)."""
+
+    exit_code = 4
+
+
+class VerificationError(ToolchainError):
+    """The converted model's numbers differ from the reference beyond tolerance."""
+
+    exit_code = 5
+
+
+class MissingDependencyError(ToolchainError):
+    """An optional SDK is needed but not installed."""
+
+    exit_code = 6
+
+
+class OutputError(ToolchainError):
+    """The output location cannot be written."""
+
+    exit_code = 7

@@ -1,0 +1,73 @@
+"""Inputs for verification and benchmarking: seeded random tensors or real images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from toolchain.errors import UsageError
+from toolchain.frontends.base import Feed
+from toolchain.onnx_io import TensorInfo
+
+
+def concrete_shape(info: TensorInfo, batch: int = 1) -> tuple[int, ...]:
+    """``info``'s shape with symbolic axis 0 set to ``batch``; other symbolic axes are an error."""
+    dims: list[int] = []
+    for axis, dim in enumerate(info.shape):
+        if isinstance(dim, int):
+            dims.append(dim)
+        elif axis == 0:
+            dims.append(batch)
+        else:
+            raise UsageError(
+                f"input '{info.name}' has unknown size at axis {axis} ('{dim}')",
+                hint=f"Fix it with --input {info.name}:SHAPE.",
+            )
+    return tuple(dims)
+
+
+def random_feed(inputs: list[TensorInfo], *, seed: int = 0, batch: int = 1) -> Feed:
+    """One seeded random tensor per input: standard normal floats, small non-negative ints, random bools."""
+    rng = np.random.default_rng(seed)
+    feed: Feed = {}
+    for info in inputs:
+        shape = concrete_shape(info, batch)
+        if np.issubdtype(info.dtype, np.floating):
+            feed[info.name] = rng.standard_normal(shape).astype(info.dtype)
+        elif info.dtype == np.bool_:
+            feed[info.name] = rng.integers(0, 2, shape).astype(np.bool_)
+        else:
+            # Integer inputs are usually indices or token ids: keep them small and valid.
+            feed[info.name] = rng.integers(0, 2, shape).astype(info.dtype)
+    return feed
+
+
+def random_feeds(inputs: list[TensorInfo], *, count: int = 2, seed: int = 0, batch: int = 1) -> list[Feed]:
+    return [random_feed(inputs, seed=seed + i, batch=batch) for i in range(count)]
+
+
+def image_feeds(inputs: list[TensorInfo], folder: Path, *, count: int = 8, seed: int = 0,
+                spec: "object | None" = None) -> list[Feed]:
+    """Feeds built from real images in ``folder``: one image per feed, preprocessed by ``spec``.
+
+    Only single-input image models can be fed from a folder; the spec defaults to
+    the one inferred from the input's shape.
+    """
+    from calibration.folder import list_images, load_images, sample_files
+    from calibration.spec import PreprocessSpec
+
+    if len(inputs) != 1:
+        raise UsageError(f"--calib images can feed a model with one input; this model has {len(inputs)}")
+    info = inputs[0]
+    shape = concrete_shape(info, batch=1)
+    spec = spec or PreprocessSpec.from_input_shape(shape)
+    files = list_images(folder).files
+    chosen = sample_files(files, min(count, len(files)), seed=seed)
+    batch, _skipped = load_images(chosen, spec)
+    if batch.shape[1:] != shape[1:]:
+        raise UsageError(f"images preprocess to shape {batch.shape[1:]} but input '{info.name}' expects {shape[1:]}")
+    batch = batch.astype(info.dtype, copy=False)
+    per_feed = shape[0]
+    usable = (len(batch) // per_feed) * per_feed
+    return [{info.name: batch[i:i + per_feed]} for i in range(0, usable, per_feed)]

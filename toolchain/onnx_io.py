@@ -1,0 +1,165 @@
+"""Loading, checking and saving ONNX models with clear errors.
+
+Models over protobuf's 2 GiB limit are stored with external data; loading checks
+that every external-data file exists and stays inside the model's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import external_data_helper
+
+from toolchain.errors import InputFileError, OutputError
+from toolchain.fileio import check_writable_destination, require_file
+
+# Protobuf cannot serialise a message over 2 GiB; stay well below it.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+_ONNX_TO_NUMPY = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.INT16: np.int16,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, shape (ints for fixed dims, strings for symbolic ones) and numpy dtype of a graph input/output."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: np.dtype
+
+    def describe(self) -> str:
+        return f"{self.name}: {'x'.join(str(d) for d in self.shape) or 'scalar'} {self.dtype}"
+
+
+def _check_external_data_paths(model: onnx.ModelProto, base: Path) -> None:
+    base = base.resolve()
+    for tensor in external_data_helper._get_all_tensors(model):  # onnx has no public iterator for this
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (base / location).resolve()
+        if os.path.isabs(location) or base not in target.parents:
+            raise InputFileError(
+                f"external data '{location}' of tensor '{tensor.name}' points outside the model's folder",
+                hint="Refusing to read it; keep external-data files next to the .onnx file.",
+            )
+        if not target.is_file():
+            raise InputFileError(f"external data file '{location}' for tensor '{tensor.name}' is missing")
+
+
+def load_onnx(path: Path, *, check: bool = True) -> onnx.ModelProto:
+    """Load an ONNX file (external data included) and run the checker; user-facing errors only."""
+    require_file(path, "ONNX model")
+    if path.stat().st_size == 0:
+        raise InputFileError(f"ONNX model '{path}' is empty")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, but also others on garbage
+        raise InputFileError(f"'{path}' is not a valid ONNX model (cannot be parsed: {type(exc).__name__})") from exc
+    if not model.graph.node and not model.graph.output:
+        raise InputFileError(f"'{path}' parsed as ONNX but holds no graph; it is probably not an ONNX model")
+    _check_external_data_paths(model, path.parent)
+    try:
+        external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError) as exc:
+        raise InputFileError(f"cannot read external data of '{path}': {exc}") from exc
+    if check:
+        check_model(model, path)
+    return model
+
+
+def check_model(model: onnx.ModelProto, path: Path | None = None) -> None:
+    where = f"'{path}'" if path else "the model"
+    try:
+        if model.ByteSize() > EXTERNAL_DATA_THRESHOLD and path is not None:
+            onnx.checker.check_model(str(path))
+        else:
+            onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputFileError(f"{where} fails the ONNX checker: {first}") from exc
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference that never fails the command: a model ORT can run is still usable without it."""
+    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
+        return model
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # inference is best-effort metadata; the checker already validated the model
+        return model
+
+
+def save_onnx(model: onnx.ModelProto, dest: Path) -> list[Path]:
+    """Write ``model`` to ``dest`` atomically; large models get a ``.data`` file beside it.
+
+    Returns the files written. Each file is renamed into place only once complete.
+    """
+    check_writable_destination(dest)
+    large = not _fits_bytesize(model) or model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    data_path = dest.parent / f"{dest.name}.data"
+    try:
+        with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.absolute().parent) as staging:
+            staged = Path(staging) / dest.name
+            if large:
+                onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                                location=data_path.name, size_threshold=1024)
+                os.replace(Path(staging) / data_path.name, data_path)
+            else:
+                onnx.save_model(model, str(staged))
+            os.replace(staged, dest)
+    except OSError as exc:
+        raise OutputError(f"could not write '{dest}': {exc.strerror or exc}") from exc
+    if not large:
+        data_path.unlink(missing_ok=True)  # stale data from an earlier large save
+        return [dest]
+    return [dest, data_path]
+
+
+def _fits_bytesize(model: onnx.ModelProto) -> bool:
+    try:
+        model.ByteSize()
+        return True
+    except Exception:  # ByteSize overflows on >2 GiB messages in some protobuf builds
+        return False
+
+
+def _value_info(value: onnx.ValueInfoProto) -> TensorInfo:
+    tensor_type = value.type.tensor_type
+    dims: list[int | str] = []
+    for dim in tensor_type.shape.dim:
+        if dim.HasField("dim_value") and dim.dim_value > 0:
+            dims.append(int(dim.dim_value))
+        else:
+            dims.append(dim.dim_param or "?")
+    dtype = np.dtype(_ONNX_TO_NUMPY.get(tensor_type.elem_type, np.float32))
+    return TensorInfo(value.name, tuple(dims), dtype)
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[TensorInfo]:
+    """Real inputs: graph inputs that are not initializers (old exporters list weights as inputs)."""
+    initializers = {init.name for init in model.graph.initializer}
+    return [_value_info(v) for v in model.graph.input if v.name not in initializers]
+
+
+def graph_outputs(model: onnx.ModelProto) -> list[TensorInfo]:
+    return [_value_info(v) for v in model.graph.output]
+
+
+def opset_version(model: onnx.ModelProto) -> int:
+    return next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), 0)

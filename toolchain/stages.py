@@ -1,0 +1,163 @@
+"""The three model-producing stages: convert (ingest), optimize (passes) and compile (backend).
+
+Each stage checks its output location before doing any work, verifies its result
+numerically, and writes atomically, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from toolchain.artifact import Artifact, sdk_versions, tool_versions, write_manifest
+from toolchain.errors import MissingDependencyError, OutputError, UsageError
+from toolchain.fileio import atomic_directory, check_writable_destination, sha256_path
+from toolchain.frontends import ingest
+from toolchain.frontends.base import ConvertOptions
+from toolchain.onnx_io import TensorInfo, graph_inputs, graph_outputs, load_onnx, opset_version, save_onnx
+from toolchain.passes.base import PassReport
+from toolchain.verify import ParityReport, VerifyOptions, verify_callables
+
+
+def _ort_runner(model: onnx.ModelProto):
+    from backends.onnxruntime.runner import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner.from_model(model)
+
+
+def _require_onnx_suffix(output: Path) -> None:
+    if output.suffix.lower() != ".onnx":
+        raise UsageError(f"output '{output}' must end in .onnx")
+    check_writable_destination(output)
+
+
+@dataclass
+class ConvertResult:
+    output: Path
+    files: list[Path]
+    source_format: str
+    framework: str
+    framework_version: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    opset: int
+    parity: list[ParityReport]
+    notes: list[str]
+    seconds: float
+
+
+def convert(source: Path | None, output: Path, options: ConvertOptions,
+            verify: VerifyOptions = VerifyOptions()) -> ConvertResult:
+    """Ingest ``source`` into ONNX at ``output``, verified against the source framework."""
+    started = time.perf_counter()
+    _require_onnx_suffix(output)
+    ingested = ingest(source, options)
+    model = ingested.model
+    inputs = graph_inputs(model)
+    parity = verify_callables(ingested.reference, _ort_runner(model).run, inputs, verify,
+                              reference=ingested.describe_reference(),
+                              candidate="ONNX Runtime") if verify.enabled else []
+    if ingested.framework != "onnx":  # a passthrough keeps the user's producer metadata
+        model.producer_name, model.producer_version = "edgekiln", tool_versions()["edgekiln"]
+    files = save_onnx(model, output)
+    return ConvertResult(output, files, ingested.source_format, ingested.framework, ingested.framework_version,
+                         inputs, graph_outputs(model), opset_version(model), parity, ingested.notes,
+                         time.perf_counter() - started)
+
+
+@dataclass
+class OptimizeResult:
+    output: Path
+    passes: list[PassReport]
+    parity: list[ParityReport]
+    seconds: float
+
+
+def optimize(model_path: Path, output: Path, *, simplify: Any | None = None,
+             verify: VerifyOptions = VerifyOptions()) -> OptimizeResult:
+    """Run the requested passes on an ONNX file; the result is verified against the input in ONNX Runtime."""
+    from toolchain.passes import simplify as simplify_pass
+
+    started = time.perf_counter()
+    if simplify is None:
+        raise UsageError("nothing to do: choose at least one pass (--simplify)")
+    _require_onnx_suffix(output)
+    original = load_onnx(model_path)
+    model, report = simplify_pass.run(original, simplify)
+    parity = verify_callables(_ort_runner(original).run, _ort_runner(model).run, graph_inputs(original), verify,
+                              reference="input model", candidate="optimized model") if verify.enabled else []
+    save_onnx(model, output)
+    return OptimizeResult(output, [report], parity, time.perf_counter() - started)
+
+
+def _refuse_foreign_folder(out_dir: Path) -> None:
+    # The artifact folder is replaced as a whole; never do that to a folder the user filled themselves.
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").is_file():
+        raise OutputError(f"'{out_dir}' exists and is not an edgekiln artifact; refusing to replace it",
+                          hint="Choose a new or empty output folder.")
+
+
+def _checked_backend(name: str, precision: str, model: onnx.ModelProto):
+    from backends.registry import get_backend
+
+    backend = get_backend(name)
+    available, reason = backend.is_available()
+    if not available:
+        raise MissingDependencyError(f"backend '{name}' is not usable here: {reason}")
+    if precision not in backend.capabilities.precisions:
+        raise UsageError(f"backend '{name}' does not support precision '{precision}'; it supports "
+                         f"{', '.join(backend.capabilities.precisions)}")
+    low, high = backend.capabilities.opset_range
+    if not low <= opset_version(model) <= high:
+        raise UsageError(f"backend '{name}' accepts opsets {low}-{high}, the model uses {opset_version(model)}",
+                         hint="Convert again with --opset.")
+    return backend
+
+
+@dataclass
+class CompileResult:
+    artifact: Artifact
+    parity: list[ParityReport]
+    seconds: float
+
+
+def compile_artifact(model_path: Path, out_dir: Path, backend_name: str, options: Any,
+                     verify: VerifyOptions = VerifyOptions(), preprocess: dict | None = None,
+                     stages: dict[str, Any] | None = None) -> CompileResult:
+    """Compile an ONNX model with a backend into an artifact folder, verified against ONNX Runtime."""
+    started = time.perf_counter()
+    check_writable_destination(out_dir)
+    _refuse_foreign_folder(out_dir)
+    model = load_onnx(model_path)
+    backend = _checked_backend(backend_name, options.precision, model)
+    inputs = graph_inputs(model)
+    with atomic_directory(out_dir) as staging:
+        compiled = backend.compile(model_path, options, staging)
+        with backend.load(staging / compiled.model_file, compiled.runtime_options) as runner:
+            parity = verify_callables(_ort_runner(model).run, runner.run, inputs, verify,
+                                      reference="ONNX model in ONNX Runtime", candidate=f"{backend_name} artifact")
+        manifest = {
+            "backend": backend_name,
+            "model_file": compiled.model_file,
+            "source": {"path": str(model_path), "sha256": sha256_path(model_path)},
+            "tool": tool_versions(),
+            "sdk": sdk_versions(),
+            "options": {"precision": options.precision, "target": options.target, **options.extra},
+            "runtime_options": compiled.runtime_options,
+            "inputs": [_tensor_dict(i) for i in inputs],
+            "outputs": [_tensor_dict(o) for o in graph_outputs(model)],
+            "preprocess": preprocess,
+            "metrics": {"verify": [p.to_dict() for p in parity], "details": compiled.details,
+                        "stages": stages or {}},
+            "timings": {"compile_seconds": round(time.perf_counter() - started, 3)},
+        }
+        write_manifest(staging, manifest)
+    return CompileResult(Artifact.open(out_dir), parity, time.perf_counter() - started)
+
+
+def _tensor_dict(info: TensorInfo) -> dict[str, Any]:
+    return {"name": info.name, "shape": list(info.shape), "dtype": str(info.dtype)}

@@ -1,0 +1,40 @@
+"""Target profiles: named devices that pick backend, precision and opset defaults and know their limits.
+
+Data only; commands read these instead of branching on target names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from toolchain.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    backend: str
+    precision: str
+    opset: int
+    """Default ONNX opset: the newest the device's converter/runtime version handles well."""
+    notes: str = ""
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("x86", "x86-64 CPU server or PC, ONNX Runtime", "onnxruntime", "fp32", 17),
+    Target("cuda", "NVIDIA desktop/server GPU, TensorRT 10", "tensorrt", "fp16", 17),
+    Target("jetson-nano", "Jetson Nano, JetPack 4.6: TensorRT 8.2, CUDA 10.2, Maxwell GPU", "tensorrt", "fp16", 13,
+           "FP16 yes; no fast INT8 on Maxwell; TensorRT 8.2's ONNX parser is safest at opset 13"),
+    Target("jetson-xavier", "Jetson Xavier NX/AGX, JetPack 5: TensorRT 8.5, INT8 and DLA", "tensorrt", "int8", 17),
+    Target("jetson-orin", "Jetson Orin, JetPack 6: TensorRT 8.6-10.x, INT8 and DLA", "tensorrt", "int8", 17),
+    Target("rpi4", "Raspberry Pi 4 (Cortex-A72), TFLite with XNNPACK", "tflite", "int8", 17),
+    Target("rpi5", "Raspberry Pi 5 (Cortex-A76), TFLite with XNNPACK", "tflite", "int8", 17),
+    Target("mcu", "Microcontroller, TensorFlow Lite Micro, full INT8", "tflite", "int8", 17),
+)}
+
+
+def get_target(name: str) -> Target:
+    if name not in TARGETS:
+        raise UsageError(f"unknown target '{name}'; known targets: {', '.join(TARGETS)}")
+    return TARGETS[name]
