@@ -16,10 +16,17 @@ from toolchain.verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyOptions
 PathLike = str | Path
 
 
-def _verify_options(verify: bool, atol: float, rtol: float, calib: PathLike | None, seed: int) -> VerifyOptions:
+def _verify_options(verify: bool, atol: float, rtol: float, calib: PathLike | None, seed: int,
+                    preprocess: str | dict | None) -> VerifyOptions:
     if atol < 0 or rtol < 0:
         raise UsageError("--atol and --rtol must be >= 0")
-    return VerifyOptions(enabled=verify, atol=atol, rtol=rtol, calib=Path(calib) if calib else None, seed=seed)
+    if isinstance(preprocess, str):
+        from calibration.spec import PRESETS
+
+        if preprocess not in PRESETS:
+            raise UsageError(f"unknown preprocessing preset '{preprocess}'; known: {', '.join(PRESETS)}")
+    return VerifyOptions(enabled=verify, atol=atol, rtol=rtol, calib=Path(calib) if calib else None, seed=seed,
+                         preprocess=preprocess)
 
 
 def _model_kwargs(value: str | dict | None) -> dict:
@@ -38,7 +45,8 @@ def convert(source: PathLike | None, output: PathLike, *, inputs: Sequence[str] 
             opset: int | None = None, target: str | None = None, model_class: str | None = None,
             weights: PathLike | None = None, model_kwargs: str | dict | None = None, trust_pickle: bool = False,
             exporter: str = "auto", keras_safe_mode: bool = True, verify: bool = True,
-            atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, calib: PathLike | None = None, seed: int = 0):
+            atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, calib: PathLike | None = None, seed: int = 0,
+            preprocess: str | dict | None = None):
     """``edgekiln convert``: ingest a PyTorch, TensorFlow or ONNX model into verified ONNX."""
     from toolchain.frontends.base import ConvertOptions
     from toolchain.inputs import parse_input_specs
@@ -56,25 +64,25 @@ def convert(source: PathLike | None, output: PathLike, *, inputs: Sequence[str] 
                              model_kwargs=_model_kwargs(model_kwargs), trust_pickle=trust_pickle,
                              exporter=exporter, keras_safe_mode=keras_safe_mode)  # type: ignore[arg-type]
     return run_convert(Path(source) if source else None, Path(output), options,
-                       _verify_options(verify, atol, rtol, calib, seed))
+                       _verify_options(verify, atol, rtol, calib, seed, preprocess))
 
 
 def optimize(model: PathLike, output: PathLike, *, simplify: bool = False, simplify_engine: str = "auto",
              verify: bool = True, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-             calib: PathLike | None = None, seed: int = 0):
+             calib: PathLike | None = None, seed: int = 0, preprocess: str | dict | None = None):
     """``edgekiln optimize``: graph passes on an ONNX model, re-verified in ONNX Runtime."""
     from toolchain.passes.simplify import SimplifyConfig
     from toolchain.stages import optimize as run_optimize
 
     config = SimplifyConfig.from_options(engine=simplify_engine) if simplify else None
     return run_optimize(Path(model), Path(output), simplify=config,
-                        verify=_verify_options(verify, atol, rtol, calib, seed))
+                        verify=_verify_options(verify, atol, rtol, calib, seed, preprocess))
 
 
 def compile(model: PathLike, output: PathLike, *, backend: str | None = None, target: str | None = None,  # noqa: A001
             precision: str | None = None, threads: int | None = None, graph_optimization: str = "all",
             verify: bool = True, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-            calib: PathLike | None = None, preprocess: dict | None = None, seed: int = 0):
+            calib: PathLike | None = None, preprocess: str | dict | None = None, seed: int = 0):
     """``edgekiln compile``: lower an ONNX model to a backend artifact folder, verified against ONNX Runtime."""
     from backends.base import CompileOptions
     from toolchain.stages import compile_artifact
@@ -89,7 +97,41 @@ def compile(model: PathLike, output: PathLike, *, backend: str | None = None, ta
     options = CompileOptions(precision=precision or "fp32", target=target, threads=threads,
                              extra={"graph_optimization": graph_optimization})
     return compile_artifact(Path(model), Path(output), backend, options,
-                            _verify_options(verify, atol, rtol, calib, seed), preprocess=preprocess)
+                            _verify_options(verify, atol, rtol, calib, seed, preprocess))
+
+
+def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, targets: Sequence[str] = ("x86",),
+          labels: PathLike | None = None, simplify: bool = True, bench_iterations: int = 50,
+          inputs: Sequence[str] = (), dynamic_batch: bool = False, opset: int | None = None,
+          model_class: str | None = None, weights: PathLike | None = None, model_kwargs: str | dict | None = None,
+          trust_pickle: bool = False, exporter: str = "auto", keras_safe_mode: bool = True, verify: bool = True,
+          atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, calib: PathLike | None = None, seed: int = 0,
+          preprocess: str | dict | None = None):
+    """``edgekiln build``: convert, simplify, compile per target, verify, evaluate and time; with no source,
+    the bundled Fashion-MNIST example."""
+    from toolchain.build import build as run_build
+    from toolchain.build import example_defaults
+
+    convert_options: dict[str, Any] = dict(inputs=inputs, dynamic_batch=dynamic_batch, opset=opset,
+                                           model_class=model_class, weights=weights, model_kwargs=model_kwargs,
+                                           trust_pickle=trust_pickle, exporter=exporter,
+                                           keras_safe_mode=keras_safe_mode)
+    if source is None and model_class is None:
+        example = example_defaults()
+        labels = labels or example.pop("labels")
+        calib = calib or example.pop("calib")
+        preprocess = preprocess or example.pop("preprocess")
+        convert_options.update({k: v for k, v in example.items() if k in convert_options})
+    return run_build(Path(source) if source else None, Path(output), targets=list(targets) or ["x86"],
+                     convert_options=convert_options, verify=_verify_options(verify, atol, rtol, calib, seed, preprocess),
+                     labels=Path(labels) if labels else None, simplify=simplify, bench_iterations=bench_iterations)
+
+
+def evaluate(artifact: PathLike, labels: PathLike):
+    """``edgekiln eval``: top-1/top-5 accuracy on a labelled image folder."""
+    from toolchain.evaluate import evaluate as run_evaluate
+
+    return run_evaluate(Path(artifact), Path(labels))
 
 
 def run(artifact: PathLike, inputs: Sequence[str], *, threads: int | None = None):

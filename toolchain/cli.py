@@ -33,12 +33,17 @@ def verify_flags(command: Callable) -> Callable:
         click.option("--calib", type=_existing_path, default=None,
                      help="Folder of sample images to verify on (besides random inputs)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random verification inputs."),
+        click.option("--preprocess", default=None, metavar="PRESET",
+                     help="Image preprocessing preset (imagenet, yolo, raw01, raw255, gray01); "
+                          "default: inferred from the input shape."),
     ]
     return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
 
 
-def _verify_kwargs(no_verify: bool, atol: float, rtol: float, calib: Path | None, seed: int) -> dict:
-    return {"verify": not no_verify, "atol": atol, "rtol": rtol, "calib": calib, "seed": seed}
+def _verify_kwargs(no_verify: bool, atol: float, rtol: float, calib: Path | None, seed: int,
+                   preprocess: str | None) -> dict:
+    return {"verify": not no_verify, "atol": atol, "rtol": rtol, "calib": calib, "seed": seed,
+            "preprocess": preprocess}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -57,35 +62,58 @@ def cli(debug: bool) -> None:
     """
 
 
+def source_flags(command: Callable) -> Callable:
+    """Flags that say how to load and export a source model (shared by convert and build)."""
+    decorators = [
+        click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]",
+                     help="Input name/shape/dtype, e.g. input:1x3x224x224 (repeat per input)."),
+        click.option("--dynamic-batch", is_flag=True, help="Make axis 0 of inputs and outputs dynamic."),
+        click.option("--opset", type=int, default=None, help="ONNX opset (default: the target's, else 17)."),
+        click.option("--model-class", default=None, metavar="MODULE:CLASS",
+                     help="Architecture for a state dict: package.module:Class or path/to/file.py:Class."),
+        click.option("--weights", type=_existing_path, default=None, help="State-dict file for --model-class."),
+        click.option("--model-kwargs", default=None, metavar="JSON",
+                     help="Constructor keyword arguments for --model-class."),
+        click.option("--trust-pickle", is_flag=True,
+                     help="Allow unpickling a whole model object (runs code from the file)."),
+        click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto",
+                     show_default=True, help="PyTorch ONNX exporter."),
+        click.option("--no-keras-safe-mode", "keras_unsafe", is_flag=True,
+                     help="Allow Keras Lambda layers (deserializes code from the file)."),
+    ]
+    return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
+
+
+def _source_kwargs(inputs: tuple[str, ...], dynamic_batch: bool, opset: int | None, model_class: str | None,
+                   weights: Path | None, model_kwargs: str | None, trust_pickle: bool, exporter: str,
+                   keras_unsafe: bool) -> dict:
+    return {"inputs": inputs, "dynamic_batch": dynamic_batch, "opset": opset, "model_class": model_class,
+            "weights": weights, "model_kwargs": model_kwargs, "trust_pickle": trust_pickle, "exporter": exporter,
+            "keras_safe_mode": not keras_unsafe}
+
+
+_SOURCE_KEYS = ("inputs", "dynamic_batch", "opset", "model_class", "weights", "model_kwargs", "trust_pickle",
+                "exporter", "keras_unsafe")
+_VERIFY_KEYS = ("no_verify", "atol", "rtol", "calib", "seed", "preprocess")
+
+
+def _split(options: dict, keys: tuple[str, ...]) -> dict:
+    return {k: options.pop(k) for k in keys}
+
+
 @cli.command()
 @click.argument("source", required=False, type=_existing_path)
 @click.option("-o", "--output", type=_existing_path, required=True, help="ONNX file to write.")
-@click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]",
-              help="Input name/shape/dtype, e.g. input:1x3x224x224 (repeat per input).")
-@click.option("--dynamic-batch", is_flag=True, help="Make axis 0 of inputs and outputs dynamic.")
-@click.option("--opset", type=int, default=None, help="ONNX opset (default: the target's, else 17).")
 @click.option("--target", default=None, help="Device profile whose defaults (opset) apply; see 'edgekiln targets'.")
-@click.option("--model-class", default=None, metavar="MODULE:CLASS",
-              help="Architecture for a state dict: package.module:Class or path/to/file.py:Class.")
-@click.option("--weights", type=_existing_path, default=None, help="State-dict file for --model-class.")
-@click.option("--model-kwargs", default=None, metavar="JSON", help="Constructor keyword arguments for --model-class.")
-@click.option("--trust-pickle", is_flag=True, help="Allow unpickling a whole model object (runs code from the file).")
-@click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto", show_default=True,
-              help="PyTorch ONNX exporter.")
-@click.option("--no-keras-safe-mode", "keras_unsafe", is_flag=True,
-              help="Allow Keras Lambda layers (deserializes code from the file).")
+@source_flags
 @verify_flags
-def convert(source: Path | None, output: Path, inputs: tuple[str, ...], dynamic_batch: bool, opset: int | None,
-            target: str | None, model_class: str | None, weights: Path | None, model_kwargs: str | None,
-            trust_pickle: bool, exporter: str, keras_unsafe: bool, **verify: object) -> None:
+def convert(source: Path | None, output: Path, target: str | None, **options: object) -> None:
     """Ingest a PyTorch, TensorFlow/Keras or ONNX model into verified ONNX."""
     from toolchain import api
     from toolchain.report import print_parity, say
 
-    result = api.convert(source, output, inputs=inputs, dynamic_batch=dynamic_batch, opset=opset, target=target,
-                         model_class=model_class, weights=weights, model_kwargs=model_kwargs,
-                         trust_pickle=trust_pickle, exporter=exporter, keras_safe_mode=not keras_unsafe,
-                         **_verify_kwargs(**verify))
+    source_kwargs = _source_kwargs(**_split(options, _SOURCE_KEYS))
+    result = api.convert(source, output, target=target, **source_kwargs, **_verify_kwargs(**options))
     say(f"converted {result.source_format} ({result.framework} {result.framework_version}) -> {result.output} "
         f"(opset {result.opset}, {result.seconds:.1f} s)")
     for note in result.notes:
@@ -93,6 +121,44 @@ def convert(source: Path | None, output: Path, inputs: tuple[str, ...], dynamic_
     say("  inputs: " + ", ".join(i.describe() for i in result.inputs))
     say("  outputs: " + ", ".join(o.describe() for o in result.outputs))
     print_parity(result.parity)
+
+
+@cli.command()
+@click.argument("source", required=False, type=_existing_path)
+@click.option("-o", "--output", type=_existing_path, default=Path("edgekiln-out"), show_default=True,
+              help="Build folder (replaced as a whole when the build succeeds).")
+@click.option("--target", "targets", multiple=True, help="Device profile to build for (repeatable; default x86).")
+@click.option("--labels", type=_existing_path, default=None,
+              help="Labelled image folder (one sub-folder per class) for accuracy.")
+@click.option("--no-simplify", is_flag=True, help="Skip the simplify pass.")
+@click.option("--bench-iterations", type=int, default=50, show_default=True,
+              help="Timed runs per artifact (0 skips timing).")
+@source_flags
+@verify_flags
+def build(source: Path | None, output: Path, targets: tuple[str, ...], labels: Path | None, no_simplify: bool,
+          bench_iterations: int, **options: object) -> None:
+    """Source model -> verified ONNX -> simplified -> an artifact per target, with a report.
+
+    With no SOURCE (and no --model-class) it runs on the bundled Fashion-MNIST example.
+    """
+    from toolchain import api
+    from toolchain.report import print_table, say
+
+    source_kwargs = _source_kwargs(**_split(options, _SOURCE_KEYS))
+    result = api.build(source, output, targets=list(targets), labels=labels, simplify=not no_simplify,
+                       bench_iterations=bench_iterations, **source_kwargs, **_verify_kwargs(**options))
+    say(f"built {result.source} -> {result.output} ({result.seconds:.1f} s)")
+    print_table("stages", ["stage", "output", "KiB", "seconds", "worst max abs", "worst cosine"],
+                [(s.stage, s.output, f"{s.size_bytes / 1024:.1f}", f"{s.seconds:.2f}",
+                  "-" if s.worst_max_abs is None else f"{s.worst_max_abs:.3g}",
+                  "-" if s.worst_cosine is None else f"{s.worst_cosine:.6f}") for s in result.stages])
+    print_table("targets", ["target", "backend", "artifact", "top-1", "top-5", "images", "p50 ms", "p90 ms"],
+                [(t.target, t.backend, t.artifact,
+                  f"{t.accuracy['top1']:.2%}" if t.accuracy else "-", f"{t.accuracy['top5']:.2%}" if t.accuracy else "-",
+                  t.accuracy["images"] if t.accuracy else "-",
+                  f"{t.latency['p50_ms']:.3f}" if t.latency else "-", f"{t.latency['p90_ms']:.3f}" if t.latency else "-")
+                 for t in result.targets])
+    say(f"report: {result.output / 'report.json'}")
 
 
 @cli.command()
@@ -195,6 +261,22 @@ def inspect(model: Path, as_json: bool) -> None:
 
     summary = api.inspect(model)
     click.echo(json.dumps(summary.to_dict(), indent=2) if as_json else format_summary(summary))
+
+
+@cli.command(name="eval")
+@click.argument("artifact", type=_existing_path)
+@click.option("--labels", type=_existing_path, required=True, help="Labelled image folder (one sub-folder per class).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def eval_command(artifact: Path, labels: Path, as_json: bool) -> None:
+    """Top-1/top-5 accuracy of an artifact on a labelled image folder, with the artifact's preprocessing."""
+    from toolchain import api
+
+    result = api.evaluate(artifact, labels)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(f"top-1 {result.top1:.2%}, top-5 {result.top5:.2%} on {result.images} images "
+                   f"in {result.classes} classes ({result.skipped} skipped)")
 
 
 @cli.command(name="backends")

@@ -23,6 +23,9 @@ class ToolchainError(Exception):
         text = self.message.rstrip(".")
         return f"{text}. {self.hint}" if self.hint else f"{text}."
 
+    def __str__(self) -> str:  # API users see the hint too, not only the CLI
+        return self.one_line()
+
 
 class UsageError(ToolchainError):
     """Options that are malformed, contradictory or unsupported."""

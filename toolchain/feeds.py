@@ -48,20 +48,19 @@ def random_feeds(inputs: list[TensorInfo], *, count: int = 2, seed: int = 0, bat
 
 
 def image_feeds(inputs: list[TensorInfo], folder: Path, *, count: int = 8, seed: int = 0,
-                spec: "object | None" = None) -> list[Feed]:
+                preprocess: str | dict | None = None) -> list[Feed]:
     """Feeds built from real images in ``folder``: one image per feed, preprocessed by ``spec``.
 
     Only single-input image models can be fed from a folder; the spec defaults to
     the one inferred from the input's shape.
     """
     from calibration.folder import list_images, load_images, sample_files
-    from calibration.spec import PreprocessSpec
 
     if len(inputs) != 1:
         raise UsageError(f"--calib images can feed a model with one input; this model has {len(inputs)}")
     info = inputs[0]
     shape = concrete_shape(info, batch=1)
-    spec = spec or PreprocessSpec.from_input_shape(shape)
+    spec = resolve_preprocess(preprocess, info)
     files = list_images(folder).files
     chosen = sample_files(files, min(count, len(files)), seed=seed)
     batch, _skipped = load_images(chosen, spec)
@@ -71,3 +70,24 @@ def image_feeds(inputs: list[TensorInfo], folder: Path, *, count: int = 8, seed:
     per_feed = shape[0]
     usable = (len(batch) // per_feed) * per_feed
     return [{info.name: batch[i:i + per_feed]} for i in range(0, usable, per_feed)]
+
+
+def resolve_preprocess(preprocess: str | dict | None, info: TensorInfo):
+    """The ``PreprocessSpec`` for an image input: a stored spec dict, a preset name, or inferred from its shape."""
+    from calibration.spec import PreprocessSpec
+
+    if isinstance(preprocess, dict):
+        return PreprocessSpec.from_dict(preprocess)
+    return PreprocessSpec.from_input_shape(concrete_shape(info, batch=1), preset=preprocess)
+
+
+def image_preprocess_or_none(preprocess: str | dict | None, inputs: list[TensorInfo]) -> dict | None:
+    """The resolved spec as a dict when the model takes one image-like input, else None."""
+    if len(inputs) != 1 or len(inputs[0].shape) not in (3, 4):
+        return None
+    try:
+        return resolve_preprocess(preprocess, inputs[0]).to_dict()
+    except UsageError:
+        if preprocess is not None:
+            raise
+        return None

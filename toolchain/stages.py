@@ -16,6 +16,7 @@ import onnx
 from toolchain.artifact import Artifact, sdk_versions, tool_versions, write_manifest
 from toolchain.errors import MissingDependencyError, OutputError, UsageError
 from toolchain.fileio import atomic_directory, check_writable_destination, sha256_path
+from toolchain.feeds import image_preprocess_or_none
 from toolchain.frontends import ingest
 from toolchain.frontends.base import ConvertOptions
 from toolchain.onnx_io import TensorInfo, graph_inputs, graph_outputs, load_onnx, opset_version, save_onnx
@@ -94,9 +95,10 @@ def optimize(model_path: Path, output: Path, *, simplify: Any | None = None,
     return OptimizeResult(output, [report], parity, time.perf_counter() - started)
 
 
-def _refuse_foreign_folder(out_dir: Path) -> None:
-    # The artifact folder is replaced as a whole; never do that to a folder the user filled themselves.
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").is_file():
+def refuse_foreign_folder(out_dir: Path, marker: str = "manifest.json") -> None:
+    """Refuse to replace a non-empty folder that edgekiln did not make (it has no ``marker`` file)."""
+    # Output folders are replaced as a whole; never do that to a folder the user filled themselves.
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / marker).is_file():
         raise OutputError(f"'{out_dir}' exists and is not an edgekiln artifact; refusing to replace it",
                           hint="Choose a new or empty output folder.")
 
@@ -126,15 +128,16 @@ class CompileResult:
 
 
 def compile_artifact(model_path: Path, out_dir: Path, backend_name: str, options: Any,
-                     verify: VerifyOptions = VerifyOptions(), preprocess: dict | None = None,
-                     stages: dict[str, Any] | None = None) -> CompileResult:
+                     verify: VerifyOptions = VerifyOptions(), stages: dict[str, Any] | None = None) -> CompileResult:
     """Compile an ONNX model with a backend into an artifact folder, verified against ONNX Runtime."""
     started = time.perf_counter()
     check_writable_destination(out_dir)
-    _refuse_foreign_folder(out_dir)
+    refuse_foreign_folder(out_dir)
     model = load_onnx(model_path)
     backend = _checked_backend(backend_name, options.precision, model)
     inputs = graph_inputs(model)
+    # Stored so a device applies exactly the preprocessing used for verification (and calibration).
+    preprocess = image_preprocess_or_none(verify.preprocess, inputs)
     with atomic_directory(out_dir) as staging:
         compiled = backend.compile(model_path, options, staging)
         with backend.load(staging / compiled.model_file, compiled.runtime_options) as runner:
@@ -143,7 +146,7 @@ def compile_artifact(model_path: Path, out_dir: Path, backend_name: str, options
         manifest = {
             "backend": backend_name,
             "model_file": compiled.model_file,
-            "source": {"path": str(model_path), "sha256": sha256_path(model_path)},
+            "source": {"file": model_path.name, "sha256": sha256_path(model_path)},
             "tool": tool_versions(),
             "sdk": sdk_versions(),
             "options": {"precision": options.precision, "target": options.target, **options.extra},

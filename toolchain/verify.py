@@ -141,12 +141,14 @@ class VerifyOptions:
     rtol: float = DEFAULT_RTOL
     calib: Path | None = None
     """Folder of real images to verify on, besides random inputs."""
+    preprocess: str | dict | None = None
+    """Preset name or stored ``PreprocessSpec`` dict for the images; inferred from the input shape if None."""
     random_samples: int = 2
     image_samples: int = 8
     seed: int = 0
 
 
-def verification_feeds(inputs: list, options: VerifyOptions, preprocess: object | None = None) -> list[tuple[str, list[Feed]]]:
+def verification_feeds(inputs: list, options: VerifyOptions) -> list[tuple[str, list[Feed]]]:
     """Named groups of feeds: seeded random inputs, a batch-2 run for dynamic batch, and real images."""
     from toolchain.feeds import image_feeds, random_feeds
 
@@ -155,20 +157,20 @@ def verification_feeds(inputs: list, options: VerifyOptions, preprocess: object 
     if inputs and all(i.shape and isinstance(i.shape[0], str) for i in inputs):
         groups.append(("random inputs at batch 2", random_feeds(inputs, count=1, seed=options.seed + 100, batch=2)))
     if options.calib is not None:
-        feeds = image_feeds(inputs, options.calib, count=options.image_samples, seed=options.seed, spec=preprocess)
+        feeds = image_feeds(inputs, options.calib, count=options.image_samples, seed=options.seed,
+                            preprocess=options.preprocess)
         groups.append((f"{len(feeds)} images from {options.calib.name}", feeds))
     return groups
 
 
 def verify_callables(reference_fn: Callable[[Feed], Feed], candidate_fn: Callable[[Feed], Feed], inputs: list,
-                     options: VerifyOptions, *, reference: str, candidate: str,
-                     preprocess: object | None = None) -> list[ParityReport]:
+                     options: VerifyOptions, *, reference: str, candidate: str) -> list[ParityReport]:
     """Compare two callables on every feed group; raise ``VerificationError`` if any output fails."""
     if not options.enabled:
         return []
     reports = [run_and_compare(feeds, reference_fn, candidate_fn, reference=reference, candidate=candidate,
                                inputs=label, atol=options.atol, rtol=options.rtol)
-               for label, feeds in verification_feeds(inputs, options, preprocess)]
+               for label, feeds in verification_feeds(inputs, options)]
     for report in reports:
         report.raise_if_failed()
     return reports

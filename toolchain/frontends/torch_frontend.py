@@ -134,7 +134,12 @@ def _module_from_state_dict(torch: Any, weights: Path, options: ConvertOptions) 
         state = state["state_dict"]  # a common training-checkpoint layout
     if not isinstance(state, dict):
         raise InputFileError(f"'{weights.name}' holds a {type(state).__name__}, not a state dict")
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even with strict=False
+        mismatches = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        raise InputFileError(f"weights do not match {options.model_class}: {_few(mismatches, 1)}",
+                             hint="Check --model-class and --model-kwargs.") from exc
     if result.missing_keys or result.unexpected_keys:
         raise InputFileError(
             f"weights do not match {options.model_class}: missing {_few(result.missing_keys)}, "

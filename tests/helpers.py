@@ -1,0 +1,54 @@
+"""Plain helpers shared by tests (importable as ``helpers``; conftest holds the fixtures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+def make_onnx_model(batch: int | str = 1) -> onnx.ModelProto:
+    """Conv -> Relu -> Flatten -> Gemm on a 1x1x8x8 input, built with onnx.helper."""
+    rng = np.random.default_rng(0)
+    weights = {
+        "w": rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
+        "b": rng.standard_normal(4).astype(np.float32),
+        "fc_w": rng.standard_normal((10, 256)).astype(np.float32) * 0.1,
+        "fc_b": rng.standard_normal(10).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [batch, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [batch, 10])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgekiln-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_images(folder: Path, count: int = 6, size: int = 8, mode: str = "L") -> Path:
+    """Real PNG files with seeded random pixels."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    channels = 1 if mode == "L" else 3
+    for i in range(count):
+        pixels = rng.integers(0, 256, (size, size, channels), dtype=np.uint8)
+        Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode).save(folder / f"img_{i}.png")
+    return folder
+
+
+def files_in(folder: Path) -> list[str]:
+    """Every file name under ``folder``, hidden ones included, to prove nothing was left behind."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
