@@ -1,3 +1,6 @@
+"""``python -m toolchain`` runs the edgekiln CLI."""
+
 from toolchain.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

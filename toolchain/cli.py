@@ -313,6 +313,12 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning errors into one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("EDGEKILN_DEBUG") == "1"
+    if not args:
+        click.echo(cli.get_help(click.Context(cli, info_name="edgekiln")))
+        sys.exit(0)
+    # TensorFlow's C++ runtime logs at start-up unless told otherwise before it is imported;
+    # set here (a run-time default the user can override), never at module import.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from toolchain.errors import ToolchainError
 
     try:

@@ -20,6 +20,18 @@ from toolchain.errors import InputFileError, OutputError
 _CHUNK = 1 << 20
 
 
+def _umask() -> int:
+    # os.umask can only be read by setting it; restore immediately.
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _publishable(path: Path) -> None:
+    """Give a temp file/folder the modes a normal create would (mkstemp/mkdtemp make them owner-only)."""
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -71,6 +83,7 @@ def atomic_file(dest: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        _publishable(tmp)
         os.replace(tmp, dest)
     except OSError as exc:
         raise OutputError(f"could not write '{dest}': {exc.strerror or exc}") from exc
@@ -92,6 +105,7 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent))
     try:
         yield tmp
+        _publishable(tmp)
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=parent))
             os.replace(dest, old / "previous")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from toolchain import api
-from toolchain.errors import ConversionError, InputFileError, UsageError
+from toolchain.errors import ConversionError, InputFileError, UsageError, VerificationError
 from toolchain.frontends import detect_format
 from toolchain.frontends.base import ConvertOptions
 
@@ -184,3 +184,11 @@ def test_export_failure_is_a_conversion_error(tmp_path):
     torch.save({}, weights)
     with pytest.raises(ConversionError, match="could not export"):
         api.convert(None, tmp_path / "m.onnx", model_class=f"{source}:Net", weights=weights, inputs=["x:1x3x3"])
+
+
+def test_failed_verification_names_output_and_writes_nothing(torch_models, tmp_path):
+    with pytest.raises(VerificationError) as info:
+        api.convert(torch_models["torchscript"], tmp_path / "m.onnx", inputs=["x:1x1x8x8"], atol=0, rtol=0)
+    message = str(info.value)
+    assert "output: max abs" in message and "cosine" in message and "--atol" in message
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,1 @@
+"""Small bundled example models (weights and sample images) for trying edgekiln without your own model."""
