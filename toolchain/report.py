@@ -10,7 +10,11 @@ from toolchain.verify import ParityReport
 def _console():
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    import sys
+
+    # Piped output (logs, CI) would otherwise be cut to 80 columns and wrap file names.
+    width = None if sys.stdout.isatty() else 160
+    return Console(highlight=False, soft_wrap=True, width=width)
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
