@@ -9,6 +9,12 @@ with ``--debug``.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (SDKs raise multi-line C++ traces), or its type name."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class ToolchainError(Exception):
     """Base for errors caused by the user's input or environment, not by a bug."""
 

@@ -8,23 +8,13 @@ import numpy as np
 
 from toolchain.errors import UsageError
 from toolchain.frontends.base import Feed
+from toolchain.inputs import concrete_dims
 from toolchain.onnx_io import TensorInfo
 
 
 def concrete_shape(info: TensorInfo, batch: int = 1) -> tuple[int, ...]:
     """``info``'s shape with symbolic axis 0 set to ``batch``; other symbolic axes are an error."""
-    dims: list[int] = []
-    for axis, dim in enumerate(info.shape):
-        if isinstance(dim, int):
-            dims.append(dim)
-        elif axis == 0:
-            dims.append(batch)
-        else:
-            raise UsageError(
-                f"input '{info.name}' has unknown size at axis {axis} ('{dim}')",
-                hint=f"Fix it with --input {info.name}:SHAPE.",
-            )
-    return tuple(dims)
+    return concrete_dims(info.name, info.shape, batch)
 
 
 def random_feed(inputs: list[TensorInfo], *, seed: int = 0, batch: int = 1) -> Feed:

@@ -33,18 +33,7 @@ class InputSpec:
 
     def concrete_shape(self, batch: int = 1) -> tuple[int, ...]:
         """Shape with the leading dynamic dimension set to ``batch``; other dynamic dims are an error."""
-        dims: list[int] = []
-        for axis, dim in enumerate(self.shape):
-            if isinstance(dim, int):
-                dims.append(dim)
-            elif axis == 0:
-                dims.append(batch)
-            else:
-                raise UsageError(
-                    f"input '{self.name}' has dynamic dimension '{dim}' at axis {axis}",
-                    hint=f"Give a concrete size with --input {self.name}:SHAPE.",
-                )
-        return tuple(dims)
+        return concrete_dims(self.name or "input", self.shape, batch)
 
     @property
     def numpy_dtype(self) -> np.dtype:
@@ -54,6 +43,20 @@ class InputSpec:
         shape = "x".join(str(d) for d in self.shape)
         dtype = f":{self.dtype}" if self.dtype else ""
         return f"{self.name + ':' if self.name else ''}{shape}{dtype}"
+
+
+def concrete_dims(name: str, shape: tuple[Dim, ...], batch: int = 1) -> tuple[int, ...]:
+    """``shape`` with a symbolic axis 0 set to ``batch``; any other symbolic axis is a ``UsageError``."""
+    dims: list[int] = []
+    for axis, dim in enumerate(shape):
+        if isinstance(dim, int):
+            dims.append(dim)
+        elif axis == 0:
+            dims.append(batch)
+        else:
+            raise UsageError(f"input '{name}' has unknown size at axis {axis} ('{dim}')",
+                             hint=f"Give a concrete size with --input {name}:SHAPE.")
+    return tuple(dims)
 
 
 def _parse_dim(text: str, spec: str) -> Dim:

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
-from toolchain.errors import InputFileError, OutputError
+from toolchain.errors import InputFileError, OutputError, first_line
 from toolchain.fileio import check_writable_destination, require_file
 
 # Protobuf cannot serialise a message over 2 GiB; stay well below it.
@@ -91,7 +91,7 @@ def check_model(model: onnx.ModelProto, path: Path | None = None) -> None:
         else:
             onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = first_line(exc)
         raise InputFileError(f"{where} fails the ONNX checker: {first}") from exc
 
 

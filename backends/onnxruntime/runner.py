@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 
 from backends.base import Feed, Runner
-from toolchain.errors import InputFileError, UsageError
+from toolchain.errors import InputFileError, UsageError, first_line
 from toolchain.onnx_io import TensorInfo, graph_inputs, graph_outputs
 from toolchain.lazy import require
 
@@ -51,7 +51,7 @@ class OnnxRuntimeRunner(Runner):
             session = ort.InferenceSession(source, sess_options=session_options(threads, graph_optimization),
                                            providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise InputFileError(f"ONNX Runtime cannot load the model: {first}") from exc
         return cls(session, graph_inputs(model), graph_outputs(model))
 
@@ -62,6 +62,6 @@ class OnnxRuntimeRunner(Runner):
         try:
             values = self.session.run(self._output_names, feed)
         except Exception as exc:  # ORT reports bad shapes/dtypes as its own exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise UsageError(f"ONNX Runtime rejected the inputs: {first}") from exc
         return dict(zip(self._output_names, values))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from toolchain.errors import ConversionError, UsageError
+from toolchain.errors import ConversionError, UsageError, first_line
 from toolchain.frontends.base import ConvertOptions, Feed, IngestedModel
 from toolchain.inputs import InputSpec
 from toolchain.onnx_io import check_model, graph_inputs, infer_shapes, load_onnx, opset_version
@@ -121,5 +121,5 @@ def _convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
     try:
         return onnx.version_converter.convert_version(model, target)
     except Exception as exc:  # the converter raises RuntimeError/ValueError with C++ messages
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ConversionError(f"cannot convert the model from opset {opset_version(model)} to {target}: {first}") from exc

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from toolchain.errors import ConversionError, InputFileError, ToolchainError, UsageError
+from toolchain.errors import ConversionError, InputFileError, ToolchainError, UsageError, first_line
 from toolchain.fileio import require_file
 from toolchain.frontends.base import ConvertOptions, Feed, IngestedModel, ReferenceFn
 from toolchain.inputs import InputSpec
@@ -213,7 +213,7 @@ def _trace(tf: Any, body: ModelBody, inputs: Sequence[_SourceInput], dims: tuple
         raise
     except Exception as exc:  # shape/dtype mismatches surface while tracing
         shapes = ", ".join(f"{inp.name}:{_fmt(d)}" for inp, d in zip(inputs, dims))
-        raise ConversionError(f"TensorFlow could not run the model on inputs {shapes}: {_first_line(exc)}") from exc
+        raise ConversionError(f"TensorFlow could not run the model on inputs {shapes}: {first_line(exc)}") from exc
     return _Signature(function, tuple(inputs), dims, dtypes, tuple(order))
 
 
@@ -226,7 +226,7 @@ def _convert(signature: _Signature, opset: int) -> onnx.ModelProto:
     except ToolchainError:
         raise
     except Exception as exc:
-        raise ConversionError(f"tf2onnx could not convert the model: {_first_line(exc)}") from exc
+        raise ConversionError(f"tf2onnx could not convert the model: {first_line(exc)}") from exc
     _order_outputs(model, signature.outputs)
     return model
 
@@ -271,7 +271,7 @@ def _check_converted(model: onnx.ModelProto, opset: int) -> None:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        raise ConversionError(f"the converted model fails the ONNX checker: {_first_line(exc)}") from exc
+        raise ConversionError(f"the converted model fails the ONNX checker: {first_line(exc)}") from exc
 
 
 def _reference(signature: _Signature) -> ReferenceFn:
@@ -316,7 +316,7 @@ def _load_keras(keras: Any, path: Path, source_format: str, options: ConvertOpti
     except Exception as exc:
         if "safe_mode" in str(exc):  # unsafe code the config scan did not spot
             _refuse_unsafe(path, [])
-        raise InputFileError(f"cannot load Keras model '{path}': {_first_line(exc)}") from exc
+        raise InputFileError(f"cannot load Keras model '{path}': {first_line(exc)}") from exc
 
 
 def _keras_archive_config(path: Path) -> Any:
@@ -329,7 +329,7 @@ def _keras_archive_config(path: Path) -> Any:
     except KeyError as exc:
         raise InputFileError(f"'{path}' is a zip file but not a Keras model (no config.json inside)") from exc
     except (OSError, zipfile.LargeZipFile, RuntimeError) as exc:
-        raise InputFileError(f"cannot read .keras archive '{path}': {_first_line(exc)}") from exc
+        raise InputFileError(f"cannot read .keras archive '{path}': {first_line(exc)}") from exc
     return _parse_config(text, path)
 
 
@@ -341,7 +341,7 @@ def _h5_config(path: Path) -> Any:
             text = handle.attrs.get("model_config")
     except OSError as exc:
         raise InputFileError(f"'{path}' is not a readable HDF5 file (corrupt or truncated): "
-                             f"{_first_line(exc)}") from exc
+                             f"{first_line(exc)}") from exc
     if text is None:
         raise InputFileError(f"'{path}' holds weights only, no model architecture",
                              hint="Save the whole model (model.save('model.keras')) and convert that.")
@@ -381,7 +381,7 @@ def _keras_inputs(model: Any, path: Path) -> list[_SourceInput]:
     try:
         tensors = list(model.inputs)
     except (AttributeError, ValueError) as exc:  # subclassed or never-built models
-        raise ConversionError(f"Keras model in '{path.name}' has no defined inputs: {_first_line(exc)}",
+        raise ConversionError(f"Keras model in '{path.name}' has no defined inputs: {first_line(exc)}",
                               hint="Save it as a functional or Sequential model with an Input layer.") from exc
     names = _unique([_safe_name(getattr(t, "name", None), f"input_{i}") for i, t in enumerate(tensors)])
     return [_SourceInput(name, tuple(t.shape), _dtype_name(t.dtype)) for name, t in zip(names, tensors)]
@@ -433,7 +433,7 @@ def _load_savedmodel(tf: Any, path: Path) -> Any:
         if problem:
             raise InputFileError(f"SavedModel '{path}' is missing its variables/ data ({problem})",
                                  hint="Copy the whole SavedModel folder, including variables/.") from exc
-        raise InputFileError(f"cannot load SavedModel '{path}': {_first_line(exc)}") from exc
+        raise InputFileError(f"cannot load SavedModel '{path}': {first_line(exc)}") from exc
 
 
 def _variables_problem(path: Path) -> str | None:
@@ -553,6 +553,3 @@ def _example_shape(shape: Sequence[int | None]) -> str:
                     for axis, d in enumerate(shape))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

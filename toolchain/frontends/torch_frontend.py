@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from toolchain.errors import ConversionError, InputFileError, UsageError
+from toolchain.errors import ConversionError, InputFileError, UsageError, first_line
 from toolchain.fileio import require_file
 from toolchain.frontends.base import ConvertOptions, Feed, IngestedModel
 from toolchain.inputs import InputSpec
@@ -82,7 +82,7 @@ def _load_torchscript(torch: Any, source: Path) -> Any:
     try:
         return torch.jit.load(str(source), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError with long C++ traces
-        raise InputFileError(f"'{source}' is not a loadable TorchScript file: {_first_line(exc)}") from exc
+        raise InputFileError(f"'{source}' is not a loadable TorchScript file: {first_line(exc)}") from exc
 
 
 def _load_pickled(torch: Any, source: Path, options: ConvertOptions) -> tuple[Any, str]:
@@ -91,7 +91,7 @@ def _load_pickled(torch: Any, source: Path, options: ConvertOptions) -> tuple[An
     except Exception as exc:  # UnpicklingError for objects weights_only refuses; others for corrupt files
         if not _is_refused_pickle(torch, exc):
             raise InputFileError(f"'{source}' is not a readable PyTorch file (corrupt or truncated?): "
-                                 f"{_first_line(exc)}") from exc
+                                 f"{first_line(exc)}") from exc
         if not options.trust_pickle:
             raise InputFileError(
                 f"'{source.name}' holds a pickled Python object, and loading it would run code from the file",
@@ -114,7 +114,7 @@ def _load_trusted_pickle(torch: Any, source: Path) -> Any:
     try:
         return torch.load(str(source), map_location="cpu", weights_only=False)
     except Exception as exc:  # the pickle may need classes the user has not made importable
-        raise InputFileError(f"could not unpickle '{source.name}': {_first_line(exc)}",
+        raise InputFileError(f"could not unpickle '{source.name}': {first_line(exc)}",
                              hint="The model's class must be importable (check PYTHONPATH).") from exc
 
 
@@ -129,7 +129,7 @@ def _module_from_state_dict(torch: Any, weights: Path, options: ConvertOptions) 
     try:
         state = torch.load(str(weights), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputFileError(f"'{weights.name}' is not a readable state dict: {_first_line(exc)}") from exc
+        raise InputFileError(f"'{weights.name}' is not a readable state dict: {first_line(exc)}") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # a common training-checkpoint layout
     if not isinstance(state, dict):
@@ -207,7 +207,7 @@ def _output_names(torch: Any, module: Any, example: tuple) -> list[str]:
         with torch.no_grad():
             value = module(*example)
     except Exception as exc:  # the user's forward() failed on the declared inputs
-        raise UsageError(f"the model fails on inputs of the given shape(s): {_first_line(exc)}",
+        raise UsageError(f"the model fails on inputs of the given shape(s): {first_line(exc)}",
                          hint="Check the --input shapes and dtypes.") from exc
     if isinstance(value, dict) and all(isinstance(v, torch.Tensor) for v in value.values()):
         return [str(k) for k in value]
@@ -265,7 +265,7 @@ def _export_to_proto(torch: Any, module: Any, example: tuple, kwargs: dict[str, 
         except (UsageError, InputFileError):
             raise
         except Exception as exc:  # exporter failures come as many exception types
-            raise ConversionError(f"PyTorch could not export the model to ONNX: {_first_line(exc)}",
+            raise ConversionError(f"PyTorch could not export the model to ONNX: {first_line(exc)}",
                                   hint="Try the other exporter with --exporter dynamo|torchscript, or another --opset.") from exc
         model = onnx.load(str(path))  # external data, if any, is loaded from the temp folder
     check_model(model)
@@ -277,7 +277,7 @@ def _ingest_exported_program(torch: Any, source: Path, options: ConvertOptions) 
     try:
         program = torch.export.load(str(source))
     except Exception as exc:  # corrupt archives raise various errors
-        raise InputFileError(f"'{source}' is not a loadable torch.export (.pt2) program: {_first_line(exc)}") from exc
+        raise InputFileError(f"'{source}' is not a loadable torch.export (.pt2) program: {first_line(exc)}") from exc
     if options.exporter == "torchscript":
         raise UsageError("a torch.export program needs the dynamo exporter; drop --exporter torchscript")
     args, _ = program.example_inputs or ((), {})
@@ -298,9 +298,6 @@ def _ingest_exported_program(torch: Any, source: Path, options: ConvertOptions) 
                          notes=["exported with the dynamo exporter"])
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _few(items: list[str], limit: int = 3) -> str:

@@ -12,7 +12,7 @@ from typing import Literal
 import onnx
 from pydantic import Field
 
-from toolchain.errors import ConversionError
+from toolchain.errors import ConversionError, first_line
 from toolchain.lazy import is_installed
 from toolchain.passes.base import GraphStats, PassConfig, PassReport
 
@@ -24,9 +24,6 @@ class SimplifyConfig(PassConfig):
         True, description="Fold BatchNormalization into the preceding Conv/Gemm (onnxsim's default).")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _with_onnxsim(model: onnx.ModelProto, config: SimplifyConfig) -> onnx.ModelProto:
@@ -58,7 +55,7 @@ def run(model: onnx.ModelProto, config: SimplifyConfig | None = None) -> tuple[o
         try:
             result = _with_onnxsim(source, config) if engine == "onnxsim" else _with_onnxslim(source)
         except Exception as exc:  # simplifiers raise anything from protobuf to ORT errors
-            notes.append(f"{engine} failed: {_first_line(exc)}")
+            notes.append(f"{engine} failed: {first_line(exc, 200)}")
             continue
         report = PassReport("simplify", GraphStats.of(model), GraphStats.of(result), {"engine": engine}, notes)
         return result, report
