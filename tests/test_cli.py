@@ -84,6 +84,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, Path]:
     (["convert", "{empty_onnx}", "-o", "{out}/m.onnx"], ["is empty"]),
     (["convert", "{corrupt_onnx}", "-o", "{out}/m.onnx"], ["not a valid ONNX model"]),
     (["convert", "{corrupt_pt}", "-o", "{out}/m.onnx", "--input", "1x3"], ["not a readable PyTorch file"]),
+    (["convert", "{corrupt_h5}", "-o", "{out}/m.onnx"], ["not a readable HDF5 file"]),
     (["convert", "{notes_txt}", "-o", "{out}/m.onnx"], ["cannot tell what kind of model"]),
     (["convert", "{model_xyz}", "-o", "{out}/m.onnx"], ["unknown extension"]),
     (["convert", "{tiny}", "-o", "{out}/m.onnx", "--input", "x:1xAx-3"], ["bad --input"]),
@@ -211,3 +212,15 @@ def test_python_module_entry_point(tiny_onnx):
     done = subprocess.run([sys.executable, "-m", "toolchain", "inspect", str(tiny_onnx)], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0 and "Conv" in done.stdout
+
+
+def test_tensorflow_conversion_keeps_stderr_clean(tmp_path):
+    """TensorFlow's C++ start-up logs must not bury the report (they are replayed only on failure)."""
+    tf = pytest.importorskip("tensorflow")
+    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2)])
+    model.save(tmp_path / "m.keras")
+    done = subprocess.run([sys.executable, "-m", "toolchain", "convert", str(tmp_path / "m.keras"), "-o",
+                           str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "converted keras" in done.stdout

@@ -316,11 +316,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args:
         click.echo(cli.get_help(click.Context(cli, info_name="edgekiln")))
         sys.exit(0)
-    # TensorFlow's C++ runtime logs at start-up unless told otherwise before it is imported;
-    # set here (a run-time default the user can override), never at module import.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from toolchain.errors import ToolchainError
+    from toolchain.quiet import debug_output
 
+    token = debug_output.set(debug)
     try:
         code = cli.main(args=args, prog_name="edgekiln", standalone_mode=False)
     except ToolchainError as exc:
@@ -345,4 +344,6 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"internal error: {type(exc).__name__}: {_one_line(str(exc))[:300]} "
                    "(rerun with --debug for the traceback and please report it)", err=True)
         sys.exit(EXIT_INTERNAL)
+    finally:
+        debug_output.reset(token)
     sys.exit(code if isinstance(code, int) else 0)

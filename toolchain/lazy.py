@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from types import ModuleType
 
 from toolchain.errors import MissingDependencyError
@@ -43,9 +44,18 @@ def is_installed(module: str) -> bool:
         return False
 
 
+# SDKs whose native code logs to stderr while importing (see quiet.native_stderr_captured).
+_NATIVE_NOISY = {"tensorflow", "tf2onnx", "keras", "onnx2tf", "ai_edge_litert"}
+
+
 def require(module: str, purpose: str) -> ModuleType:
     """Import ``module`` or raise an error that says what to install and why it is needed."""
     try:
+        if module.split(".")[0] in _NATIVE_NOISY and module not in sys.modules:
+            from toolchain.quiet import native_stderr_captured
+
+            with native_stderr_captured():
+                return importlib.import_module(module)
         return importlib.import_module(module)
     except ImportError as exc:
         top = module.split(".")[0]

@@ -78,7 +78,10 @@ def ingest(source: Path | None, options: ConvertOptions) -> IngestedModel:
 
         return torch_frontend.ingest_torch(source, kind, options)
     from toolchain.frontends import tensorflow_frontend
+    from toolchain.quiet import native_stderr_captured
 
-    if kind == "savedmodel":
-        return tensorflow_frontend.ingest_savedmodel(source, options)
-    return tensorflow_frontend.ingest_keras_file(source, options)
+    # TensorFlow's runtime logs device probing (e.g. a failed cuInit on CPU machines) from C++.
+    with native_stderr_captured():
+        if kind == "savedmodel":
+            return tensorflow_frontend.ingest_savedmodel(source, options)
+        return tensorflow_frontend.ingest_keras_file(source, options)
