@@ -33,6 +33,8 @@ class Capabilities:
     needs_gpu: bool = False
     runs_here: bool = True
     """False where the artifact can only be finished/run on the device (e.g. TensorRT engines on a Jetson)."""
+    precision_via_onnx: bool = False
+    """True when the backend runs ONNX as given, so precision is applied as ONNX passes before compile."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ model input and is stored in artifact manifests; ``calibration.folder`` finds,
 opens and batches the images.
 """
 
+from calibration.dataset import CalibrationSet, build_calibration_set, is_array_source
 from calibration.folder import (
     IMAGE_SUFFIXES,
     ImageListing,
@@ -20,8 +21,11 @@ from calibration.spec import PRESETS, PreprocessSpec
 __all__ = [
     "IMAGE_SUFFIXES",
     "PRESETS",
+    "CalibrationSet",
     "ImageListing",
     "PreprocessSpec",
+    "build_calibration_set",
+    "is_array_source",
     "labelled_folder",
     "list_images",
     "load_images",

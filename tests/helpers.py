@@ -52,3 +52,43 @@ def write_images(folder: Path, count: int = 6, size: int = 8, mode: str = "L") -
 def files_in(folder: Path) -> list[str]:
     """Every file name under ``folder``, hidden ones included, to prove nothing was left behind."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def make_outlier_cnn(scale: float = 1000.0) -> onnx.ModelProto:
+    """A small CNN whose first activation has one outlier channel, yet computes the same function.
+
+    Conv1's output channel 0 is multiplied by ``scale`` and Conv2's weights for that input
+    channel divided by it: FP32 outputs are unchanged (up to rounding), but a per-tensor
+    INT8 range for that activation now spans the outlier and crushes the other channels
+    to a few levels. This is how outlier channels break real models.
+    """
+    rng = np.random.default_rng(3)
+    w1 = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
+    b1 = rng.uniform(0.0, 0.5, 8).astype(np.float32)
+    w2 = (rng.standard_normal((8, 8, 3, 3)) * 0.3).astype(np.float32)
+    w1[0] *= scale
+    b1[0] *= scale
+    w2[:, 0] /= scale
+    weights = {"w1": w1, "b1": b1, "w2": w2, "b2": np.zeros(8, np.float32),
+               "w3": (rng.standard_normal((8, 8, 3, 3)) * 0.3).astype(np.float32), "b3": np.zeros(8, np.float32),
+               "fc_w": (rng.standard_normal((10, 8 * 8 * 8)) * 0.1).astype(np.float32),
+               "fc_b": np.zeros(10, np.float32)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], pads=[1, 1, 1, 1], name="conv3"),
+        helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+        helper.make_node("Flatten", ["r3"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes, "outlier",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 10])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -68,21 +69,65 @@ def convert(source: PathLike | None, output: PathLike, *, inputs: Sequence[str] 
 
 
 def optimize(model: PathLike, output: PathLike, *, simplify: bool = False, simplify_engine: str = "auto",
-             verify: bool = True, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-             calib: PathLike | None = None, seed: int = 0, preprocess: str | dict | None = None):
+             fp16: bool = False, dynamic_int8: bool = False, verify: bool = True, atol: float = DEFAULT_ATOL,
+             rtol: float = DEFAULT_RTOL, min_cosine: float = 0.99, calib: PathLike | None = None, seed: int = 0,
+             preprocess: str | dict | None = None):
     """``edgekiln optimize``: graph passes on an ONNX model, re-verified in ONNX Runtime."""
     from toolchain.passes.simplify import SimplifyConfig
     from toolchain.stages import optimize as run_optimize
 
+    if fp16 and dynamic_int8:
+        raise UsageError("--fp16 and --dynamic-int8 are alternatives; choose one")
     config = SimplifyConfig.from_options(engine=simplify_engine) if simplify else None
-    return run_optimize(Path(model), Path(output), simplify=config,
-                        verify=_verify_options(verify, atol, rtol, calib, seed, preprocess))
+    lossy = "fp16" if fp16 else "dynamic" if dynamic_int8 else None
+    options = replace(_verify_options(verify, atol, rtol, calib, seed, preprocess), min_cosine=min_cosine)
+    return run_optimize(Path(model), Path(output), simplify=config, lossy=lossy, verify=options)
+
+
+def _quant_options(calib: PathLike | None, calib_size: int, holdout: int, seed: int, preprocess: str | dict | None,
+                   cache_dir: PathLike | None, no_cache: bool, method: str | None, per_channel: bool | None,
+                   activation_type: str | None, symmetric: bool | None, guard: bool, max_drop: float,
+                   min_cosine: float):
+    from toolchain.calibrate import CalibrationOptions, default_cache_dir
+    from toolchain.precision import QuantOptions
+    from toolchain.quant_guard import Budget
+
+    if max_drop < 0 or not 0 < min_cosine <= 1:
+        raise UsageError("--max-drop must be >= 0 and --min-cosine in (0, 1]")
+    calibration = None
+    if calib is not None:
+        cache = None if no_cache else Path(cache_dir) if cache_dir else default_cache_dir()
+        calibration = CalibrationOptions(Path(calib), count=calib_size, holdout=holdout, seed=seed,
+                                         preprocess=preprocess, cache_dir=cache)
+    overrides = {k: v for k, v in {"method": method, "per_channel": per_channel, "activation_type": activation_type,
+                                   "activation_symmetric": symmetric}.items() if v is not None}
+    return QuantOptions(calibration, overrides, Budget(max_drop, min_cosine) if guard else None)
+
+
+def calibrate(model: PathLike, output: PathLike, *, calib: PathLike, target: str | None = None,
+              calib_size: int = 256, holdout: int = 128, seed: int = 0, preprocess: str | dict | None = None,
+              cache_dir: PathLike | None = None, no_cache: bool = False, method: str | None = None,
+              per_channel: bool | None = None, activation_type: str | None = None, symmetric: bool | None = None,
+              guard: bool = True, max_drop: float = 1.0, min_cosine: float = 0.99,
+              tensorrt_cache: PathLike | None = None, tensorrt_version: str = "8200"):
+    """``edgekiln calibrate``: static INT8 from sample images, with the accuracy guard."""
+    from toolchain.calibrate import calibrate as run_calibrate
+    from toolchain.passes.quantize import QuantizeConfig
+
+    quant = _quant_options(calib, calib_size, holdout, seed, preprocess, cache_dir, no_cache, method, per_channel,
+                           activation_type, symmetric, guard, max_drop, min_cosine)
+    config = QuantizeConfig.for_target(target, **quant.overrides)
+    return run_calibrate(Path(model), Path(output), quant.calibration, config, quant.budget,
+                         Path(tensorrt_cache) if tensorrt_cache else None, tensorrt_version)
 
 
 def compile(model: PathLike, output: PathLike, *, backend: str | None = None, target: str | None = None,  # noqa: A001
             precision: str | None = None, threads: int | None = None, graph_optimization: str = "all",
             verify: bool = True, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-            calib: PathLike | None = None, preprocess: str | dict | None = None, seed: int = 0):
+            calib: PathLike | None = None, preprocess: str | dict | None = None, seed: int = 0,
+            calib_size: int = 256, holdout: int = 128, cache_dir: PathLike | None = None, no_cache: bool = False,
+            method: str | None = None, per_channel: bool | None = None, activation_type: str | None = None,
+            symmetric: bool | None = None, guard: bool = True, max_drop: float = 1.0, min_cosine: float = 0.99):
     """``edgekiln compile``: lower an ONNX model to a backend artifact folder, verified against ONNX Runtime."""
     from backends.base import CompileOptions
     from toolchain.stages import compile_artifact
@@ -94,10 +139,13 @@ def compile(model: PathLike, output: PathLike, *, backend: str | None = None, ta
         raise UsageError(f"target '{target}' uses the {profile.backend} backend, not {backend}")
     if threads is not None and threads < 1:
         raise UsageError("--threads must be >= 1")
-    options = CompileOptions(precision=precision or "fp32", target=target, threads=threads,
+    precision = precision or (profile.precision if profile else "fp32")
+    options = CompileOptions(precision=precision, target=target, threads=threads,
                              extra={"graph_optimization": graph_optimization})
-    return compile_artifact(Path(model), Path(output), backend, options,
-                            _verify_options(verify, atol, rtol, calib, seed, preprocess))
+    quant = _quant_options(calib, calib_size, holdout, seed, preprocess, cache_dir, no_cache, method, per_channel,
+                           activation_type, symmetric, guard, max_drop, min_cosine)
+    verify_options = replace(_verify_options(verify, atol, rtol, calib, seed, preprocess), min_cosine=min_cosine)
+    return compile_artifact(Path(model), Path(output), backend, options, verify_options, quant=quant)
 
 
 def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, targets: Sequence[str] = ("x86",),

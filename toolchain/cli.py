@@ -40,6 +40,42 @@ def verify_flags(command: Callable) -> Callable:
     return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
 
 
+def quant_flags(command: Callable) -> Callable:
+    """INT8 calibration and accuracy-guard flags (calibrate, compile --precision int8)."""
+    decorators = [
+        click.option("--calib-size", type=int, default=256, show_default=True,
+                     help="Samples used to measure activation ranges."),
+        click.option("--holdout", type=int, default=128, show_default=True,
+                     help="Further samples, never used for ranges, for the accuracy guard."),
+        click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
+                     help="Range measurement (default minmax)."),
+        click.option("--per-channel/--per-tensor", "per_channel", default=None,
+                     help="Weight scales per output channel (default) or per tensor."),
+        click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default=None,
+                     help="Default from the target: uint8 for ONNX Runtime on x86, int8 for TensorRT/TFLite."),
+        click.option("--symmetric/--asymmetric", "symmetric", default=None,
+                     help="Symmetric activation ranges (default from the target; TensorRT needs symmetric)."),
+        click.option("--max-drop", type=float, default=1.0, show_default=True,
+                     help="Top-1 points INT8 may lose on the held-out samples (accuracy with labels, "
+                          "else agreement with FP32)."),
+        click.option("--min-cosine", type=float, default=0.99, show_default=True,
+                     help="Lowest cosine between FP32 and the lossy model's outputs."),
+        click.option("--no-guard", is_flag=True, help="Skip the accuracy guard (not recommended)."),
+        click.option("--cache-dir", type=_existing_path, default=None,
+                     help="Cache of preprocessed calibration sets (default ~/.cache/edgekiln/calibration)."),
+        click.option("--no-cache", is_flag=True, help="Do not read or write the calibration cache."),
+    ]
+    return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
+
+
+_QUANT_KEYS = ("calib_size", "holdout", "method", "per_channel", "activation_type", "symmetric", "max_drop",
+               "min_cosine", "no_guard", "cache_dir", "no_cache")
+
+
+def _quant_kwargs(no_guard: bool, **quant: object) -> dict:
+    return {"guard": not no_guard, **quant}
+
+
 def _verify_kwargs(no_verify: bool, atol: float, rtol: float, calib: Path | None, seed: int,
                    preprocess: str | None) -> dict:
     return {"verify": not no_verify, "atol": atol, "rtol": rtol, "calib": calib, "seed": seed,
@@ -167,13 +203,19 @@ def build(source: Path | None, output: Path, targets: tuple[str, ...], labels: P
 @click.option("--simplify", is_flag=True, help="Constant folding and redundant-node removal (onnxsim, else onnxslim).")
 @click.option("--simplify-engine", type=click.Choice(["auto", "onnxsim", "onnxslim"]), default="auto",
               show_default=True, help="Which simplifier to use.")
+@click.option("--fp16", is_flag=True, help="FP16 weights and compute (float32 inputs/outputs kept).")
+@click.option("--dynamic-int8", is_flag=True, help="INT8 weights, activations quantized at run time (no calibration).")
+@click.option("--min-cosine", type=float, default=0.99, show_default=True,
+              help="Lowest cosine a lossy pass (--fp16, --dynamic-int8) may reach against the input model.")
 @verify_flags
-def optimize(model: Path, output: Path, simplify: bool, simplify_engine: str, **verify: object) -> None:
-    """Run graph passes on an ONNX model and re-verify it."""
+def optimize(model: Path, output: Path, simplify: bool, simplify_engine: str, fp16: bool, dynamic_int8: bool,
+             min_cosine: float, **verify: object) -> None:
+    """Run graph passes on an ONNX model and re-verify it (for INT8 with calibration, see 'calibrate')."""
     from toolchain import api
     from toolchain.report import print_parity, print_table, say
 
-    result = api.optimize(model, output, simplify=simplify, simplify_engine=simplify_engine, **_verify_kwargs(**verify))
+    result = api.optimize(model, output, simplify=simplify, simplify_engine=simplify_engine, fp16=fp16,
+                          dynamic_int8=dynamic_int8, min_cosine=min_cosine, **_verify_kwargs(**verify))
     rows = [(r.name, r.details.get("engine", ""), f"{r.before.nodes} -> {r.after.nodes}",
              f"{r.before.initializers} -> {r.after.initializers}",
              f"{r.before.serialized_bytes / 1024:.1f} -> {r.after.serialized_bytes / 1024:.1f}") for r in result.passes]
@@ -188,21 +230,64 @@ def optimize(model: Path, output: Path, simplify: bool, simplify_engine: str, **
 @click.option("-o", "--output", type=_existing_path, required=True, help="Artifact folder to write.")
 @click.option("--backend", default=None, help="Backend (default: the target's, else onnxruntime); see 'edgekiln backends'.")
 @click.option("--target", default=None, help="Device profile; see 'edgekiln targets'.")
-@click.option("--precision", default=None, help="fp32, fp16, int8, ... (what the backend supports).")
+@click.option("--precision", default=None,
+              help="fp32, fp16, dynamic (INT8 weights), int8 (needs --calib); default: the target's, else fp32.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads the artifact runs with.")
 @click.option("--graph-optimization", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
               show_default=True, help="ONNX Runtime graph optimization level.")
 @verify_flags
+@quant_flags
 def compile_command(model: Path, output: Path, backend: str | None, target: str | None, precision: str | None,
-                    threads: int | None, graph_optimization: str, **verify: object) -> None:
+                    threads: int | None, graph_optimization: str, **options: object) -> None:
     """Lower an ONNX model to a backend artifact folder (model + manifest.json)."""
     from toolchain import api
-    from toolchain.report import print_parity, say
+    from toolchain.report import print_guard, print_parity, say
 
+    quant = _quant_kwargs(**_split(options, _QUANT_KEYS))
     result = api.compile(model, output, backend=backend, target=target, precision=precision, threads=threads,
-                         graph_optimization=graph_optimization, **_verify_kwargs(**verify))
-    say(f"compiled {model} with {result.artifact.backend} -> {result.artifact.path} ({result.seconds:.1f} s)")
+                         graph_optimization=graph_optimization, **quant, **_verify_kwargs(**options))
+    say(f"compiled {model} with {result.artifact.backend} ({result.artifact.manifest['options']['precision']}) "
+        f"-> {result.artifact.path} ({result.seconds:.1f} s)")
+    guard = result.artifact.manifest["metrics"].get("precision", {}).get("guard")
+    if guard:
+        print_guard(guard)
     print_parity(result.parity)
+
+
+@cli.command()
+@click.argument("model", type=_existing_path)
+@click.option("--calib", type=_existing_path, required=True,
+              help="Sample images (folder; labelled sub-folders give accuracy) or .npy/.npz samples.")
+@click.option("-o", "--output", type=_existing_path, required=True, help="INT8 ONNX file to write.")
+@click.option("--target", default=None, help="Device profile whose INT8 scheme applies; see 'edgekiln targets'.")
+@click.option("--preprocess", default=None, metavar="PRESET",
+              help="Image preprocessing preset (imagenet, yolo, raw01, raw255, gray01); default from the input shape.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample selection.")
+@click.option("--tensorrt-cache", type=_existing_path, default=None,
+              help="Also write a TensorRT calibration cache from the same ranges.")
+@click.option("--tensorrt-version", default="8200", show_default=True,
+              help="TensorRT version in the cache header (8200 = Jetson Nano's 8.2).")
+@quant_flags
+def calibrate(model: Path, calib: Path, output: Path, target: str | None, preprocess: str | None, seed: int,
+              tensorrt_cache: Path | None, tensorrt_version: str, **quant: object) -> None:
+    """Static INT8 quantization calibrated on sample images, with an accuracy guard."""
+    from toolchain import api
+    from toolchain.report import print_guard, say
+
+    result = api.calibrate(model, output, calib=calib, target=target, preprocess=preprocess, seed=seed,
+                           tensorrt_cache=tensorrt_cache, tensorrt_version=tensorrt_version, **_quant_kwargs(**quant))
+    config = result.config
+    say(f"calibrated {model} -> {result.output} ({result.size_before / 1024:.1f} KiB -> "
+        f"{result.size_after / 1024:.1f} KiB, {100 * result.size_after / result.size_before:.0f}%, "
+        f"{result.seconds:.1f} s)")
+    say(f"  {config.method} ranges, {config.activation_type} activations"
+        f"{' (symmetric)' if config.activation_symmetric else ''}, int8 weights "
+        f"{'per channel' if config.per_channel else 'per tensor'}; ranges: {result.ranges_path}")
+    say(f"  samples: {result.calibration_summary}")
+    if result.tensorrt_cache:
+        say(f"  TensorRT calibration cache: {result.tensorrt_cache}")
+    if result.guard:
+        print_guard(result.guard.to_dict())
 
 
 @cli.command()

@@ -29,14 +29,42 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[obje
 
 
 def print_parity(reports: Sequence[ParityReport]) -> None:
-    if not reports:
-        return
-    rows = [(o.name, report.inputs, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.cosine:.6f}",
-             "ok" if o.passed else "FAIL") for report in reports for o in report.outputs]
-    first = reports[0]
-    print_table(f"verify: {first.candidate} vs {first.reference} (atol {first.atol:g}, rtol {first.rtol:g})",
-                ["output", "inputs", "max abs", "max rel", "cosine", ""], rows)
+    """One table per comparison (candidate vs reference), a row per output and input group."""
+    groups: dict[tuple[str, str], list[ParityReport]] = {}
+    for report in reports:
+        groups.setdefault((report.candidate, report.reference), []).append(report)
+    for (candidate, reference), members in groups.items():
+        first = members[0]
+        criterion = (f"cosine >= {first.min_cosine:g}" if first.min_cosine is not None
+                     else f"atol {first.atol:g}, rtol {first.rtol:g}")
+        rows = [(o.name, r.inputs, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.cosine:.6f}",
+                 "ok" if o.passed else "FAIL") for r in members for o in r.outputs]
+        print_table(f"verify: {candidate} vs {reference} ({criterion})",
+                    ["output", "inputs", "max abs", "max rel", "cosine", ""], rows)
 
 
 def say(message: str) -> None:
     _console().print(message)
+
+
+def print_guard(guard: dict) -> None:
+    """The accuracy guard's attempts: quality of each try and which layers stayed float."""
+    budget = guard["budget"]
+    rows = []
+    for number, attempt in enumerate(guard["attempts"]):
+        quality = attempt["quality"]
+        drop = quality.get("drop_points")
+        rows.append((number, len(attempt["kept_float"]), ", ".join(attempt["kept_float"][:4]) +
+                     (" ..." if len(attempt["kept_float"]) > 4 else ""),
+                     "-" if quality.get("top1_agreement") is None else f"{quality['top1_agreement']:.2%}",
+                     "-" if quality.get("accuracy_candidate") is None else
+                     f"{quality['accuracy_reference']:.2%} -> {quality['accuracy_candidate']:.2%}",
+                     "-" if drop is None else f"{drop:.2f}", f"{quality['min_cosine']:.4f}"))
+    print_table(f"accuracy guard on {guard['attempts'][-1]['quality']['samples']} held-out samples "
+                f"(budget: drop <= {budget['max_drop']:g} points, cosine >= {budget['min_cosine']:g}): "
+                f"{'passed' if guard['passed'] else 'FAILED'}",
+                ["try", "float layers", "kept in float", "top-1 agreement", "accuracy fp32 -> int8", "drop",
+                 "min cosine"], rows)
+    if guard["sensitivity"]:
+        worst = ", ".join(f"{s['node']} ({s['score']:.3g})" for s in guard["sensitivity"][:5])
+        say(f"  most sensitive layers (1 - cosine when only that layer is INT8): {worst}")

@@ -6,8 +6,10 @@ numerically, and writes atomically, so a failure leaves nothing behind.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from toolchain.frontends import ingest
 from toolchain.frontends.base import ConvertOptions
 from toolchain.onnx_io import TensorInfo, graph_inputs, graph_outputs, load_onnx, opset_version, save_onnx
 from toolchain.passes.base import PassReport
+from toolchain.precision import LoweredModel
 from toolchain.verify import ParityReport, VerifyOptions, verify_callables
 
 
@@ -78,21 +81,32 @@ class OptimizeResult:
     seconds: float
 
 
-def optimize(model_path: Path, output: Path, *, simplify: Any | None = None,
+def optimize(model_path: Path, output: Path, *, simplify: Any | None = None, lossy: str | None = None,
              verify: VerifyOptions = VerifyOptions()) -> OptimizeResult:
-    """Run the requested passes on an ONNX file; the result is verified against the input in ONNX Runtime."""
+    """Run the requested passes on an ONNX file; the result is verified against the input in ONNX Runtime.
+
+    ``lossy`` is "fp16" or "dynamic" (INT8 weights): those are checked by cosine, not allclose.
+    """
     from toolchain.passes import simplify as simplify_pass
+    from toolchain.passes.quantize import convert_fp16, quantize_dynamic
 
     started = time.perf_counter()
-    if simplify is None:
-        raise UsageError("nothing to do: choose at least one pass (--simplify)")
+    if simplify is None and lossy is None:
+        raise UsageError("nothing to do: choose at least one pass (--simplify, --fp16, --dynamic-int8)")
     _require_onnx_suffix(output)
     original = load_onnx(model_path)
-    model, report = simplify_pass.run(original, simplify)
+    model, reports = original, []
+    if simplify is not None:
+        model, report = simplify_pass.run(model, simplify)
+        reports.append(report)
+    if lossy is not None:
+        model, report = convert_fp16(model) if lossy == "fp16" else quantize_dynamic(model)
+        reports.append(report)
     parity = verify_callables(_ort_runner(original).run, _ort_runner(model).run, graph_inputs(original), verify,
-                              reference="input model", candidate="optimized model") if verify.enabled else []
+                              reference="input model", candidate="optimized model",
+                              lossy=lossy is not None) if verify.enabled else []
     save_onnx(model, output)
-    return OptimizeResult(output, [report], parity, time.perf_counter() - started)
+    return OptimizeResult(output, reports, parity, time.perf_counter() - started)
 
 
 def refuse_foreign_folder(out_dir: Path, marker: str = "manifest.json") -> None:
@@ -128,21 +142,42 @@ class CompileResult:
 
 
 def compile_artifact(model_path: Path, out_dir: Path, backend_name: str, options: Any,
-                     verify: VerifyOptions = VerifyOptions(), stages: dict[str, Any] | None = None) -> CompileResult:
-    """Compile an ONNX model with a backend into an artifact folder, verified against ONNX Runtime."""
+                     verify: VerifyOptions = VerifyOptions(), stages: dict[str, Any] | None = None,
+                     quant: Any | None = None) -> CompileResult:
+    """Compile an ONNX model with a backend into an artifact folder, verified against ONNX Runtime.
+
+    For backends that take their precision as ONNX passes (ONNX Runtime), the
+    model is first lowered to ``options.precision`` (see ``toolchain.precision``);
+    the artifact is then checked exactly against the lowered model, and the
+    lowered model against the FP32 input by cosine (INT8 also by its accuracy guard).
+    """
+    from toolchain.precision import LOSSY, QuantOptions, apply_precision
+
     started = time.perf_counter()
     check_writable_destination(out_dir)
     refuse_foreign_folder(out_dir)
-    model = load_onnx(model_path)
-    backend = _checked_backend(backend_name, options.precision, model)
-    inputs = graph_inputs(model)
+    source = load_onnx(model_path)
+    backend = _checked_backend(backend_name, options.precision, source)
+    inputs = graph_inputs(source)
     # Stored so a device applies exactly the preprocessing used for verification (and calibration).
     preprocess = image_preprocess_or_none(verify.preprocess, inputs)
-    with atomic_directory(out_dir) as staging:
-        compiled = backend.compile(model_path, options, staging)
+    with tempfile.TemporaryDirectory(prefix="edgekiln-lower-") as work, atomic_directory(out_dir) as staging:
+        lowered = (apply_precision(model_path, options.precision, Path(work), target=options.target,
+                                   quant=quant or QuantOptions())
+                   if backend.capabilities.precision_via_onnx else LoweredModel(model_path))
+        model = source if lowered.path == model_path else load_onnx(lowered.path)
+        parity = []
+        if options.precision in LOSSY and backend.capabilities.precision_via_onnx:
+            # Static INT8 is only meaningful on in-distribution data: check it on the images, not random noise.
+            lossy_verify = replace(verify, random_inputs=options.precision != "int8")
+            parity += verify_callables(_ort_runner(source).run, _ort_runner(model).run, inputs, lossy_verify,
+                                       reference="FP32 model", candidate=f"{options.precision} model", lossy=True)
+        compiled = backend.compile(lowered.path, options, staging)
+        for extra in lowered.extra_files:
+            shutil.copyfile(extra, staging / extra.name.replace("model.int8.", ""))
         with backend.load(staging / compiled.model_file, compiled.runtime_options) as runner:
-            parity = verify_callables(_ort_runner(model).run, runner.run, inputs, verify,
-                                      reference="ONNX model in ONNX Runtime", candidate=f"{backend_name} artifact")
+            parity += verify_callables(_ort_runner(model).run, runner.run, inputs, verify,
+                                       reference="ONNX model in ONNX Runtime", candidate=f"{backend_name} artifact")
         manifest = {
             "backend": backend_name,
             "model_file": compiled.model_file,
@@ -155,7 +190,7 @@ def compile_artifact(model_path: Path, out_dir: Path, backend_name: str, options
             "outputs": [_tensor_dict(o) for o in graph_outputs(model)],
             "preprocess": preprocess,
             "metrics": {"verify": [p.to_dict() for p in parity], "details": compiled.details,
-                        "stages": stages or {}},
+                        "precision": lowered.details, "stages": stages or {}},
             "timings": {"compile_seconds": round(time.perf_counter() - started, 3)},
         }
         write_manifest(staging, manifest)

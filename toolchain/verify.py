@@ -49,6 +49,8 @@ class ParityReport:
     atol: float
     rtol: float
     outputs: list[OutputParity] = field(default_factory=list)
+    min_cosine: float | None = None
+    """Set for lossy transformations (FP16, INT8): outputs pass on cosine instead of allclose."""
 
     @property
     def passed(self) -> bool:
@@ -58,10 +60,12 @@ class ParityReport:
         failing = [o for o in self.outputs if not o.passed]
         if failing:
             details = "; ".join(o.describe() for o in failing)
+            criterion = (f"cosine >= {self.min_cosine:g}" if self.min_cosine is not None
+                         else f"atol={self.atol:g}, rtol={self.rtol:g}")
+            loosen = "--min-cosine" if self.min_cosine is not None else "--atol/--rtol"
             raise VerificationError(
-                f"{self.candidate} differs from {self.reference} beyond atol={self.atol:g}, rtol={self.rtol:g} "
-                f"on {self.inputs}: {details}",
-                hint="Loosen with --atol/--rtol if this is expected, or skip with --no-verify.",
+                f"{self.candidate} differs from {self.reference} beyond {criterion} on {self.inputs}: {details}",
+                hint=f"Loosen with {loosen} if this is expected, or skip with --no-verify.",
             )
 
     def to_dict(self) -> dict:
@@ -99,9 +103,13 @@ def compare_output(name: str, reference: np.ndarray, candidate: np.ndarray, *, a
 
 
 def compare(references: Sequence[Feed], candidates: Sequence[Feed], *, reference: str, candidate: str,
-            inputs: str, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> ParityReport:
-    """Compare outputs feed by feed; metrics are taken over all feeds together."""
-    report = ParityReport(reference, candidate, inputs, atol, rtol)
+            inputs: str, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+            min_cosine: float | None = None) -> ParityReport:
+    """Compare outputs feed by feed; metrics are taken over all feeds together.
+
+    With ``min_cosine`` (lossy transformations) an output passes when its cosine reaches it.
+    """
+    report = ParityReport(reference, candidate, inputs, atol, rtol, min_cosine=min_cosine)
     if not references:
         return report
     for name in references[0]:
@@ -119,8 +127,9 @@ def compare(references: Sequence[Feed], candidates: Sequence[Feed], *, reference
                                                f"shape {tuple(bad)} differs from reference {shape}"))
             continue
         parity = compare_output(name, ref, cand, atol=atol, rtol=rtol)
+        passed = parity.passed if min_cosine is None else (not parity.problem and parity.cosine >= min_cosine)
         report.outputs.append(OutputParity(name, shape, parity.max_abs, parity.max_rel, parity.cosine,
-                                           parity.passed, parity.problem))
+                                           passed, parity.problem))
     return report
 
 
@@ -143,6 +152,10 @@ class VerifyOptions:
     """Folder of real images to verify on, besides random inputs."""
     preprocess: str | dict | None = None
     """Preset name or stored ``PreprocessSpec`` dict for the images; inferred from the input shape if None."""
+    min_cosine: float = 0.99
+    """Pass criterion for lossy transformations (FP16, dynamic INT8), which cannot meet atol/rtol."""
+    random_inputs: bool = True
+    """False for statically quantized models: random data lies outside their calibrated ranges."""
     random_samples: int = 2
     image_samples: int = 8
     seed: int = 0
@@ -152,9 +165,11 @@ def verification_feeds(inputs: list, options: VerifyOptions) -> list[tuple[str, 
     """Named groups of feeds: seeded random inputs, a batch-2 run for dynamic batch, and real images."""
     from toolchain.feeds import image_feeds, random_feeds
 
-    groups = [(f"{options.random_samples} random inputs", random_feeds(inputs, count=options.random_samples,
-                                                                      seed=options.seed))]
-    if inputs and all(i.shape and isinstance(i.shape[0], str) for i in inputs):
+    groups = []
+    if options.random_inputs:
+        groups.append((f"{options.random_samples} random inputs",
+                       random_feeds(inputs, count=options.random_samples, seed=options.seed)))
+    if options.random_inputs and inputs and all(i.shape and isinstance(i.shape[0], str) for i in inputs):
         groups.append(("random inputs at batch 2", random_feeds(inputs, count=1, seed=options.seed + 100, batch=2)))
     if options.calib is not None:
         feeds = image_feeds(inputs, options.calib, count=options.image_samples, seed=options.seed,
@@ -164,12 +179,14 @@ def verification_feeds(inputs: list, options: VerifyOptions) -> list[tuple[str, 
 
 
 def verify_callables(reference_fn: Callable[[Feed], Feed], candidate_fn: Callable[[Feed], Feed], inputs: list,
-                     options: VerifyOptions, *, reference: str, candidate: str) -> list[ParityReport]:
+                     options: VerifyOptions, *, reference: str, candidate: str,
+                     lossy: bool = False) -> list[ParityReport]:
     """Compare two callables on every feed group; raise ``VerificationError`` if any output fails."""
     if not options.enabled:
         return []
     reports = [run_and_compare(feeds, reference_fn, candidate_fn, reference=reference, candidate=candidate,
-                               inputs=label, atol=options.atol, rtol=options.rtol)
+                               inputs=label, atol=options.atol, rtol=options.rtol,
+                               min_cosine=options.min_cosine if lossy else None)
                for label, feeds in verification_feeds(inputs, options)]
     for report in reports:
         report.raise_if_failed()

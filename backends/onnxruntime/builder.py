@@ -21,7 +21,8 @@ GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     description = "ONNX Runtime on CPU (CUDA where onnxruntime-gpu is installed); the reference backend"
-    capabilities = Capabilities(precisions=("fp32",), opset_range=(7, 23), layouts=("NCHW", "NHWC"))
+    capabilities = Capabilities(precisions=("fp32", "fp16", "dynamic", "int8"), opset_range=(7, 23),
+                                layouts=("NCHW", "NHWC"), precision_via_onnx=True)
     required_modules = ("onnxruntime",)
 
     def compile(self, onnx_path: Path, options: CompileOptions, out_dir: Path) -> CompiledFiles:

@@ -1,0 +1,115 @@
+"""``edgekiln calibrate``: FP32 ONNX + sample images -> guarded static INT8 ONNX.
+
+Writes the INT8 model, the activation ranges beside it (``<name>.ranges.json``)
+and, when asked, a TensorRT calibration cache made from the same ranges.
+Nothing is written unless the INT8 model meets the accuracy budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from toolchain.errors import UsageError
+from toolchain.feeds import concrete_shape, resolve_preprocess
+from toolchain.fileio import check_writable_destination
+from toolchain.onnx_io import graph_inputs, load_onnx, save_onnx
+from toolchain.passes.quantize import QuantizeConfig, compute_ranges, has_float_weights, named_copy, quantize_static
+from toolchain.quant_guard import Budget, GuardReport, guarded_quantize
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """Where the samples come from and how many are used (``--calib``, ``--calib-size``, ``--holdout``...)."""
+
+    source: Path
+    count: int = 256
+    holdout: int = 128
+    seed: int = 0
+    preprocess: str | dict | None = None
+    cache_dir: Path | None = None
+
+
+@dataclass
+class CalibrateResult:
+    output: Path
+    ranges_path: Path
+    tensorrt_cache: Path | None
+    config: QuantizeConfig
+    guard: GuardReport | None
+    calibration_summary: str
+    size_before: int
+    size_after: int
+    seconds: float
+
+
+def default_cache_dir() -> Path:
+    """Per-user cache for preprocessed calibration sets ($XDG_CACHE_HOME/edgekiln/calibration)."""
+    import os
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "edgekiln" / "calibration"
+
+
+def load_calibration_set(model: onnx.ModelProto, options: CalibrationOptions):
+    """The calibration/held-out samples for ``model``'s single input, preprocessed per the declared spec."""
+    from calibration.dataset import build_calibration_set
+
+    inputs = graph_inputs(model)
+    if len(inputs) != 1:
+        raise UsageError(f"calibration feeds one input; this model has {len(inputs)} "
+                         f"({', '.join(i.name for i in inputs)})")
+    is_array_source = options.source.suffix.lower() in (".npy", ".npz") or (
+        options.source.is_dir() and any(options.source.glob("*.npy")))
+    spec = None if is_array_source else resolve_preprocess(options.preprocess, inputs[0])
+    samples = build_calibration_set(options.source, spec, count=options.count, holdout=options.holdout,
+                                    seed=options.seed, cache_dir=options.cache_dir)
+    expected = concrete_shape(inputs[0], batch=1)[1:]
+    if tuple(samples.calibration.shape[1:]) != expected:
+        raise UsageError(f"calibration samples have shape {tuple(samples.calibration.shape[1:])} but input "
+                         f"'{inputs[0].name}' expects {expected}",
+                         hint="Check the channel count and --preprocess (or the .npy samples).")
+    return inputs[0], samples
+
+
+def _batched(samples, name: str, part: str, batch_axis_fixed: bool):
+    return list(samples.feeds(name, part, batch=1 if batch_axis_fixed else 16))
+
+
+def calibrate(model_path: Path, output: Path, calibration: CalibrationOptions, config: QuantizeConfig,
+              budget: Budget | None = Budget(), tensorrt_cache: Path | None = None,
+              tensorrt_version: str = "8200") -> CalibrateResult:
+    """Quantize ``model_path`` to INT8 with the accuracy guard (``budget=None`` disables it)."""
+    from calibration.ranges import write_tensorrt_cache
+
+    started = time.perf_counter()
+    if output.suffix.lower() != ".onnx":
+        raise UsageError(f"output '{output}' must end in .onnx")
+    check_writable_destination(output)
+    if tensorrt_cache is not None:
+        check_writable_destination(tensorrt_cache)
+    model = named_copy(load_onnx(model_path))
+    if not has_float_weights(model):
+        raise UsageError(f"'{model_path.name}' has no float weights to quantize (already quantized?)")
+    info, samples = load_calibration_set(model, calibration)
+    fixed_batch = isinstance(info.shape[0], int)
+    ranges = compute_ranges(model, _batched(samples, info.name, "calibration", fixed_batch), config)
+    ranges.details.update({"calibration_set": samples.key, "preprocess": samples.spec})
+    guard = None
+    if budget is None:
+        quantized = quantize_static(model, ranges, config)
+    else:
+        if len(samples.holdout) == 0:
+            raise UsageError("the accuracy guard needs held-out samples; raise --holdout or pass --no-guard")
+        quantized, guard = guarded_quantize(model, ranges, config, _batched(samples, info.name, "holdout", fixed_batch),
+                                            budget, samples.holdout_labels)
+    ranges_path = output.with_suffix(".ranges.json")
+    save_onnx(quantized, output)
+    ranges.save(ranges_path)
+    if tensorrt_cache is not None:
+        write_tensorrt_cache(ranges, tensorrt_cache, tensorrt_version=tensorrt_version)
+    return CalibrateResult(output, ranges_path, tensorrt_cache, config, guard, samples.summary(),
+                           model_path.stat().st_size, output.stat().st_size, time.perf_counter() - started)

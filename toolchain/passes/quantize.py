@@ -1,0 +1,256 @@
+"""INT8 and FP16 passes on ONNX models, with ONNX Runtime's quantization tools underneath.
+
+Static INT8 is split in two steps so the expensive part runs once:
+``compute_ranges`` runs ORT's calibrator (MinMax, Entropy or Percentile) over the
+calibration feeds and returns framework-neutral ``ActivationRanges``;
+``quantize_static`` turns a model plus ranges into a QDQ model (ORT's
+``quantize_static`` fed through its calibration-cache file). The accuracy guard
+re-quantizes with different fallback layers from the same ranges.
+
+Why not plain ``quantize_static(..., calibrate_method=Entropy)``: it builds the
+entropy calibrator with 128 histogram bins, where the KL search degenerates to
+roughly min/max. ``compute_ranges`` builds the calibrator itself with a real
+histogram (2048 bins by default).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+import onnx
+from pydantic import Field
+
+from calibration.ranges import ActivationRanges
+from toolchain.errors import ConversionError, UsageError, first_line
+from toolchain.frontends.base import Feed
+from toolchain.passes.base import GraphStats, PassConfig, PassReport
+from toolchain.quiet import quiet
+
+_QUANT_LOGGERS = ("root", "onnxruntime", "onnxruntime.quantization")
+# Ops worth quantizing on every backend edgekiln targets; elementwise ops stay float unless fused.
+DEFAULT_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "MaxPool",
+                    "AveragePool", "GlobalAveragePool", "Concat", "Reshape", "Flatten", "Transpose", "Sigmoid",
+                    "Resize", "Softmax")
+
+
+class QuantizeConfig(PassConfig):
+    """Static INT8 quantization (QDQ format)."""
+
+    method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="How activation ranges are measured on the calibration images.")
+    per_channel: bool = Field(True, description="One weight scale per output channel (more accurate, same speed).")
+    activation_type: Literal["uint8", "int8"] = Field(
+        "uint8", description="Activation type: uint8 is fastest with ONNX Runtime on x86 (VNNI); TensorRT wants int8.")
+    activation_symmetric: bool = Field(False, description="Symmetric activation ranges (zero point 0), as TensorRT needs.")
+    weight_type: Literal["int8", "uint8"] = Field("int8", description="Weight type.")
+    weight_symmetric: bool = Field(True, description="Symmetric weight ranges.")
+    histogram_bins: int = Field(2048, ge=128, le=65536, description="Histogram bins for entropy/percentile.")
+    percentile: float = Field(99.999, gt=90.0, le=100.0, description="Percentile of |activation| kept by 'percentile'.")
+    op_types: tuple[str, ...] = Field(DEFAULT_OP_TYPES, description="Operator types to quantize.")
+    nodes_to_exclude: tuple[str, ...] = Field((), description="Node names kept in float.")
+    nodes_to_quantize: tuple[str, ...] = Field((), description="Only these nodes (empty: all of op_types).")
+    reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI where 8-bit can overflow.")
+
+    @classmethod
+    def for_target(cls, target: str | None, **overrides: object) -> "QuantizeConfig":
+        """Target-aware defaults: TensorRT wants symmetric int8 activations; ORT/x86 runs fastest on uint8."""
+        from toolchain.targets import get_target
+
+        backend = get_target(target).backend if target else "onnxruntime"
+        defaults: dict[str, object] = {}
+        if backend == "tensorrt":
+            defaults = {"activation_type": "int8", "activation_symmetric": True}
+        elif backend == "tflite":
+            defaults = {"activation_type": "int8"}
+        return cls.from_options(**{**defaults, **overrides})
+
+
+class DynamicQuantizeConfig(PassConfig):
+    """Dynamic quantization: INT8 weights, activations quantized at run time."""
+
+    per_channel: bool = Field(False, description="One weight scale per output channel.")
+    op_types: tuple[str, ...] = Field(("MatMul", "Gemm", "Conv"), description="Operator types to quantize.")
+
+
+class Fp16Config(PassConfig):
+    """FP16 weights and compute."""
+
+    keep_io_types: bool = Field(True, description="Keep float32 inputs and outputs (casts at the edges).")
+    op_block_list: tuple[str, ...] = Field((), description="Operator types kept in float32.")
+
+
+class _FeedReader:
+    """ORT's CalibrationDataReader protocol over an iterable of feeds."""
+
+    def __init__(self, feeds: Iterable[Feed]) -> None:
+        self._iterator = iter(feeds)
+        self.count = 0
+
+    def get_next(self) -> Feed | None:
+        feed = next(self._iterator, None)
+        if feed is not None:
+            self.count += 1
+        return feed
+
+
+_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+_TYPES = {"int8": "QInt8", "uint8": "QUInt8"}
+
+
+def _save_temp(model: onnx.ModelProto, folder: Path, name: str) -> Path:
+    path = folder / name
+    onnx.save_model(model, str(path))
+    return path
+
+
+def compute_ranges(model: onnx.ModelProto, feeds: Iterable[Feed], config: QuantizeConfig) -> ActivationRanges:
+    """Run ORT's calibrator over ``feeds`` and return every activation's (low, high) range."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+    extra = {"symmetric": config.activation_symmetric, "num_bins": config.histogram_bins,
+             "percentile": config.percentile}
+    if config.method == "minmax":
+        extra = {"symmetric": config.activation_symmetric}
+    reader = _FeedReader(feeds)
+    with tempfile.TemporaryDirectory(prefix="edgekiln-calib-") as tmp, quiet(*_QUANT_LOGGERS):
+        source = _save_temp(model, Path(tmp), "model.onnx")
+        try:
+            calibrator = create_calibrator(source, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                           calibrate_method=getattr(CalibrationMethod, _METHODS[config.method]),
+                                           extra_options=extra)
+            calibrator.collect_data(reader)
+            data = calibrator.compute_data()
+        except Exception as exc:  # ORT raises ValueError/RuntimeError/its own types for bad graphs or data
+            raise ConversionError(f"calibration failed: {first_line(exc)}") from exc
+    if reader.count == 0:
+        raise UsageError("calibration needs at least one sample; the calibration set is empty")
+    ranges = {name: _low_high(value) for name, value in data.data.items()}
+    details = {"samples": reader.count, "symmetric": config.activation_symmetric}
+    if config.method != "minmax":
+        details["histogram_bins"] = config.histogram_bins
+    if config.method == "percentile":
+        details["percentile"] = config.percentile
+    return ActivationRanges(config.method, ranges, details)
+
+
+def _low_high(value: object) -> tuple[float, float]:
+    import numpy as np
+
+    low, high = getattr(value, "range_value", value)
+    # ORT stores each bound as a 0-d or 1-element float array depending on the calibrator.
+    return float(np.asarray(low).reshape(-1)[0]), float(np.asarray(high).reshape(-1)[0])
+
+
+def _ort_cache(ranges: ActivationRanges, path: Path) -> None:
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+    import numpy as np
+
+    method = getattr(CalibrationMethod, _METHODS[ranges.method])
+    data = {name: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
+            for name, (lo, hi) in ranges.ranges.items()}
+    save_tensors_data(TensorsData(method, data), path)
+
+
+def quantize_static(model: onnx.ModelProto, ranges: ActivationRanges, config: QuantizeConfig) -> onnx.ModelProto:
+    """A QDQ INT8 model from ``model`` and precomputed activation ``ranges``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+    with tempfile.TemporaryDirectory(prefix="edgekiln-quant-") as tmp, quiet(*_QUANT_LOGGERS):
+        cache = Path(tmp) / "ranges.json"
+        _ort_cache(ranges, cache)
+        out = Path(tmp) / "quantized.onnx"
+        try:
+            ort_quantize_static(
+                _save_temp(model, Path(tmp), "model.onnx"), out, None, quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(config.op_types), per_channel=config.per_channel,
+                reduce_range=config.reduce_range, activation_type=getattr(QuantType, _TYPES[config.activation_type]),
+                weight_type=getattr(QuantType, _TYPES[config.weight_type]),
+                nodes_to_exclude=list(config.nodes_to_exclude),
+                nodes_to_quantize=list(config.nodes_to_quantize) or None,
+                calibrate_method=getattr(CalibrationMethod, _METHODS[ranges.method]),
+                extra_options={"ActivationSymmetric": config.activation_symmetric,
+                               "WeightSymmetric": config.weight_symmetric},
+                calibration_cache_path=cache)
+        except Exception as exc:  # ORT's quantizer raises many exception types
+            raise ConversionError(f"static quantization failed: {first_line(exc)}") from exc
+        return onnx.load(str(out))
+
+
+def quantize_dynamic(model: onnx.ModelProto, config: DynamicQuantizeConfig | None = None) -> tuple[onnx.ModelProto, PassReport]:
+    """INT8 weights with run-time activation quantization (no calibration data needed)."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    config = config or DynamicQuantizeConfig()
+    with tempfile.TemporaryDirectory(prefix="edgekiln-dyn-") as tmp, quiet(*_QUANT_LOGGERS):
+        out = Path(tmp) / "quantized.onnx"
+        try:
+            ort_quantize_dynamic(_save_temp(model, Path(tmp), "model.onnx"), out,
+                                 op_types_to_quantize=list(config.op_types), per_channel=config.per_channel,
+                                 weight_type=QuantType.QInt8)
+        except Exception as exc:
+            raise ConversionError(f"dynamic quantization failed: {first_line(exc)}") from exc
+        result = onnx.load(str(out))
+    return result, PassReport("dynamic-int8", GraphStats.of(model), GraphStats.of(result),
+                              {"config": json.loads(config.model_dump_json())})
+
+
+def convert_fp16(model: onnx.ModelProto, config: Fp16Config | None = None) -> tuple[onnx.ModelProto, PassReport]:
+    """FP16 weights and compute (ORT's converter), float32 at the model's edges by default."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    config = config or Fp16Config()
+    source = onnx.ModelProto()
+    source.CopyFrom(model)
+    with quiet(*_QUANT_LOGGERS):
+        try:
+            result = convert_float_to_float16(source, keep_io_types=config.keep_io_types,
+                                              op_block_list=list(config.op_block_list) or None)
+            # The converter appends its input Casts at the end of the node list; ORT runs that,
+            # but the ONNX checker (and other runtimes) require topological order.
+            OnnxModel(result).topological_sort()
+        except Exception as exc:
+            raise ConversionError(f"FP16 conversion failed: {first_line(exc)}") from exc
+    return result, PassReport("fp16", GraphStats.of(model), GraphStats.of(result),
+                              {"config": json.loads(config.model_dump_json())})
+
+
+
+
+# Nodes whose quantization changes numbers most; the guard ranks and keeps these in float.
+WEIGHTED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+
+
+def quantizable_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Weighted nodes (Conv, Gemm, MatMul...) fed directly by a float weight initializer."""
+    float_weights = {t.name for t in model.graph.initializer if t.data_type in _FLOAT_TYPES and len(t.dims) >= 2}
+    return [n for n in model.graph.node
+            if n.op_type in WEIGHTED_OP_TYPES and any(i in float_weights for i in n.input)]
+
+
+def has_float_weights(model: onnx.ModelProto) -> bool:
+    """False for models already quantized (their weights reach the kernels through DequantizeLinear)."""
+    return bool(quantizable_nodes(model))
+
+
+def named_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy in which every node has a unique name (fallback lists and reports refer to nodes by name)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    seen: set[str] = set()
+    for index, node in enumerate(copy.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{index}"
+        seen.add(node.name)
+    return copy
