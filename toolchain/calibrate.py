@@ -56,15 +56,13 @@ def default_cache_dir() -> Path:
 
 def load_calibration_set(model: onnx.ModelProto, options: CalibrationOptions):
     """The calibration/held-out samples for ``model``'s single input, preprocessed per the declared spec."""
-    from calibration.dataset import build_calibration_set
+    from calibration.dataset import build_calibration_set, is_array_source
 
     inputs = graph_inputs(model)
     if len(inputs) != 1:
         raise UsageError(f"calibration feeds one input; this model has {len(inputs)} "
                          f"({', '.join(i.name for i in inputs)})")
-    is_array_source = options.source.suffix.lower() in (".npy", ".npz") or (
-        options.source.is_dir() and any(options.source.glob("*.npy")))
-    spec = None if is_array_source else resolve_preprocess(options.preprocess, inputs[0])
+    spec = None if is_array_source(options.source) else resolve_preprocess(options.preprocess, inputs[0])
     samples = build_calibration_set(options.source, spec, count=options.count, holdout=options.holdout,
                                     seed=options.seed, cache_dir=options.cache_dir)
     expected = concrete_shape(inputs[0], batch=1)[1:]
