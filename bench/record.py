@@ -46,6 +46,22 @@ class TargetCheck:
     """None when the number could not be measured."""
 
 
+@dataclass
+class RunRecord:
+    command: str
+    mode: str
+    """"full", or what was left out ("quick", "only resnet18")."""
+    started_utc: str
+    seconds: float
+    machine: dict[str, object]
+    load_before: tuple[float, float, float] | None
+    load_after: tuple[float, float, float] | None
+    method: dict[str, object]
+    """Timing plan, thread count, image counts and the calibration data, as run."""
+    models: dict[str, ModelResult]
+    targets: list[TargetCheck]
+
+
 def _ratio_check(model: ModelResult, minimum: float) -> TargetCheck:
     target = f"{model.title}: edgekiln INT8 ≥ {minimum:.1f}x faster than FP32 (ORT CPU, batch 1, 2 threads)"
     int8 = model.variant("int8")

@@ -104,6 +104,14 @@ def bad_inputs(tmp_path: Path) -> dict[str, Path]:
     (["bench", "{tiny}", "--iterations", "0"], ["--iterations"]),
     (["inspect", "{corrupt_onnx}"], ["not a valid ONNX model"]),
     (["optimize", "{tiny}", "-o", "{out}/m.onnx"], ["nothing to do"]),
+    (["optimize", "{tiny}", "-o", "{out}/m.onnx", "--fp16", "--dynamic-int8"], ["choose one"]),
+    (["calibrate", "{tiny}", "-o", "{out}/m.onnx"], ["Missing option '--calib'"]),
+    (["calibrate", "{tiny}", "--calib", "{folder}", "-o", "{out}/m.onnx"], ["no images"]),
+    (["calibrate", "{tiny}", "--calib", "{images}", "-o", "{out}/m.onnx", "--calib-size", "0"], ["--calib-size"]),
+    (["calibrate", "{tiny}", "--calib", "{images}", "-o", "{out}/m.onnx", "--calib-size", "999"], ["--calib-size"]),
+    (["calibrate", "{tiny}", "--calib", "{images}", "-o", "{out}/m.onnx", "--max-drop", "-1"], ["--max-drop"]),
+    (["calibrate", "{tiny}", "--calib", "{images}", "-o", "{out}/m.onnx", "--target", "toaster"], ["unknown target"]),
+    (["compile", "{tiny}", "-o", "{out}/art", "--precision", "int8"], ["needs calibration samples"]),
     (["convert", "{tiny}", "-o", "{out}/m.onnx", "--exporter", "magic"], ["--help"]),
     (["frobnicate"], ["No such command"]),
 ])
@@ -111,6 +119,7 @@ def test_bad_input_gets_one_line_and_writes_nothing(args, fragments, bad_inputs,
     out = tmp_path / "out"
     out.mkdir()
     names = {"missing": str(tmp_path / "missing.onnx"), "out": str(out), "tiny": str(tiny_onnx),
+             "images": str(write_images(tmp_path / "images", count=8)),
              **{k.replace(".", "_"): str(v) for k, v in bad_inputs.items()}}
     code, _, err = run_main([a.format(**names) for a in args], capsys)
     assert_one_line_error(code, err, *fragments)
