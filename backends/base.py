@@ -47,6 +47,9 @@ class CompileOptions:
     """Intra-op threads the runner uses by default (None: the runtime's default)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Backend-specific options, recorded in the manifest."""
+    quant: Any = None
+    """``toolchain.precision.QuantOptions`` (calibration samples, quantizer overrides, accuracy budget) for
+    backends that quantize themselves (``Capabilities.precision_via_onnx`` False)."""
 
 
 @dataclass
@@ -91,6 +94,10 @@ class Backend(abc.ABC):
         if missing:
             return False, f"missing {', '.join(missing)}: {install_hint(missing[0])}"
         return True, "ready"
+
+    def can_run(self) -> tuple[bool, str]:
+        """Whether artifacts can be loaded and run on this machine (False e.g. for TensorRT without a GPU)."""
+        return self.is_available()
 
     @abc.abstractmethod
     def compile(self, onnx_path: Path, options: CompileOptions, out_dir: Path) -> CompiledFiles:

@@ -39,5 +39,31 @@ def get_backend(name: str) -> Backend:
     return _load(table[name])()
 
 
+class UnloadableBackend(Backend):
+    """Stands in for a registered backend whose module fails to import, so listing never crashes."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        from backends.base import Capabilities
+
+        self.name, self.description, self._reason = name, "could not be loaded", reason
+        self.capabilities = Capabilities(precisions=(), opset_range=(0, 0))
+        self.required_modules = ()
+
+    def is_available(self) -> tuple[bool, str]:
+        return False, self._reason
+
+    def compile(self, onnx_path, options, out_dir):  # pragma: no cover - never selected
+        raise UsageError(f"backend '{self.name}' {self._reason}")
+
+    def load(self, model_path, runtime_options):  # pragma: no cover - never selected
+        raise UsageError(f"backend '{self.name}' {self._reason}")
+
+
 def all_backends() -> list[Backend]:
-    return [_load(ref)() for ref in backend_table().values()]
+    backends: list[Backend] = []
+    for name, reference in backend_table().items():
+        try:
+            backends.append(_load(reference)())
+        except Exception as exc:  # a broken plugin must not break 'edgekiln backends'
+            backends.append(UnloadableBackend(name, f"failed to load {reference}: {type(exc).__name__}: {exc}"))
+    return backends

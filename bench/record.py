@@ -14,6 +14,8 @@ class VariantResult:
     size_bytes: int | None = None
     size_ratio: float | None = None
     """File size as a fraction of the FP32 file."""
+    quant_param_bytes: int | None = None
+    """Of ``size_bytes``: scales and zero points."""
     build_seconds: float = 0.0
     error: str | None = None
     latency: LatencySummary | None = None

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 
 Feed = dict[str, np.ndarray]
 
@@ -165,16 +166,28 @@ def _op_label(node: onnx.NodeProto) -> str:
 
 
 _QUANT_PLUMBING = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
-_INTEGER_OPS = ("QLinear", "QGemm", "Integer", "QAttention", "DynamicQuantizeMatMul")
+# NhwcMaxPool (com.microsoft) only has uint8/int8 kernels: ORT uses it for pooling inside an INT8 graph.
+_INTEGER_OPS = ("QLinear", "QGemm", "Integer", "QAttention", "DynamicQuantizeMatMul", "NhwcMaxPool")
 _SHAPE_OPS = {"Reshape", "Flatten", "Shape", "Gather", "Unsqueeze", "Concat", "Squeeze", "Identity", "Transpose",
               "ReorderInput", "ReorderOutput", "Cast"}
+
+
+def _base_op(label: str) -> str:
+    return label.split("(")[0]
 
 
 def float_compute_ops(counts: dict[str, int]) -> dict[str, int]:
     """The compute ops that still run in float: not integer kernels, not Q/DQ, not layout/shape plumbing."""
     return {op: n for op, n in counts.items()
-            if op not in _QUANT_PLUMBING and op not in _SHAPE_OPS and not any(tag in op for tag in _INTEGER_OPS)}
+            if _base_op(op) not in _QUANT_PLUMBING | _SHAPE_OPS and not any(tag in op for tag in _INTEGER_OPS)}
 
 
 def integer_ops(counts: dict[str, int]) -> dict[str, int]:
     return {op: n for op, n in counts.items() if any(tag in op for tag in _INTEGER_OPS)}
+
+
+def quant_param_bytes(path: Path) -> int:
+    """Bytes of scales and zero points stored in the file (per-channel quantization stores one per channel)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer
+               if t.name.endswith(("_scale", "_zero_point")))

@@ -161,23 +161,32 @@ def compile_artifact(model_path: Path, out_dir: Path, backend_name: str, options
     inputs = graph_inputs(source)
     # Stored so a device applies exactly the preprocessing used for verification (and calibration).
     preprocess = image_preprocess_or_none(verify.preprocess, inputs)
+    quant = quant or QuantOptions()
+    lossy = options.precision in LOSSY
+    # Static INT8 is only meaningful on in-distribution data: check it on the images, not random noise.
+    lossy_verify = replace(verify, random_inputs=options.precision != "int8")
     with tempfile.TemporaryDirectory(prefix="edgekiln-lower-") as work, atomic_directory(out_dir) as staging:
-        lowered = (apply_precision(model_path, options.precision, Path(work), target=options.target,
-                                   quant=quant or QuantOptions())
-                   if backend.capabilities.precision_via_onnx else LoweredModel(model_path))
+        via_onnx = backend.capabilities.precision_via_onnx
+        lowered = (apply_precision(model_path, options.precision, Path(work), target=options.target, quant=quant)
+                   if via_onnx else LoweredModel(model_path))
         model = source if lowered.path == model_path else load_onnx(lowered.path)
         parity = []
-        if options.precision in LOSSY and backend.capabilities.precision_via_onnx:
-            # Static INT8 is only meaningful on in-distribution data: check it on the images, not random noise.
-            lossy_verify = replace(verify, random_inputs=options.precision != "int8")
+        if lossy and via_onnx:
             parity += verify_callables(_ort_runner(source).run, _ort_runner(model).run, inputs, lossy_verify,
                                        reference="FP32 model", candidate=f"{options.precision} model", lossy=True)
-        compiled = backend.compile(lowered.path, options, staging)
+        compiled = backend.compile(lowered.path, replace(options, quant=quant), staging)
         for extra in lowered.extra_files:
             shutil.copyfile(extra, staging / extra.name.replace("model.int8.", ""))
-        with backend.load(staging / compiled.model_file, compiled.runtime_options) as runner:
-            parity += verify_callables(_ort_runner(model).run, runner.run, inputs, verify,
-                                       reference="ONNX model in ONNX Runtime", candidate=f"{backend_name} artifact")
+        runnable, why_not = backend.can_run()
+        if runnable:
+            # A backend that quantized itself is compared with the FP32 model, by cosine on real images.
+            own_lossy = lossy and not via_onnx
+            with backend.load(staging / compiled.model_file, compiled.runtime_options) as runner:
+                parity += verify_callables(_ort_runner(model).run, runner.run, inputs,
+                                           lossy_verify if own_lossy else verify, lossy=own_lossy,
+                                           reference="ONNX model in ONNX Runtime", candidate=f"{backend_name} artifact")
+        else:
+            compiled.details["not_verified_here"] = why_not
         manifest = {
             "backend": backend_name,
             "model_file": compiled.model_file,
