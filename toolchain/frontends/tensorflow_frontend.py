@@ -220,6 +220,9 @@ def _trace(tf: Any, body: ModelBody, inputs: Sequence[_SourceInput], dims: tuple
 def _convert(signature: _Signature, opset: int) -> onnx.ModelProto:
     tf2onnx_convert = require("tf2onnx.convert", "Converting a TensorFlow model to ONNX")
     specs = signature.function.input_signature
+    # tf2onnx numbers generated node names from a process-wide counter; restart it so converting
+    # the same model twice in one process gives byte-identical ONNX.
+    require("tf2onnx.utils", "Converting a TensorFlow model to ONNX").INTERNAL_NAME = 1
     try:
         with _muted("tf2onnx"):
             model, _ = tf2onnx_convert.from_function(signature.function, input_signature=specs, opset=opset)
@@ -228,6 +231,9 @@ def _convert(signature: _Signature, opset: int) -> onnx.ModelProto:
     except Exception as exc:
         raise ConversionError(f"tf2onnx could not convert the model: {first_line(exc)}") from exc
     _order_outputs(model, signature.outputs)
+    # tf2onnx records the traced function's name ("__inference_call_123"), whose number is a
+    # process-wide TensorFlow counter: dropping it keeps repeated conversions byte-identical.
+    model.graph.doc_string = ""
     return model
 
 
