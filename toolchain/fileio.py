@@ -91,28 +91,69 @@ def atomic_file(dest: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_staging(parent: Path, name: str) -> None:
+    """Staging folders left by killed processes (SIGKILL skips clean-up) are removed by the next run.
+
+    Only folders whose creating process is gone are touched, so a concurrent run's staging survives.
+    """
+    for candidate in parent.glob(f".{name}.*.tmp"):
+        pid_text = candidate.name[len(name) + 2:].split(".", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _swap_lock(parent: Path) -> Iterator[None]:
+    """Serialise final swaps between processes writing into ``parent``.
+
+    The folder itself is locked (flock works on directory descriptors), so no lock file is left
+    among the user's outputs; swaps take milliseconds, so one lock per folder costs nothing.
+    """
+    import fcntl
+
+    descriptor = os.open(parent, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
 @contextlib.contextmanager
 def atomic_directory(dest: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``dest``; swap it into place only if the block succeeds.
 
     An existing ``dest`` is replaced as a whole, so a reader never sees a mix of
-    old and new files.
+    old and new files; concurrent writers of the same ``dest`` each swap in a
+    complete folder, one after the other (the last one wins).
     """
     check_writable_destination(dest)
     if dest.exists() and not dest.is_dir():
         raise OutputError(f"output path '{dest}' exists and is not a folder")
     parent = dest.absolute().parent
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent))
+    _remove_stale_staging(parent, dest.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=parent))
     try:
         yield tmp
         _publishable(tmp)
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=parent))
-            os.replace(dest, old / "previous")
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
+        with _swap_lock(parent):
+            if dest.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=parent))
+                os.replace(dest, old / "previous")
+                os.replace(tmp, dest)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, dest)
     except OSError as exc:
         raise OutputError(f"could not write '{dest}': {exc.strerror or exc}") from exc
     finally:

@@ -1,0 +1,97 @@
+"""Killed, interrupted and concurrent builds never leave a half-written output behind.
+
+Real processes of the installed CLI, real signals. Bounded: 20 kills take about half a minute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import onnx
+import pytest
+
+from helpers import make_onnx_model
+
+KILLS = 20
+
+
+def _build_command(model: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "toolchain", "build", str(model), "-o", str(out), "--bench-iterations", "0"]
+
+
+def _fingerprint(out: Path) -> dict:
+    """Hashes of the models and the manifest without its timings: what must not depend on interruptions."""
+    manifest = json.loads((out / "x86" / "manifest.json").read_text())
+    manifest.pop("timings")
+    return {"model": hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest(),
+            "simplified": hashlib.sha256((out / "model.simplified.onnx").read_bytes()).hexdigest(),
+            "artifact": hashlib.sha256((out / "x86" / "model.onnx").read_bytes()).hexdigest(),
+            "manifest": manifest, "stages": [s["stage"] for s in json.loads((out / "report.json").read_text())["stages"]]}
+
+
+def _assert_complete_or_absent(out: Path) -> None:
+    if not out.exists():
+        return
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*")}
+    assert {"model.onnx", "model.simplified.onnx", "report.json", "x86/manifest.json", "x86/model.onnx"} <= names
+    onnx.checker.check_model(str(out / "x86" / "model.onnx"))
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.onnx"
+    onnx.save(make_onnx_model(batch="N"), str(path))
+    return path
+
+
+def test_sigkill_at_random_points_then_rerun_matches(model, tmp_path):
+    reference = tmp_path / "reference"
+    subprocess.run(_build_command(model, reference), check=True, capture_output=True, timeout=300)
+    started = time.perf_counter()
+    finish = subprocess.run(_build_command(model, tmp_path / "timing"), check=True, capture_output=True, timeout=300)
+    duration = time.perf_counter() - started
+    assert finish.returncode == 0
+    out = tmp_path / "out"
+    rng = random.Random(0)
+    for _ in range(KILLS):
+        process = subprocess.Popen(_build_command(model, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, duration))
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+        _assert_complete_or_absent(out)
+    subprocess.run(_build_command(model, out), check=True, capture_output=True, timeout=300)
+    assert _fingerprint(out) == _fingerprint(reference)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+    assert leftovers == [], "staging folders of killed runs are cleaned by the next run"
+
+
+def test_sigint_ends_cleanly_with_a_short_message(model, tmp_path):
+    process = subprocess.Popen(_build_command(model, tmp_path / "out"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the build finished before the signal arrived on this machine")
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
+
+
+def test_concurrent_builds_into_the_same_folder(model, tmp_path):
+    out = tmp_path / "out"
+    processes = [subprocess.Popen(_build_command(model, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
+    assert [code for code, _ in results] == [0, 0], results
+    _assert_complete_or_absent(out)
+    assert out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
