@@ -175,6 +175,27 @@ def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, 
                      labels=Path(labels) if labels else None, simplify=simplify, bench_iterations=bench_iterations)
 
 
+def compare(artifacts: Sequence[PathLike], *, calib: PathLike | None = None, count: int = 32, seed: int = 0,
+            per_layer: bool = False):
+    """``edgekiln compare``: artifacts on the same inputs against the first; optionally per layer (ONNX)."""
+    from toolchain.artifact import Artifact
+    from toolchain.compare import comparison_feeds, compare_artifacts
+    from toolchain.compare import per_layer as layer_diffs
+
+    paths = [Path(a) for a in artifacts]
+    comparisons = compare_artifacts(paths, calib=Path(calib) if calib else None, count=count, seed=seed)
+    layers = {}
+    if per_layer:
+        reference = Artifact.open(paths[0])
+        feeds = comparison_feeds(reference, Path(calib) if calib else None, min(count, 8), seed)
+        for path in paths[1:]:
+            candidate = Artifact.open(path)
+            if reference.model_path.suffix != ".onnx" or candidate.model_path.suffix != ".onnx":
+                raise UsageError("--per-layer compares ONNX models (ONNX Runtime artifacts or .onnx files)")
+            layers[str(path)] = layer_diffs(reference.model_path, candidate.model_path, feeds)
+    return comparisons, layers
+
+
 def evaluate(artifact: PathLike, labels: PathLike):
     """``edgekiln eval``: top-1/top-5 accuracy on a labelled image folder."""
     from toolchain.evaluate import evaluate as run_evaluate

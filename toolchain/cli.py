@@ -348,6 +348,38 @@ def inspect(model: Path, as_json: bool) -> None:
     click.echo(json.dumps(summary.to_dict(), indent=2) if as_json else format_summary(summary))
 
 
+@cli.command()
+@click.argument("artifacts", nargs=-1, required=True, type=_existing_path)
+@click.option("--calib", type=_existing_path, default=None, help="Images to compare on (default: seeded random inputs).")
+@click.option("--count", type=int, default=32, show_default=True, help="How many inputs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of input selection.")
+@click.option("--per-layer", is_flag=True, help="Rank intermediate tensors by error (ONNX models).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def compare(artifacts: tuple[Path, ...], calib: Path | None, count: int, seed: int, per_layer: bool,
+            as_json: bool) -> None:
+    """Run artifacts (ONNX, INT8 ONNX, TFLite, ...) on the same inputs and compare each with the first."""
+    import dataclasses
+
+    from toolchain import api
+    from toolchain.report import print_table
+
+    comparisons, layers = api.compare(artifacts, calib=calib, count=count, seed=seed, per_layer=per_layer)
+    if as_json:
+        click.echo(json.dumps({"comparisons": [dataclasses.asdict(c) for c in comparisons],
+                               "per_layer": {k: [dataclasses.asdict(r) for r in v] for k, v in layers.items()}},
+                              indent=2))
+        return
+    for comparison in comparisons:
+        print_table(f"{comparison.candidate} vs {comparison.reference} ({comparison.samples} inputs)",
+                    ["output", "max abs", "mean abs", "cosine", "top-1 agree", "top-5 agree"],
+                    [(o.name, f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.cosine:.6f}",
+                      f"{o.top_k_agreement[1]:.2%}" if 1 in o.top_k_agreement else "-",
+                      f"{o.top_k_agreement[5]:.2%}" if 5 in o.top_k_agreement else "-") for o in comparison.outputs])
+    for candidate, rows in layers.items():
+        print_table(f"per layer: {candidate} (worst first)", ["tensor", "produced by", "op", "relative error", "cosine"],
+                    [(r.tensor, r.producer, r.op_type, f"{r.relative_error:.3g}", f"{r.cosine:.6f}") for r in rows])
+
+
 @cli.command(name="eval")
 @click.argument("artifact", type=_existing_path)
 @click.option("--labels", type=_existing_path, required=True, help="Labelled image folder (one sub-folder per class).")

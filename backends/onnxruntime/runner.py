@@ -56,12 +56,15 @@ class OnnxRuntimeRunner(Runner):
         return cls(session, graph_inputs(model), graph_outputs(model))
 
     def run(self, feed: Feed) -> Feed:
+        return self.run_named(feed, self._output_names)
+
+    def run_named(self, feed: Feed, names: list[str]) -> Feed:
+        """Run and return the tensors ``names`` (graph outputs, or intermediates added as outputs)."""
         expected = {i.name for i in self.inputs}
         if set(feed) != expected:
             raise UsageError(f"the model takes inputs {sorted(expected)}, got {sorted(feed)}")
         try:
-            values = self.session.run(self._output_names, feed)
+            values = self.session.run(names, feed)
         except Exception as exc:  # ORT reports bad shapes/dtypes as its own exception types
-            first = first_line(exc)
-            raise UsageError(f"ONNX Runtime rejected the inputs: {first}") from exc
-        return dict(zip(self._output_names, values))
+            raise UsageError(f"ONNX Runtime rejected the inputs: {first_line(exc)}") from exc
+        return dict(zip(names, values))
