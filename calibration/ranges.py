@@ -65,7 +65,7 @@ def _float_hex(value: float) -> str:
     return struct.pack(">f", value).hex()
 
 
-def tensorrt_cache_text(ranges: ActivationRanges, *, tensorrt_version: str = "8200",
+def tensorrt_cache_text(ranges: ActivationRanges, *, tensorrt_version: str = "8201",
                         algorithm: str = "EntropyCalibration2") -> str:
     """The text calibration cache TensorRT's implicit-INT8 calibrators read (``readCalibrationCache``).
 

@@ -54,7 +54,7 @@ def test_calibrate_writes_model_ranges_and_tensorrt_cache(tmp_path, images):
     assert result.guard.passed
     ranges = json.loads((tmp_path / "m.int8.ranges.json").read_text())
     assert ranges["method"] == "percentile" and "x" in ranges["ranges"]
-    assert (tmp_path / "trt.cache").read_text().startswith("TRT-8200-EntropyCalibration2\n")
+    assert (tmp_path / "trt.cache").read_text().startswith("TRT-8201-EntropyCalibration2\n")
     again = api.calibrate(tmp_path / "m.onnx", tmp_path / "m2.onnx", calib=images, calib_size=40, holdout=40,
                           cache_dir=tmp_path / "cache")
     assert "hit" in again.calibration_summary

@@ -75,7 +75,11 @@ def test_sigkill_at_random_points_then_rerun_matches(model, tmp_path):
 def test_sigint_ends_cleanly_with_a_short_message(model, tmp_path):
     process = subprocess.Popen(_build_command(model, tmp_path / "out"), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+    # Interrupt once the build is under way (its staging folder exists), not during interpreter start-up.
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".out.") for p in tmp_path.iterdir()) and process.poll() is None:
+        assert time.monotonic() < deadline, "the build never started"
+        time.sleep(0.02)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     if process.returncode == 0:

@@ -84,6 +84,25 @@ def optimize(model: PathLike, output: PathLike, *, simplify: bool = False, simpl
     return run_optimize(Path(model), Path(output), simplify=config, lossy=lossy, verify=options)
 
 
+# Backend-specific compile options: which backend reads each (the CLI flag is the key with dashes).
+BACKEND_OPTIONS: dict[str, str] = {
+    "strict": "tensorrt", "dla_core": "tensorrt", "workspace_mb": "tensorrt", "int8_mode": "tensorrt",
+    "tensorrt_version": "tensorrt", "max_batch": "tensorrt", "opt_batch": "tensorrt",
+    "flash_kb": "tflite", "ram_kb": "tflite",
+}
+
+
+def _checked_backend_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
+    given = {k: v for k, v in options.items() if v is not None and v is not False}
+    for key in given:
+        owner = BACKEND_OPTIONS.get(key)
+        if owner is None:
+            raise UsageError(f"unknown backend option '{key}'")
+        if owner != backend:
+            raise UsageError(f"--{key.replace('_', '-')} applies to the {owner} backend, not {backend}")
+    return given
+
+
 def _quant_options(calib: PathLike | None, calib_size: int, holdout: int, seed: int, preprocess: str | dict | None,
                    cache_dir: PathLike | None, no_cache: bool, method: str | None, per_channel: bool | None,
                    activation_type: str | None, symmetric: bool | None, guard: bool, max_drop: float,
@@ -109,7 +128,7 @@ def calibrate(model: PathLike, output: PathLike, *, calib: PathLike, target: str
               cache_dir: PathLike | None = None, no_cache: bool = False, method: str | None = None,
               per_channel: bool | None = None, activation_type: str | None = None, symmetric: bool | None = None,
               guard: bool = True, max_drop: float = 1.0, min_cosine: float = 0.99,
-              tensorrt_cache: PathLike | None = None, tensorrt_version: str = "8200"):
+              tensorrt_cache: PathLike | None = None, tensorrt_version: str = "8201"):
     """``edgekiln calibrate``: static INT8 from sample images, with the accuracy guard."""
     from toolchain.calibrate import calibrate as run_calibrate
     from toolchain.passes.quantize import QuantizeConfig
@@ -127,8 +146,12 @@ def compile(model: PathLike, output: PathLike, *, backend: str | None = None, ta
             calib: PathLike | None = None, preprocess: str | dict | None = None, seed: int = 0,
             calib_size: int = 256, holdout: int = 128, cache_dir: PathLike | None = None, no_cache: bool = False,
             method: str | None = None, per_channel: bool | None = None, activation_type: str | None = None,
-            symmetric: bool | None = None, guard: bool = True, max_drop: float = 1.0, min_cosine: float = 0.99):
-    """``edgekiln compile``: lower an ONNX model to a backend artifact folder, verified against ONNX Runtime."""
+            symmetric: bool | None = None, guard: bool = True, max_drop: float = 1.0, min_cosine: float = 0.99,
+            backend_options: dict[str, Any] | None = None):
+    """``edgekiln compile``: lower an ONNX model to a backend artifact folder, verified against ONNX Runtime.
+
+    ``backend_options`` are backend-specific (see ``BACKEND_OPTIONS``), e.g. ``{"dla_core": 0}`` for TensorRT.
+    """
     from backends.base import CompileOptions
     from toolchain.stages import compile_artifact
     from toolchain.targets import get_target
@@ -140,8 +163,8 @@ def compile(model: PathLike, output: PathLike, *, backend: str | None = None, ta
     if threads is not None and threads < 1:
         raise UsageError("--threads must be >= 1")
     precision = precision or (profile.precision if profile else "fp32")
-    options = CompileOptions(precision=precision, target=target, threads=threads,
-                             extra={"graph_optimization": graph_optimization})
+    extra = {"graph_optimization": graph_optimization, **_checked_backend_options(backend, backend_options or {})}
+    options = CompileOptions(precision=precision, target=target, threads=threads, extra=extra)
     quant = _quant_options(calib, calib_size, holdout, seed, preprocess, cache_dir, no_cache, method, per_channel,
                            activation_type, symmetric, guard, max_drop, min_cosine)
     verify_options = replace(_verify_options(verify, atol, rtol, calib, seed, preprocess), min_cosine=min_cosine)

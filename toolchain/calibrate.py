@@ -79,7 +79,7 @@ def _batched(samples, name: str, part: str, batch_axis_fixed: bool):
 
 def calibrate(model_path: Path, output: Path, calibration: CalibrationOptions, config: QuantizeConfig,
               budget: Budget | None = Budget(), tensorrt_cache: Path | None = None,
-              tensorrt_version: str = "8200") -> CalibrateResult:
+              tensorrt_version: str = "8201") -> CalibrateResult:
     """Quantize ``model_path`` to INT8 with the accuracy guard (``budget=None`` disables it)."""
     from calibration.ranges import write_tensorrt_cache
 

@@ -7,11 +7,13 @@ are printed as one line with the error's exit code; tracebacks only with --debug
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -68,6 +70,26 @@ def quant_flags(command: Callable) -> Callable:
     return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
 
 
+def backend_flags(command: Callable) -> Callable:
+    """Flags read by one backend only (api.BACKEND_OPTIONS says which); others reject them."""
+    decorators = [
+        click.option("--strict", is_flag=True, help="TensorRT: fail instead of building FP16 when the device "
+                                                    "has no fast INT8 (Jetson Nano)."),
+        click.option("--dla-core", type=int, default=None, help="TensorRT: DLA core (Xavier/Orin), GPU fallback on."),
+        click.option("--workspace-mb", type=int, default=None, help="TensorRT: builder memory-pool limit in MiB."),
+        click.option("--int8-mode", type=click.Choice(["qdq", "cache"]), default=None,
+                     help="TensorRT: explicit QDQ INT8 (TensorRT >= 8.5) or implicit INT8 with a calibration cache."),
+        click.option("--tensorrt-version", default=None, help="TensorRT: the device's exact version (e.g. 8.2.1)."),
+        click.option("--max-batch", type=int, default=None, help="TensorRT: largest batch of the dynamic-shape profile."),
+        click.option("--opt-batch", type=int, default=None, help="TensorRT: batch the profile is tuned for."),
+        click.option("--flash-kb", type=float, default=None, help="TFLite (mcu): fail if the model needs more flash."),
+        click.option("--ram-kb", type=float, default=None, help="TFLite (mcu): fail if the tensor arena needs more RAM."),
+    ]
+    return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
+
+
+_BACKEND_KEYS = ("strict", "dla_core", "workspace_mb", "int8_mode", "tensorrt_version", "max_batch", "opt_batch",
+                 "flash_kb", "ram_kb")
 _QUANT_KEYS = ("calib_size", "holdout", "method", "per_channel", "activation_type", "symmetric", "max_drop",
                "min_cosine", "no_guard", "cache_dir", "no_cache")
 
@@ -237,6 +259,7 @@ def optimize(model: Path, output: Path, simplify: bool, simplify_engine: str, fp
               show_default=True, help="ONNX Runtime graph optimization level.")
 @verify_flags
 @quant_flags
+@backend_flags
 def compile_command(model: Path, output: Path, backend: str | None, target: str | None, precision: str | None,
                     threads: int | None, graph_optimization: str, **options: object) -> None:
     """Lower an ONNX model to a backend artifact folder (model + manifest.json)."""
@@ -244,11 +267,20 @@ def compile_command(model: Path, output: Path, backend: str | None, target: str 
     from toolchain.report import print_guard, print_parity, say
 
     quant = _quant_kwargs(**_split(options, _QUANT_KEYS))
+    backend_options = _split(options, _BACKEND_KEYS)
     result = api.compile(model, output, backend=backend, target=target, precision=precision, threads=threads,
-                         graph_optimization=graph_optimization, **quant, **_verify_kwargs(**options))
-    say(f"compiled {model} with {result.artifact.backend} ({result.artifact.manifest['options']['precision']}) "
-        f"-> {result.artifact.path} ({result.seconds:.1f} s)")
-    guard = result.artifact.manifest["metrics"].get("precision", {}).get("guard")
+                         graph_optimization=graph_optimization, backend_options=backend_options, **quant,
+                         **_verify_kwargs(**options))
+    manifest = result.artifact.manifest
+    details = manifest["metrics"].get("details", {})
+    built = details.get("precision", manifest["options"]["precision"])
+    say(f"compiled {model} with {result.artifact.backend} ({built}) -> {result.artifact.path} "
+        f"({result.seconds:.1f} s)")
+    for note in details.get("notes", []):
+        say(f"  note: {note}")
+    if details.get("not_verified_here"):
+        say(f"  not verified on this machine: {details['not_verified_here']}")
+    guard = manifest["metrics"].get("precision", {}).get("guard") or details.get("guard")
     if guard:
         print_guard(guard)
     print_parity(result.parity)
@@ -265,8 +297,9 @@ def compile_command(model: Path, output: Path, backend: str | None, target: str 
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample selection.")
 @click.option("--tensorrt-cache", type=_existing_path, default=None,
               help="Also write a TensorRT calibration cache from the same ranges.")
-@click.option("--tensorrt-version", default="8200", show_default=True,
-              help="TensorRT version in the cache header (8200 = Jetson Nano's 8.2).")
+@click.option("--tensorrt-version", default="8201", show_default=True,
+              help="TensorRT version in the cache header; it must match the device exactly "
+                   "(8201 = TensorRT 8.2.1, JetPack 4.6.1 on the Nano; 100300 = 10.3.0).")
 @quant_flags
 def calibrate(model: Path, calib: Path, output: Path, target: str | None, preprocess: str | None, seed: int,
               tensorrt_cache: Path | None, tensorrt_version: str, **quant: object) -> None:
@@ -422,6 +455,29 @@ def targets() -> None:
                 [(t.name, t.backend, t.precision, t.opset, t.description, t.notes) for t in TARGETS.values()])
 
 
+@contextlib.contextmanager
+def _progress_logging() -> Iterator[None]:
+    """Show the 'edgekiln' logger's progress lines on stderr while a command runs.
+
+    Warnings are not shown here: every warning a stage logs is also in its result's notes,
+    which the command prints in its summary (API users get the warnings from logging).
+    """
+    logger = logging.getLogger("edgekiln")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("  %(message)s"))
+    handler.addFilter(lambda record: record.levelno < logging.WARNING)
+    saved = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -438,7 +494,8 @@ def main(argv: list[str] | None = None) -> None:
 
     token = debug_output.set(debug)
     try:
-        code = cli.main(args=args, prog_name="edgekiln", standalone_mode=False)
+        with _progress_logging():
+            code = cli.main(args=args, prog_name="edgekiln", standalone_mode=False)
     except ToolchainError as exc:
         if debug:
             raise

@@ -18,13 +18,14 @@ def _console():
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*[str(v) for v in row])
+        table.add_row(*[escape(str(v)) for v in row])  # cells are data: '[tensorrt]' is not markup
     _console().print(table)
 
 
@@ -44,7 +45,9 @@ def print_parity(reports: Sequence[ParityReport]) -> None:
 
 
 def say(message: str) -> None:
-    _console().print(message)
+    from rich.markup import escape
+
+    _console().print(escape(message))
 
 
 def print_guard(guard: dict) -> None:
