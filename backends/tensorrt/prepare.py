@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from backends.tensorrt.opset import convert_down
+from toolchain.opset import convert_down
 from toolchain.errors import ConversionError
 from toolchain.onnx_io import check_model, infer_shapes, opset_version
 

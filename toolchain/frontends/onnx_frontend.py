@@ -118,6 +118,11 @@ def _make_batch_dynamic(model: onnx.ModelProto) -> None:
 
 
 def _convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
+    source = opset_version(model)
+    if target < source:  # onnx's converter lacks most down-adapters; toolchain.opset covers the safe ones
+        from toolchain.opset import convert_down
+
+        return convert_down(model, source, target)
     try:
         return onnx.version_converter.convert_version(model, target)
     except Exception as exc:  # the converter raises RuntimeError/ValueError with C++ messages

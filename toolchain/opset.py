@@ -101,7 +101,11 @@ def convert_down(model: onnx.ModelProto, source: int, target: int) -> onnx.Model
         try:
             current = onnx.version_converter.convert_version(current, opset - 1)
         except Exception as exc:  # no adapter for some op at this step: try the declared relabel rules
-            current = _relabel(current, opset, first_line(exc))
+            try:
+                current = _relabel(current, opset, first_line(exc))
+            except ConversionError as step:
+                raise ConversionError(f"cannot convert the model from opset {source} to {target}, "
+                                      f"stopped at {step.message}") from exc
     try:
         onnx.checker.check_model(current, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
