@@ -20,6 +20,10 @@ from torch import nn
 
 NUM_CLASSES = 1000
 INPUT_SHAPE: tuple[int, int, int, int] = (1, 3, 224, 224)
+GAMMA_RANGE = (0.5, 1.5)
+"""BatchNorm scale drawn uniformly from this range per channel (see ``settle_batchnorm``)."""
+BETA_STD = 0.1
+"""BatchNorm shift drawn from N(0, BETA_STD) per channel."""
 
 
 # --- ResNet-18 --------------------------------------------------------------------------------
@@ -166,7 +170,7 @@ def build(name: str, seed: int) -> nn.Module:
 def settle_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], seed: int) -> None:
     """Give every BatchNorm a trained-looking state: data-estimated running stats, spread affine params.
 
-    gamma ~ U(0.5, 1.5) and beta ~ N(0, 0.1) per channel (trained networks' per-channel scales
+    gamma ~ U(GAMMA_RANGE) and beta ~ N(0, BETA_STD) per channel (trained networks' per-channel scales
     differ, which is what makes per-channel weight quantization matter); the running mean and
     variance are then the exact averages over ``batches`` (momentum=None), so each layer's
     inference-mode output is normalised on real images rather than on the 0/1 init values.
@@ -175,8 +179,9 @@ def settle_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], seed: in
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for norm in norms:
         channels = norm.num_features
-        norm.weight.copy_(0.5 + torch.rand(channels, generator=generator))
-        norm.bias.copy_(0.1 * torch.randn(channels, generator=generator))
+        low, high = GAMMA_RANGE
+        norm.weight.copy_(low + (high - low) * torch.rand(channels, generator=generator))
+        norm.bias.copy_(BETA_STD * torch.randn(channels, generator=generator))
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over all batches
     model.train()

@@ -18,9 +18,13 @@ class VariantResult:
     """Of ``size_bytes``: scales and zero points."""
     build_seconds: float = 0.0
     error: str | None = None
+    note: str | None = None
+    calibration_data: str | None = None
     latency: LatencySummary | None = None
     ops: dict[str, int] | None = None
     """Op types of the graph ONNX Runtime runs after its optimisations."""
+    weight_types: dict[str, int] | None = None
+    """Element types of that graph's initializers (shows an FP16 file being run in float32)."""
     quality: dict[str, float] = field(default_factory=dict)
     """``top1`` (labelled data) or ``cosine_mean``/``cosine_min``/``top1_agreement`` against FP32."""
 
@@ -35,6 +39,8 @@ class ModelResult:
     """What the static INT8 variants were calibrated on."""
     quality_note: str
     variants: list[VariantResult]
+    load_during_timing: tuple[float, float] | None = None
+    """1-minute load average when timing started and when it ended."""
 
     def variant(self, name: str) -> VariantResult | None:
         return next((v for v in self.variants if v.name == name), None)
@@ -46,6 +52,8 @@ class TargetCheck:
     measured: str
     met: bool | None
     """None when the number could not be measured."""
+    borderline: bool = False
+    """The threshold lies inside the spread of the measurement (the rounds' IQR): another run may differ."""
 
 
 @dataclass
@@ -70,8 +78,9 @@ def _ratio_check(model: ModelResult, minimum: float) -> TargetCheck:
     if not int8 or not int8.latency or int8.latency.ratio_vs_reference is None:
         return TargetCheck(target, "not measured", None)
     ratio = int8.latency.ratio_vs_reference
-    return TargetCheck(target, f"{ratio:.2f}x (rounds' IQR {int8.latency.ratio_low:.2f}-{int8.latency.ratio_high:.2f}x)",
-                       ratio >= minimum)
+    low, high = int8.latency.ratio_low, int8.latency.ratio_high
+    return TargetCheck(target, f"{ratio:.2f}x (rounds' IQR {low:.2f}-{high:.2f}x)", ratio >= minimum,
+                       borderline=low <= minimum <= high)
 
 
 def _size_check(model: ModelResult, maximum: float) -> TargetCheck:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bench.findings import findings, first_sentence
 from bench.record import ModelResult, RunRecord, TargetCheck, VariantResult
 from bench.variants import float_compute_ops, integer_ops
 
@@ -46,11 +47,11 @@ def _ops(counts: dict[str, int] | None) -> str:
 # --- sections -----------------------------------------------------------------------------------
 
 
-def _intro(record: RunRecord) -> list[str]:
-    cpu = record.machine["cpu"]
-    versions = ", ".join(f"{k} {v}" for k, v in record.machine["versions"].items())
-    load = lambda value: "n/a" if value is None else " / ".join(f"{x:.2f}" for x in value)  # noqa: E731
-    plan = record.method["timing"]
+def _load(value: tuple[float, float, float] | None) -> str:
+    return "n/a" if value is None else " / ".join(f"{x:.2f}" for x in value)
+
+
+def _header(record: RunRecord) -> list[str]:
     partial = [] if record.mode == "full" else [
         f"> **Partial run ({record.mode})**: not the committed record; run `python -m bench.run` for that.", ""]
     return partial + [
@@ -62,38 +63,57 @@ def _intro(record: RunRecord) -> list[str]:
         "numbers, plus per-round timings and op counts, are in `bench/results.json`. To regenerate both:",
         "",
         "```bash",
-        "python -m bench.run           # full run (about 10 minutes on 2 cores); rewrites this file",
-        "python -m bench.run --quick   # smoke check (2-3 minutes); writes bench/.cache/ only",
+        "python -m bench.run           # full run; rewrites this file and bench/results.json",
+        "python -m bench.run --quick   # smoke check: fewer rounds and images; writes bench/.cache/ only",
         "```",
         "",
+    ]
+
+
+def _machine(record: RunRecord) -> list[str]:
+    cpu = record.machine["cpu"]
+    versions = ", ".join(f"{k} {v}" for k, v in record.machine["versions"].items())
+    return [
         f"**Machine.** {cpu['model']}, {cpu['logical_cpus']} logical CPUs; flags: {', '.join(cpu['flags'])} "
         f"(VNNI {'present' if cpu.get('vnni') else 'absent'}). {record.machine['platform']}. {versions}. "
         "The machine is **shared with another engineer's test runs, so timings are noisy**: load average "
-        f"(1/5/15 min) {load(record.load_before)} at the start, {load(record.load_after)} at the end. "
+        f"(1/5/15 min) {_load(record.load_before)} at the start, {_load(record.load_after)} at the end. "
         "The interleaved method below is there to keep the *ratios* meaningful anyway; absolute milliseconds "
         "on an idle machine will be lower.",
         "",
+    ]
+
+
+def _method(record: RunRecord) -> list[str]:
+    method, plan = record.method, record.method["timing"]
+    gamma_low, gamma_high = method["batchnorm_gamma"]
+    api_row = ("" if not method["api_calibrate"] else
+               " **edgekiln calibrate** is `toolchain.api.calibrate(..., target=\"x86\")` with its default "
+               "accuracy guard, given the calibration and held-out samples as one source that it splits itself.")
+    return [
         "**Method.**",
         "",
-        f"- Latency: ONNX Runtime CPU execution provider, batch 1, `intra_op_num_threads={record.method['threads']}`, "
+        f"- Latency: ONNX Runtime CPU execution provider, batch 1, `intra_op_num_threads={method['threads']}`, "
         "graph optimisation level ALL, one session per variant (`OnnxRuntimeRunner.from_path`). After "
         f"{plan['warmup']} warm-up runs per variant, {plan['rounds']} rounds; each round times every variant for "
-        f"{plan['runs_per_round']} runs (after {plan['block_warmup']} untimed ones), in an order rotated each round. "
-        f"*ms* is the median of all {plan['rounds'] * plan['runs_per_round']} timed runs; *x vs FP32* is the median "
-        "over rounds of (FP32's round median ÷ the variant's round median), with the interquartile range "
-        "over rounds in brackets.",
+        f"{plan['runs_per_round']} runs, or fewer once {plan['max_block_seconds']:g} s have passed (at least "
+        f"{plan['min_runs']}), after {plan['block_warmup']} untimed ones, in an order rotated each round. "
+        "*ms* is the median of all of a variant's timed runs; *x vs FP32* is the median over rounds of "
+        "(FP32's round median ÷ the variant's round median), with the interquartile range over rounds in "
+        "brackets.",
         "- Size: the `.onnx` file; % of the FP32 file.",
-        "- Variants: **FP32** is the export by `toolchain.api.convert` (opset 17, verified against PyTorch). "
-        "**edgekiln INT8** is `compute_ranges` + `quantize_static` with `QuantizeConfig.for_target(\"x86\")`: "
-        "QDQ, uint8 activations, int8 symmetric per-channel weights, MinMax ranges. The **peer** is "
-        "`onnxruntime.quantization.quantize_static(model, out, reader)` with no options: QDQ, int8 "
-        "activations and weights, per-tensor, MinMax, on the same calibration feeds. **Dynamic** is "
+        f"- Variants: **FP32** is the export by `toolchain.api.convert` (opset {method['opset']}, verified against "
+        "PyTorch). **edgekiln INT8** is `compute_ranges` + `quantize_static` with "
+        "`QuantizeConfig.for_target(\"x86\")`: QDQ, uint8 activations, int8 symmetric per-channel weights, MinMax "
+        "ranges. The **peer** is `onnxruntime.quantization.quantize_static(model, out, reader)` with no options: "
+        "QDQ, int8 activations and weights, per-tensor, MinMax, on the same calibration feeds. **Dynamic** is "
         "`quantize_dynamic` (int8 weights; activations quantized at run time). **FP16** is `convert_fp16` "
-        "(float32 inputs and outputs kept).",
+        "(float32 inputs and outputs kept)." + api_row,
         "- The two ImageNet-sized networks have random weights (seeded) with BatchNorm put in a trained-like "
-        f"state: running statistics measured on {record.method['batchnorm_images']} images in train mode, "
-        "per-channel gamma ~ U(0.5, 1.5) and beta ~ N(0, 0.1). They show speed and size, and how closely each "
-        "variant tracks FP32; accuracy is measured on the bundled Fashion-MNIST model, which is trained.",
+        f"state: running statistics measured on {method['batchnorm_images']} images in train mode, per-channel "
+        f"gamma ~ U({gamma_low}, {gamma_high}) and beta ~ N(0, {method['batchnorm_beta_std']}). They show speed and "
+        "size, and how closely each variant tracks FP32; accuracy is measured on the bundled Fashion-MNIST model, "
+        "which is trained.",
         "",
     ]
 
@@ -110,14 +130,22 @@ def _model_table(model: ModelResult) -> list[str]:
     for row in model.variants:
         size_mb, size_pct = _size(row)
         if row.latency is None:
-            cells = [row.label, "—", f"failed: {row.error}" if row.error else "—", size_mb, size_pct]
+            cells = [row.label, "—", "no model (below)" if row.error else "—", size_mb, size_pct]
         else:
             cells = [row.label, _ms(row.latency.median_ms), _ratio(row), size_mb, size_pct]
         if with_agreement:
             cells.append(_agreement(row))
         lines.append("| " + " | ".join(cells) + " |")
+    if model.load_during_timing:
+        lines += ["", "1-minute load average while timing: {:.2f} at the start, {:.2f} at the end.".format(
+            *model.load_during_timing)]
     if with_agreement:
         lines += ["", f"Agreement: {model.quality_note}."]
+    for row in model.variants:
+        parts = [f"calibration data: {row.calibration_data}" if row.calibration_data else None, row.note,
+                 f"no model: {first_sentence(row.error)}" if row.error and row.latency is None else None]
+        if any(parts):
+            lines += ["", f"{row.label}: {'; '.join(p for p in parts if p)}."]
     return lines + [""] + _ops_table(model) + [""]
 
 
@@ -157,14 +185,16 @@ def _accuracy_table(model: ModelResult) -> list[str]:
 def _targets(checks: list[TargetCheck]) -> list[str]:
     verdict = {True: "**met**", False: "**not met**", None: "not measured"}
     lines = ["## Targets", "", "| target | measured | |", "|---|---|---|"]
-    lines += [f"| {c.target} | {c.measured} | {verdict[c.met]} |" for c in checks]
+    lines += [f"| {c.target} | {c.measured} | {verdict[c.met]}{' (borderline)' if c.borderline else ''} |"
+              for c in checks]
+    if any(c.borderline for c in checks):
+        lines += ["", "*Borderline*: the target lies inside the interquartile range of the per-round ratios, so on "
+                  "this noisy machine another run can land on the other side of it."]
     return lines + [""]
 
 
 def render(record: RunRecord) -> str:
-    from bench.findings import findings
-
-    lines = _intro(record)
+    lines = _header(record) + _machine(record) + _method(record)
     lines += _targets(record.targets)
     for model in record.models.values():
         lines += _model_table(model)

@@ -1,7 +1,7 @@
 """Regenerate BENCHMARKS.md: FP32 vs INT8 (edgekiln and ORT's defaults) vs dynamic INT8 vs FP16 on ORT CPU.
 
     python -m bench.run                    # full run (~10 min on 2 cores): BENCHMARKS.md + bench/results.json
-    python -m bench.run --quick            # smoke check (~2-3 min): fewer rounds and images
+    python -m bench.run --quick            # smoke check (~1 min once the FP32 exports are cached)
     python -m bench.run --only resnet18    # one model (resnet18, mobilenet_v2, fashion_mnist)
 
 Quick and partial runs write to bench/.cache/ so they never replace the full record
@@ -35,6 +35,7 @@ THREADS = 2
 SEED = 0
 BATCHNORM_IMAGES = 64  # same in quick and full runs, so both share one cached FP32 export
 FASHION_CALIBRATION = 300  # training images; as many as the bundled example ships for calibration
+FASHION_API_HOLDOUT = 200  # extra labelled training images api.calibrate's guard checks accuracy on
 TITLES = {"resnet18": "ResNet-18-sized CNN", "mobilenet_v2": "MobileNetV2-sized CNN",
           "fashion_mnist": "Fashion-MNIST CNN (bundled example)"}
 
@@ -47,12 +48,14 @@ class Settings:
     test_images: int | None
     """Fashion-MNIST test images for accuracy; None for all 10,000."""
     cnn_data: data.CnnSource
+    api_on_cnns: bool
+    """Whether the ImageNet-sized models get an ``api.calibrate`` row (its guard takes about a minute each)."""
 
 
 FULL = Settings(timing.TimingPlan(rounds=15, runs_per_round=20, warmup=10), cnn_calibration=64, cnn_holdout=32,
-                test_images=None, cnn_data="fashion")
-QUICK = Settings(timing.TimingPlan(rounds=4, runs_per_round=8, warmup=3), cnn_calibration=16, cnn_holdout=8,
-                 test_images=1000, cnn_data="fashion")
+                test_images=None, cnn_data="fashion", api_on_cnns=True)
+QUICK = Settings(timing.TimingPlan(rounds=3, runs_per_round=5, warmup=2), cnn_calibration=16, cnn_holdout=8,
+                 test_images=1000, cnn_data="fashion", api_on_cnns=False)
 
 
 def _log(message: str) -> None:
@@ -96,7 +99,8 @@ def cnn_fp32(name: str, source: data.CnnSource) -> Path:
     torch.save(network.state_dict(), weights)
     _log(f"{name}: exporting with toolchain.api.convert (opset 17, batch 1, verified against PyTorch)")
     model_class = f"bench.models:{models.ARCHITECTURES[name].__name__}"
-    return _convert_cached(path, lambda out: variants.convert_state_dict(weights, model_class, "input:1x3x224x224", out))
+    spec = "input:" + "x".join(map(str, models.INPUT_SHAPE))
+    return _convert_cached(path, lambda out: variants.convert_state_dict(weights, model_class, spec, out))
 
 
 def fashion_fp32() -> Path:
@@ -117,6 +121,21 @@ Feed = dict[str, np.ndarray]
 QualityFn = Callable[[dict[str, quality.Predict]], dict[str, dict[str, float]]]
 
 
+@dataclasses.dataclass
+class Workload:
+    """One model to benchmark: its FP32 file, the data for each step, and how its outputs are judged."""
+
+    name: str
+    summary: str
+    calibration: str
+    quality_note: str
+    fp32: Path
+    calib_feeds: list[Feed]
+    latency_feed: Feed
+    quality_fn: QualityFn
+    api_calibration: variants.ApiCalibration | None = None
+
+
 def _open(path: Path):
     from backends.onnxruntime.runner import OnnxRuntimeRunner
 
@@ -133,7 +152,8 @@ def _variant_results(built: dict[str, variants.Variant]) -> tuple[dict[str, Vari
     rows: dict[str, VariantResult] = {}
     runners: dict[str, object] = {}
     for name, variant in built.items():
-        row = VariantResult(name, variants.LABELS[name], build_seconds=variant.build_seconds, error=variant.error)
+        row = VariantResult(name, variants.LABELS[name], build_seconds=variant.build_seconds, error=variant.error,
+                            note=variant.note, calibration_data=variant.calibration_data)
         rows[name] = row
         if variant.path is None:
             continue
@@ -142,28 +162,33 @@ def _variant_results(built: dict[str, variants.Variant]) -> tuple[dict[str, Vari
         row.quant_param_bytes = variants.quant_param_bytes(variant.path)
         try:
             runners[name] = _open(variant.path)
-            row.ops = variants.optimized_op_counts(variant.path, THREADS)
+            graph = variants.optimized_graph(variant.path, THREADS)
+            row.ops, row.weight_types = graph.ops, graph.weight_types
         except Exception as exc:  # e.g. no CPU kernel for an op in this precision: report it
             row.error = f"ONNX Runtime cannot run it: {exc}".splitlines()[0]
             runners.pop(name, None)
     return rows, runners
 
 
-def measure(name: str, summary: str, calibration: str, quality_note: str, fp32: Path, calib_feeds: Sequence[Feed],
-            latency_feed: Feed, quality_fn: QualityFn, settings: Settings) -> ModelResult:
-    """Build every variant of ``fp32``, check its outputs, and time all of them interleaved."""
-    _log(f"{name}: building variants (calibrating on {len(calib_feeds)} samples)")
-    built = variants.make_variants(fp32, calib_feeds, CACHE_DIR / "variants" / name)
+def measure(work: Workload, plan: timing.TimingPlan) -> ModelResult:
+    """Build every variant of the FP32 model, check its outputs, and time all of them interleaved."""
+    _log(f"{work.name}: building variants (calibrating on {len(work.calib_feeds)} samples)")
+    built = variants.make_variants(work.fp32, work.calib_feeds, CACHE_DIR / "variants" / work.name,
+                                   work.api_calibration)
     rows, runners = _variant_results(built)
-    _log(f"{name}: checking outputs of {', '.join(runners)}")
-    for variant, scores in quality_fn({v: _predict(r) for v, r in runners.items()}).items():
+    _log(f"{work.name}: checking outputs of {', '.join(runners)}")
+    for variant, scores in work.quality_fn({v: _predict(r) for v, r in runners.items()}).items():
         rows[variant].quality = scores
-    plan = settings.plan
-    _log(f"{name}: timing, {plan.rounds} rounds x {plan.runs_per_round} runs per variant, interleaved")
-    samples = timing.interleaved({v: (lambda r=r: r.run(latency_feed)) for v, r in runners.items()}, plan)
+    _log(f"{work.name}: timing, {plan.rounds} rounds x {plan.runs_per_round} runs per variant, interleaved")
+    feed = work.latency_feed
+    load_before = machine.load_average()
+    samples = timing.interleaved({v: (lambda r=r: r.run(feed)) for v, r in runners.items()}, plan)
+    load_after = machine.load_average()
     for variant, latency in timing.summarize(samples, reference="fp32").items():
         rows[variant].latency = latency
-    return ModelResult(name, TITLES[name], summary, calibration, quality_note, list(rows.values()))
+    load = (load_before[0], load_after[0]) if load_before and load_after else None
+    return ModelResult(work.name, TITLES[work.name], work.summary, work.calibration, work.quality_note,
+                       list(rows.values()), load)
 
 
 # --- the three models -------------------------------------------------------------------------
@@ -181,26 +206,62 @@ def _agreement_with_fp32(feeds: Sequence[Feed]) -> QualityFn:
     return score
 
 
+def _api_arrays(name: str, calib: np.ndarray, held_out: np.ndarray) -> variants.ApiCalibration:
+    """The CNN samples as one .npy file, the array source ``api.calibrate`` accepts (it splits it itself)."""
+    path = CACHE_DIR / "api-calibration" / f"{name}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.concatenate([calib, held_out]))
+    return variants.ApiCalibration(path, len(calib), len(held_out),
+                                   f"the same {len(calib)} + {len(held_out)} images as one .npy file, split by the "
+                                   "command (seed 0), so its calibration images differ from the other rows'")
+
+
 def run_cnn(name: str, settings: Settings) -> ModelResult:
     fp32 = cnn_fp32(name, settings.cnn_data)
     calib = data.cnn_images(settings.cnn_data, settings.cnn_calibration, "calibration", SEED)
-    holdout = _feeds("input", data.cnn_images(settings.cnn_data, settings.cnn_holdout, "holdout", SEED))
+    held_out = data.cnn_images(settings.cnn_data, settings.cnn_holdout, "holdout", SEED)
+    holdout = _feeds("input", held_out)
     parameters = models.parameter_count(models.build(name, SEED))
     summary = (f"`bench.models.{models.ARCHITECTURES[name].__name__}`, {parameters / 1e6:.2f} M parameters, "
-               f"input 1x3x224x224, 1000 classes, random weights (seed {SEED})")
+               f"input {'x'.join(map(str, models.INPUT_SHAPE))}, {models.NUM_CLASSES} classes, "
+               f"random weights (seed {SEED})")
     calibration = (f"{settings.cnn_calibration} images: {data.describe_cnn_source(settings.cnn_data)}; "
                    f"disjoint from the {BATCHNORM_IMAGES} that set BatchNorm and the {settings.cnn_holdout} "
                    f"held out for agreement")
     note = (f"agreement with FP32 on {settings.cnn_holdout} held-out images (random weights, so there is no "
             f"accuracy to measure): mean / worst logit cosine similarity, and how often the top-1 class matches")
-    return measure(name, summary, calibration, note, fp32, _feeds("input", calib), holdout[0],
-                   _agreement_with_fp32(holdout), settings)
+    api = _api_arrays(name, calib, held_out) if settings.api_on_cnns else None
+    return measure(Workload(name, summary, calibration, note, fp32, _feeds("input", calib), holdout[0],
+                            _agreement_with_fp32(holdout), api), settings.plan)
+
+
+def _labelled_png_folder(images: data.LabelledImages, folder: Path) -> Path:
+    """Training images as ``folder/<label>_<class>/<index>.png``: the labelled layout ``api.calibrate`` reads."""
+    import shutil
+
+    from PIL import Image
+
+    from toolchain.examples.fashion_mnist import SAMPLE_FOLDERS
+
+    shutil.rmtree(folder, ignore_errors=True)
+    raw = np.rint(images.images[:, 0] * 255).astype(np.uint8)  # exact: the images were pixel / 255
+    for pixels, label, index in zip(raw, images.labels, images.indices):
+        (folder / SAMPLE_FOLDERS[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / SAMPLE_FOLDERS[label] / f"{index:05d}.png")
+    return folder
 
 
 def run_fashion(settings: Settings) -> ModelResult:
     fp32 = fashion_fp32()
     calib = data.fashion_subset("train", FASHION_CALIBRATION, seed=SEED)
     test = data.fashion_subset("t10k", settings.test_images, seed=None)
+    api_images = data.fashion_subset("train", FASHION_CALIBRATION + FASHION_API_HOLDOUT, seed=SEED + 1)
+    folder = _labelled_png_folder(api_images, CACHE_DIR / "api-calibration" / "fashion_mnist")
+    api_calibration = variants.ApiCalibration(
+        folder, FASHION_CALIBRATION, FASHION_API_HOLDOUT,
+        f"{len(api_images.labels)} labelled training images (seeded choice, seed {SEED + 1}) as a PNG folder, "
+        f"split by the command into {FASHION_CALIBRATION} calibration and {FASHION_API_HOLDOUT} held-out images",
+        preprocess="gray01")
 
     def accuracy(predictors: dict[str, quality.Predict]) -> dict[str, dict[str, float]]:
         return {name: {"top1": quality.top1_accuracy(predict, "image", test.images, test.labels),
@@ -211,8 +272,8 @@ def run_fashion(settings: Settings) -> ModelResult:
     calibration = (f"{FASHION_CALIBRATION} Fashion-MNIST training images (seeded choice, seed {SEED}), "
                    f"`gray01` preprocessing (pixel/255)")
     note = f"top-1 on {'all ' if settings.test_images is None else 'the first '}{len(test.labels):,} test images"
-    return measure("fashion_mnist", summary, calibration, note, fp32, _feeds("image", calib.images),
-                   {"image": test.images[:1]}, accuracy, settings)
+    return measure(Workload("fashion_mnist", summary, calibration, note, fp32, _feeds("image", calib.images),
+                            {"image": test.images[:1]}, accuracy, api_calibration), settings.plan)
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -244,7 +305,9 @@ def _outputs(args: argparse.Namespace, mode: str) -> tuple[Path, Path]:
 
 
 def _method(settings: Settings) -> dict[str, object]:
-    return {"threads": THREADS, "timing": dataclasses.asdict(settings.plan), "seed": SEED,
+    return {"threads": THREADS, "timing": dataclasses.asdict(settings.plan), "seed": SEED, "opset": variants.OPSET,
+            "batchnorm_gamma": models.GAMMA_RANGE, "batchnorm_beta_std": models.BETA_STD,
+            "api_calibrate": variants.has_api_calibrate(), "fashion_api_holdout_images": FASHION_API_HOLDOUT,
             "cnn_calibration_images": settings.cnn_calibration, "cnn_holdout_images": settings.cnn_holdout,
             "batchnorm_images": BATCHNORM_IMAGES, "fashion_calibration_images": FASHION_CALIBRATION,
             "fashion_test_images": settings.test_images or 10_000, "cnn_data": settings.cnn_data}

@@ -25,12 +25,17 @@ class TimingPlan:
     """Untimed runs per variant before the first round (allocations, kernel selection, caches)."""
     block_warmup: int = 2
     """Untimed runs at the start of every block: the previous session's spinning threads settle down."""
+    max_block_seconds: float = 1.0
+    """A block stops early after this long (but not before ``min_runs``): slow variants such as dynamic
+    INT8 would otherwise dominate the run time without making the fast ones' numbers any better."""
+    min_runs: int = 3
 
 
 @dataclass(frozen=True)
 class LatencySummary:
     median_ms: float
     """Median over every timed run of all rounds."""
+    runs: int
     round_medians_ms: tuple[float, ...]
     ratio_vs_reference: float | None
     """Median over rounds of (reference's round median / this variant's round median)."""
@@ -39,11 +44,12 @@ class LatencySummary:
     """25th and 75th percentile of the per-round ratios: how much the speed-up moved with the noise."""
 
 
-def _time_block(call: Call, runs: int, untimed: int) -> list[float]:
-    for _ in range(untimed):
+def _time_block(call: Call, plan: TimingPlan) -> list[float]:
+    for _ in range(plan.block_warmup):
         call()
-    times = []
-    for _ in range(runs):
+    times: list[float] = []
+    budget_ms = 1000 * plan.max_block_seconds
+    while len(times) < plan.runs_per_round and (len(times) < plan.min_runs or sum(times) < budget_ms):
         started = time.perf_counter_ns()
         call()
         times.append((time.perf_counter_ns() - started) / 1e6)
@@ -59,11 +65,12 @@ def interleaved(calls: dict[str, Call], plan: TimingPlan) -> dict[str, list[list
     """Per variant, per round, the timed runs in milliseconds."""
     names = list(calls)
     for name in names:
-        _time_block(calls[name], 0, plan.warmup)
+        for _ in range(plan.warmup):
+            calls[name]()
     samples: dict[str, list[list[float]]] = {name: [] for name in names}
     for round_index in range(plan.rounds):
         for name in _rotated(names, round_index):
-            samples[name].append(_time_block(calls[name], plan.runs_per_round, plan.block_warmup))
+            samples[name].append(_time_block(calls[name], plan))
     return samples
 
 
@@ -83,6 +90,7 @@ def summarize(samples: dict[str, list[list[float]]], reference: str) -> dict[str
         low, high = _quartiles(ratios) if ratios else (None, None)
         result[name] = LatencySummary(
             median_ms=statistics.median(t for block in rounds for t in block),
+            runs=sum(len(block) for block in rounds),
             round_medians_ms=tuple(medians[name]),
             ratio_vs_reference=statistics.median(ratios) if ratios else None,
             ratio_low=low, ratio_high=high)

@@ -9,6 +9,8 @@ Variants, in table order:
   default settings (QDQ, int8 activations and weights, per-tensor, MinMax) on the same feeds.
 * ``dynamic``: ``quantize_dynamic`` (int8 weights, activations quantized at run time).
 * ``fp16``: ``convert_fp16`` (float32 kept at the inputs and outputs).
+* ``int8-api``: ``toolchain.api.calibrate`` (the ``edgekiln calibrate`` command: the same static
+  INT8 plus its accuracy guard), only where that API exists.
 """
 
 from __future__ import annotations
@@ -28,14 +30,16 @@ import onnx.numpy_helper
 
 Feed = dict[str, np.ndarray]
 
-VARIANTS = ("fp32", "int8", "int8-ort-default", "dynamic", "fp16")
+VARIANTS = ("fp32", "int8", "int8-ort-default", "dynamic", "fp16", "int8-api")
 LABELS = {
     "fp32": "FP32",
     "int8": "edgekiln INT8 (QDQ, u8 act, s8 per-channel, MinMax)",
     "int8-ort-default": "peer: ORT quantize_static defaults (QDQ, s8/s8 per-tensor, MinMax)",
     "dynamic": "dynamic INT8 (quantize_dynamic)",
     "fp16": "FP16 (convert_fp16)",
+    "int8-api": "edgekiln calibrate (api.calibrate, accuracy guard on)",
 }
+OPSET = 17
 
 
 @dataclass
@@ -44,6 +48,21 @@ class Variant:
     path: Path | None
     build_seconds: float
     error: str | None = None
+    note: str | None = None
+    """What the accuracy guard did (``int8-api`` only)."""
+    calibration_data: str | None = None
+    """Set when the variant saw other calibration samples than the rows it is compared with."""
+
+
+@dataclass(frozen=True)
+class ApiCalibration:
+    """Inputs for ``api.calibrate``: a sample source it splits itself into calibration and held-out parts."""
+
+    source: Path
+    calib_size: int
+    holdout: int
+    description: str
+    preprocess: str | None = None
 
 
 # --- FP32 export ------------------------------------------------------------------------------
@@ -56,11 +75,11 @@ def cache_key(*parts: object) -> str:
 
 def convert_state_dict(weights: Path, model_class: str, input_spec: str, output: Path, *,
                        model_kwargs: dict | None = None, dynamic_batch: bool = False) -> Path:
-    """``edgekiln convert`` of a state dict to verified ONNX (opset 17), via the public API."""
+    """``edgekiln convert`` of a state dict to verified ONNX, via the public API."""
     from toolchain import api
 
     api.convert(None, output, weights=weights, model_class=model_class, model_kwargs=model_kwargs,
-                inputs=[input_spec], dynamic_batch=dynamic_batch, opset=17)
+                inputs=[input_spec], dynamic_batch=dynamic_batch, opset=OPSET)
     return output
 
 
@@ -109,17 +128,56 @@ def _fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return convert_fp16(model)[0]
 
 
-def _timed(name: str, output: Path, make: Callable[[], None]) -> Variant:
+def has_api_calibrate() -> bool:
+    from toolchain import api
+
+    return callable(getattr(api, "calibrate", None))
+
+
+def _api_int8(fp32: Path, calibration: ApiCalibration, output: Path) -> str:
+    """Run ``api.calibrate`` with its default budget; return what the guard did."""
+    from toolchain import api
+
+    output.unlink(missing_ok=True)
+    result = api.calibrate(fp32, output, calib=calibration.source, target="x86", calib_size=calibration.calib_size,
+                           holdout=calibration.holdout, seed=0, preprocess=calibration.preprocess, no_cache=True)
+    return _guard_summary(getattr(result, "guard", None))
+
+
+def _guard_summary(guard: object) -> str:
+    """One line from the guard's report (a new API: read defensively, a model was written either way)."""
+    if guard is None:
+        return "guard did not run"
+    try:
+        final, quality = guard.final, guard.final.quality
+        drop = quality.drop_points
+        if drop is None:
+            top1 = ""
+        elif quality.accuracy_reference is not None:
+            top1 = f", top-1 accuracy {-drop:+.2f} points vs FP32"
+        else:
+            top1 = f", top-1 disagreement with FP32 {drop:.2f} points"
+        return (f"guard passed after {len(guard.attempts)} attempt(s) with {len(final.kept_float)} layer(s) kept "
+                f"in float; on its {quality.samples} held-out samples: worst cosine {quality.min_cosine:.4f}{top1}")
+    except AttributeError as exc:
+        return f"guard passed (its report has changed shape: {exc})"
+
+
+def _timed(name: str, output: Path, make: Callable[[], str | None]) -> Variant:
     started = time.perf_counter()
     try:
-        make()
-    except Exception as exc:  # a failing variant is a result to report, not a reason to stop the run
+        note = make()
+    except Exception as exc:  # a failing or refused variant is a result to report, not a reason to stop
         return Variant(name, None, time.perf_counter() - started, f"{type(exc).__name__}: {exc}".splitlines()[0])
-    return Variant(name, output, time.perf_counter() - started)
+    return Variant(name, output, time.perf_counter() - started, note=note)
 
 
-def make_variants(fp32: Path, feeds: Sequence[Feed], out_dir: Path) -> dict[str, Variant]:
-    """Every variant of ``fp32`` as a file in ``out_dir``; static INT8 ones calibrated on ``feeds``."""
+def make_variants(fp32: Path, feeds: Sequence[Feed], out_dir: Path,
+                  api_calibration: ApiCalibration | None = None) -> dict[str, Variant]:
+    """Every variant of ``fp32`` as a file in ``out_dir``; static INT8 ones calibrated on ``feeds``.
+
+    ``int8-api`` is added when ``api_calibration`` is given and ``toolchain.api.calibrate`` exists.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     model = onnx.load(str(fp32))
 
@@ -127,26 +185,39 @@ def make_variants(fp32: Path, feeds: Sequence[Feed], out_dir: Path) -> dict[str,
         return lambda: onnx.save_model(builder(), str(path))
 
     paths = {name: out_dir / f"{name}.onnx" for name in VARIANTS[1:]}
-    makers: dict[str, Callable[[], None]] = {
+    makers: dict[str, Callable[[], str | None]] = {
         "int8": save(lambda: _edgekiln_int8(model, feeds), paths["int8"]),
         "int8-ort-default": lambda: _ort_default_int8(fp32, feeds, paths["int8-ort-default"]),
         "dynamic": save(lambda: _dynamic(model), paths["dynamic"]),
         "fp16": save(lambda: _fp16(model), paths["fp16"]),
     }
+    if api_calibration is not None and has_api_calibrate():
+        makers["int8-api"] = lambda: _api_int8(fp32, api_calibration, paths["int8-api"])
     variants = {"fp32": Variant("fp32", fp32, 0.0)}
     for name, make in makers.items():
         variants[name] = _timed(name, paths[name], make)
+    if "int8-api" in variants:  # which samples it saw matters whether it succeeded or refused
+        variants["int8-api"].calibration_data = api_calibration.description
     return variants
 
 
 # --- what ONNX Runtime actually runs -----------------------------------------------------------
 
 
-def optimized_op_counts(path: Path, threads: int = 2) -> dict[str, int]:
-    """Op types of the graph after ORT's own optimisations (fusions, QDQ -> QLinear*), most frequent first.
+@dataclass(frozen=True)
+class OptimizedGraph:
+    ops: dict[str, int]
+    """Op types, most frequent first."""
+    weight_types: dict[str, int]
+    """Initializer element types (FLOAT, FLOAT16, INT8...) and how many of each."""
 
-    This is what shows which ops really run in INT8: a QDQ file only marks intent, and ORT
-    leaves a Q/DQ pair in float when it has no fused integer kernel for the op between them.
+
+def optimized_graph(path: Path, threads: int = 2) -> OptimizedGraph:
+    """The graph ORT actually runs, after its own optimisations (fusions, QDQ -> QLinear*, inserted casts).
+
+    This is what shows which ops really run in INT8 (a QDQ file only marks intent: ORT keeps a
+    Q/DQ pair around a float op when it has no fused integer kernel for it) and which precision
+    an FP16 file really computes in.
     """
     from backends.onnxruntime.runner import session_options
     import onnxruntime as ort
@@ -156,8 +227,9 @@ def optimized_op_counts(path: Path, threads: int = 2) -> dict[str, int]:
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
-    counts = Counter(_op_label(node) for node in graph.node)
-    return dict(counts.most_common())
+    ops = Counter(_op_label(node) for node in graph.node)
+    types = Counter(onnx.TensorProto.DataType.Name(t.data_type) for t in graph.initializer)
+    return OptimizedGraph(dict(ops.most_common()), dict(types.most_common()))
 
 
 def _op_label(node: onnx.NodeProto) -> str:
