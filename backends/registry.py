@@ -17,6 +17,7 @@ ENTRY_POINT_GROUP = "edgekiln.backends"
 BUILTIN: dict[str, str] = {
     "onnxruntime": "backends.onnxruntime:OnnxRuntimeBackend",
     "tensorrt": "backends.tensorrt:TensorRTBackend",
+    "tflite": "backends.tflite:TFLiteBackend",
 }
 
 

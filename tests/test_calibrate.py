@@ -78,6 +78,9 @@ def test_non_image_model_calibrates_from_npy(tmp_path):
     result = api.calibrate(tmp_path / "mlp.onnx", tmp_path / "q.onnx", calib=tmp_path / "samples.npy",
                            calib_size=50, holdout=50, no_cache=True, max_drop=4.0)
     assert result.guard.final.quality.min_cosine > 0.99
+    compiled = api.compile(tmp_path / "mlp.onnx", tmp_path / "art", precision="int8", calib=tmp_path / "samples.npy",
+                           calib_size=50, holdout=50, no_cache=True, max_drop=4.0)
+    assert ("int8 model", "8 samples from samples.npy") in {(p.candidate, p.inputs) for p in compiled.parity}
     np.save(tmp_path / "wrong.npy", rng.standard_normal((100, 8)).astype(np.float32))
     with pytest.raises(UsageError, match="expects"):
         api.calibrate(tmp_path / "mlp.onnx", tmp_path / "q2.onnx", calib=tmp_path / "wrong.npy", calib_size=50,
@@ -108,3 +111,16 @@ def test_compile_int8_artifact_records_guard_and_ranges(tmp_path, images):
     checks = {(p.candidate, p.inputs) for p in result.parity}
     assert ("int8 model", "8 images from imgs") in checks  # lossy check on real images only
     assert not any(c == "int8 model" and "random" in i for c, i in checks)
+
+
+def test_guard_handles_uneven_holdout_batches(tmp_path):
+    """A dynamic-batch model gets holdout batches of 16 + 16 + 12: the sensitivity pass must not slice them wrong."""
+    images = write_images(tmp_path / "imgs", count=104, size=8)
+    onnx.save(make_outlier_cnn(1000.0), str(tmp_path / "fixed.onnx"))
+    model = onnx.load(str(tmp_path / "fixed.onnx"))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "N"
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    result = api.calibrate(tmp_path / "m.onnx", tmp_path / "q.onnx", calib=images, calib_size=60, holdout=44,
+                           no_cache=True, max_drop=3.0)
+    assert result.guard.sensitivity and result.guard.passed

@@ -88,7 +88,7 @@ def optimize(model: PathLike, output: PathLike, *, simplify: bool = False, simpl
 BACKEND_OPTIONS: dict[str, str] = {
     "strict": "tensorrt", "dla_core": "tensorrt", "workspace_mb": "tensorrt", "int8_mode": "tensorrt",
     "tensorrt_version": "tensorrt", "max_batch": "tensorrt", "opt_batch": "tensorrt",
-    "flash_kb": "tflite", "ram_kb": "tflite",
+    "flash_kb": "tflite", "ram_kb": "tflite", "io_dtype": "tflite",
 }
 
 
@@ -171,13 +171,19 @@ def compile(model: PathLike, output: PathLike, *, backend: str | None = None, ta
     return compile_artifact(Path(model), Path(output), backend, options, verify_options, quant=quant)
 
 
-def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, targets: Sequence[str] = ("x86",),
+# What 'edgekiln build' with no arguments builds the bundled example for: one device of each backend.
+EXAMPLE_TARGETS = ("x86", "rpi4", "mcu", "jetson-nano")
+
+
+def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, targets: Sequence[str] = (),
           labels: PathLike | None = None, simplify: bool = True, bench_iterations: int = 50,
           inputs: Sequence[str] = (), dynamic_batch: bool = False, opset: int | None = None,
           model_class: str | None = None, weights: PathLike | None = None, model_kwargs: str | dict | None = None,
           trust_pickle: bool = False, exporter: str = "auto", keras_safe_mode: bool = True, verify: bool = True,
           atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, calib: PathLike | None = None, seed: int = 0,
-          preprocess: str | dict | None = None):
+          preprocess: str | dict | None = None, calib_size: int | None = None, holdout: int = 128,
+          max_drop: float = 1.0, min_cosine: float = 0.99, method: str | None = None, guard: bool = True,
+          cache_dir: PathLike | None = None, no_cache: bool = False):
     """``edgekiln build``: convert, simplify, compile per target, verify, evaluate and time; with no source,
     the bundled Fashion-MNIST example."""
     from toolchain.build import build as run_build
@@ -188,14 +194,20 @@ def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, 
                                            trust_pickle=trust_pickle, exporter=exporter,
                                            keras_safe_mode=keras_safe_mode)
     if source is None and model_class is None:
+        targets = list(targets) or list(EXAMPLE_TARGETS)
         example = example_defaults()
         labels = labels or example.pop("labels")
         calib = calib or example.pop("calib")
         preprocess = preprocess or example.pop("preprocess")
+        calib_size = calib_size or example.pop("calib_size")
         convert_options.update({k: v for k, v in example.items() if k in convert_options})
+    quant_options = {"calib_size": calib_size or 256, "holdout": holdout, "max_drop": max_drop,
+                     "min_cosine": min_cosine, "method": method, "guard": guard, "cache_dir": cache_dir,
+                     "no_cache": no_cache}
     return run_build(Path(source) if source else None, Path(output), targets=list(targets) or ["x86"],
                      convert_options=convert_options, verify=_verify_options(verify, atol, rtol, calib, seed, preprocess),
-                     labels=Path(labels) if labels else None, simplify=simplify, bench_iterations=bench_iterations)
+                     labels=Path(labels) if labels else None, simplify=simplify, bench_iterations=bench_iterations,
+                     quant_options=quant_options)
 
 
 def compare(artifacts: Sequence[PathLike], *, calib: PathLike | None = None, count: int = 32, seed: int = 0,
@@ -242,11 +254,18 @@ def bench(artifact: PathLike, *, warmup: int = 10, iterations: int = 100, thread
 
 
 def inspect(model: PathLike):  # noqa: A001 - mirrors the command name
-    """``edgekiln inspect``: structure, size, parameters and MACs of an ONNX model."""
+    """``edgekiln inspect``: an ONNX model's structure, size, parameters and MACs (a ``ModelSummary``), or a
+    TFLite model's ops, tensor types, quantization parameters and size (a dict)."""
+    from toolchain.fileio import require_file
+
+    path = require_file(Path(model), "model")
+    if path.suffix.lower() == ".tflite":
+        from backends.tflite.inspect import summarize_tflite
+
+        return summarize_tflite(path)
     from toolchain.model_info import summarize
     from toolchain.onnx_io import load_onnx
 
-    path = Path(model)
     return summarize(load_onnx(path), path)
 
 

@@ -84,12 +84,14 @@ def backend_flags(command: Callable) -> Callable:
         click.option("--opt-batch", type=int, default=None, help="TensorRT: batch the profile is tuned for."),
         click.option("--flash-kb", type=float, default=None, help="TFLite (mcu): fail if the model needs more flash."),
         click.option("--ram-kb", type=float, default=None, help="TFLite (mcu): fail if the tensor arena needs more RAM."),
+        click.option("--io-dtype", type=click.Choice(["float32", "int8"]), default=None,
+                     help="TFLite INT8: input/output type (default float32; mcu always int8)."),
     ]
     return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
 
 
 _BACKEND_KEYS = ("strict", "dla_core", "workspace_mb", "int8_mode", "tensorrt_version", "max_batch", "opt_batch",
-                 "flash_kb", "ram_kb")
+                 "flash_kb", "ram_kb", "io_dtype")
 _QUANT_KEYS = ("calib_size", "holdout", "method", "per_channel", "activation_type", "symmetric", "max_drop",
                "min_cosine", "no_guard", "cache_dir", "no_cache")
 
@@ -185,7 +187,9 @@ def convert(source: Path | None, output: Path, target: str | None, **options: ob
 @click.argument("source", required=False, type=_existing_path)
 @click.option("-o", "--output", type=_existing_path, default=Path("edgekiln-out"), show_default=True,
               help="Build folder (replaced as a whole when the build succeeds).")
-@click.option("--target", "targets", multiple=True, help="Device profile to build for (repeatable; default x86).")
+@click.option("--target", "targets", multiple=True,
+              help="Device profile to build for (repeatable; default x86, or for the bundled example "
+                   "x86, rpi4, mcu and jetson-nano).")
 @click.option("--labels", type=_existing_path, default=None,
               help="Labelled image folder (one sub-folder per class) for accuracy.")
 @click.option("--no-simplify", is_flag=True, help="Skip the simplify pass.")
@@ -193,6 +197,7 @@ def convert(source: Path | None, output: Path, target: str | None, **options: ob
               help="Timed runs per artifact (0 skips timing).")
 @source_flags
 @verify_flags
+@quant_flags
 def build(source: Path | None, output: Path, targets: tuple[str, ...], labels: Path | None, no_simplify: bool,
           bench_iterations: int, **options: object) -> None:
     """Source model -> verified ONNX -> simplified -> an artifact per target, with a report.
@@ -203,19 +208,29 @@ def build(source: Path | None, output: Path, targets: tuple[str, ...], labels: P
     from toolchain.report import print_table, say
 
     source_kwargs = _source_kwargs(**_split(options, _SOURCE_KEYS))
+    quant = _quant_kwargs(**_split(options, _QUANT_KEYS))
+    for unused in ("per_channel", "activation_type", "symmetric"):  # build takes these from each target
+        if quant.pop(unused) is not None:
+            raise click.UsageError(f"--{unused.replace('_', '-')} is chosen per target in build; use compile for it")
+    if quant["calib_size"] == 256:
+        quant["calib_size"] = None  # the default: the bundled example picks its own
     result = api.build(source, output, targets=list(targets), labels=labels, simplify=not no_simplify,
-                       bench_iterations=bench_iterations, **source_kwargs, **_verify_kwargs(**options))
+                       bench_iterations=bench_iterations, **source_kwargs, **quant, **_verify_kwargs(**options))
     say(f"built {result.source} -> {result.output} ({result.seconds:.1f} s)")
     print_table("stages", ["stage", "output", "KiB", "seconds", "worst max abs", "worst cosine"],
                 [(s.stage, s.output, f"{s.size_bytes / 1024:.1f}", f"{s.seconds:.2f}",
                   "-" if s.worst_max_abs is None else f"{s.worst_max_abs:.3g}",
                   "-" if s.worst_cosine is None else f"{s.worst_cosine:.6f}") for s in result.stages])
-    print_table("targets", ["target", "backend", "artifact", "top-1", "top-5", "images", "p50 ms", "p90 ms"],
-                [(t.target, t.backend, t.artifact,
+    print_table("targets", ["target", "backend", "precision", "artifact", "top-1", "top-5", "images", "p50 ms",
+                            "p90 ms"],
+                [(t.target, t.backend, t.precision, t.artifact,
                   f"{t.accuracy['top1']:.2%}" if t.accuracy else "-", f"{t.accuracy['top5']:.2%}" if t.accuracy else "-",
                   t.accuracy["images"] if t.accuracy else "-",
                   f"{t.latency['p50_ms']:.3f}" if t.latency else "-", f"{t.latency['p90_ms']:.3f}" if t.latency else "-")
                  for t in result.targets])
+    for target in result.targets:
+        for note in target.notes:
+            say(f"  {target.target}: {note}")
     say(f"report: {result.output / 'report.json'}")
 
 
@@ -280,7 +295,8 @@ def compile_command(model: Path, output: Path, backend: str | None, target: str 
         say(f"  note: {note}")
     if details.get("not_verified_here"):
         say(f"  not verified on this machine: {details['not_verified_here']}")
-    guard = manifest["metrics"].get("precision", {}).get("guard") or details.get("guard")
+    guard = (manifest["metrics"].get("precision", {}).get("guard") or details.get("guard")
+             or details.get("int8", {}).get("guard"))
     if guard:
         print_guard(guard)
     print_parity(result.parity)
@@ -373,11 +389,18 @@ def bench(artifact: Path, warmup: int, iterations: int, threads: int | None, bat
 @click.argument("model", type=_existing_path)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def inspect(model: Path, as_json: bool) -> None:
-    """Show inputs, outputs, opset, op histogram, parameters, size and MACs of an ONNX model."""
+    """Show an ONNX model's inputs, outputs, opset, ops, parameters, size and MACs, or a TFLite model's
+    ops, tensor types, quantization parameters and size."""
     from toolchain import api
-    from toolchain.model_info import format_summary
 
     summary = api.inspect(model)
+    if isinstance(summary, dict):  # TFLite
+        from backends.tflite.inspect import format_tflite_summary
+
+        click.echo(json.dumps(summary, indent=2, default=str) if as_json else format_tflite_summary(summary))
+        return
+    from toolchain.model_info import format_summary
+
     click.echo(json.dumps(summary.to_dict(), indent=2) if as_json else format_summary(summary))
 
 

@@ -81,3 +81,31 @@ def image_preprocess_or_none(preprocess: str | dict | None, inputs: list[TensorI
         if preprocess is not None:
             raise
         return None
+
+
+def array_feeds(inputs: list[TensorInfo], source: Path, *, count: int = 8) -> list[Feed]:
+    """Feeds from already-preprocessed samples: an .npy/.npz of (N, ...) rows, or a folder of .npy files."""
+    from calibration.dataset import build_calibration_set
+
+    if len(inputs) != 1:
+        raise UsageError(f"samples from '{source.name}' can feed a model with one input; this model has {len(inputs)}")
+    info = inputs[0]
+    samples = build_calibration_set(source, None, count=1, holdout=0)  # validates the file, never unpickles
+    available = _sample_count(source)
+    if available > 1:
+        samples = build_calibration_set(source, None, count=min(count, available), holdout=0)
+    batch = np.asarray(samples.calibration).astype(info.dtype, copy=False)
+    per_feed = concrete_shape(info, batch=1)[0]
+    usable = (len(batch) // per_feed) * per_feed
+    return [{info.name: batch[i:i + per_feed]} for i in range(0, usable, per_feed)]
+
+
+def _sample_count(source: Path) -> int:
+    if source.is_dir():
+        return len(list(source.glob("*.npy")))
+    data = np.load(source, mmap_mode="r", allow_pickle=False)
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            first = data[data.files[0]] if data.files else np.zeros(0)
+            return int(first.shape[0]) if first.ndim else 1
+    return int(data.shape[0]) if data.ndim else 1

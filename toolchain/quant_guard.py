@@ -140,11 +140,12 @@ def compare_quality(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
 
 
 def layer_sensitivity(model: onnx.ModelProto, ranges: ActivationRanges, config: QuantizeConfig,
-                      feeds: Sequence[Feed], reference: dict[str, np.ndarray]) -> list[tuple[str, str, float]]:
+                      feeds: Sequence[Feed]) -> list[tuple[str, str, float]]:
     """Quantize one weighted layer at a time and rank layers by the damage to the final outputs."""
     scores = []
     subset = list(feeds)[:_SENSITIVITY_SAMPLES]
-    subset_reference = {k: v[:len(subset) * (len(v) // max(len(feeds), 1))] for k, v in reference.items()}
+    # Its own FP32 run: feeds may be batches of different sizes, so slicing a full reference is fragile.
+    subset_reference = _run_all(model, subset)
     for node in quantizable_nodes(model):
         single = quantize_static(model, ranges, config.model_copy(update={"nodes_to_quantize": (node.name,),
                                                                           "nodes_to_exclude": ()}))
@@ -165,7 +166,7 @@ def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: Q
                                                                                   labels)))
     if report.passed:
         return quantized, report
-    report.sensitivity = layer_sensitivity(model, ranges, config, holdout, reference)
+    report.sensitivity = layer_sensitivity(model, ranges, config, holdout)
     # At least two: an outlier tensor is quantized if either its producer or its consumer is,
     # so rescuing it means keeping both of them in float.
     limit = max(2, int(len(report.sensitivity) * max_float_fraction))

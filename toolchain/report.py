@@ -68,6 +68,7 @@ def print_guard(guard: dict) -> None:
                 f"{'passed' if guard['passed'] else 'FAILED'}",
                 ["try", "float layers", "kept in float", "top-1 agreement", "accuracy fp32 -> int8", "drop",
                  "min cosine"], rows)
-    if guard["sensitivity"]:
+    if guard.get("sensitivity"):
         worst = ", ".join(f"{s['node']} ({s['score']:.3g})" for s in guard["sensitivity"][:5])
-        say(f"  most sensitive layers (1 - cosine when only that layer is INT8): {worst}")
+        metric = guard.get("sensitivity_metric", "1 - cosine of the outputs when only that layer is INT8")
+        say(f"  most sensitive layers ({metric}): {worst}")

@@ -163,7 +163,8 @@ class VerifyOptions:
 
 def verification_feeds(inputs: list, options: VerifyOptions) -> list[tuple[str, list[Feed]]]:
     """Named groups of feeds: seeded random inputs, a batch-2 run for dynamic batch, and real images."""
-    from toolchain.feeds import image_feeds, random_feeds
+    from calibration.dataset import is_array_source
+    from toolchain.feeds import array_feeds, image_feeds, random_feeds
 
     groups = []
     if options.random_inputs:
@@ -171,7 +172,10 @@ def verification_feeds(inputs: list, options: VerifyOptions) -> list[tuple[str, 
                        random_feeds(inputs, count=options.random_samples, seed=options.seed)))
     if options.random_inputs and inputs and all(i.shape and isinstance(i.shape[0], str) for i in inputs):
         groups.append(("random inputs at batch 2", random_feeds(inputs, count=1, seed=options.seed + 100, batch=2)))
-    if options.calib is not None:
+    if options.calib is not None and is_array_source(options.calib):
+        feeds = array_feeds(inputs, options.calib, count=options.image_samples)
+        groups.append((f"{len(feeds)} samples from {options.calib.name}", feeds))
+    elif options.calib is not None:
         feeds = image_feeds(inputs, options.calib, count=options.image_samples, seed=options.seed,
                             preprocess=options.preprocess)
         groups.append((f"{len(feeds)} images from {options.calib.name}", feeds))

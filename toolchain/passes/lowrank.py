@@ -48,6 +48,7 @@ OpType = Literal["Gemm", "MatMul", "Conv"]
 _GAIN_FEEDS = 16
 _LATENCY_RUNS_PER_ROUND = 10
 _RANDOM_CHECK_FEEDS = 4
+DEFAULT_MIN_COSINE = 0.99  # the same default as the INT8 guard's --min-cosine
 
 
 class LowRankConfig(PassConfig):
@@ -60,11 +61,12 @@ class LowRankConfig(PassConfig):
     energy: float = Field(0.95, gt=0, lt=1, description="Mode 'energy': fraction of sum(s^2) each layer keeps.")
     target_ratio: float = Field(0.5, gt=0, lt=1,
                                 description="Mode 'ratio': whole-model parameters after / before (0.5 halves them).")
-    min_cosine: float = Field(0.99, gt=0, lt=1, description="Mode 'budget': lowest cosine similarity between the "
-                                                            "original and factorized outputs, per sample.")
+    min_cosine: float | None = Field(
+        None, gt=0, lt=1, description="Mode 'budget': lowest cosine similarity between the original and factorized "
+                                      "outputs, per sample (0.99 when neither budget is given).")
     max_relative_error: float | None = Field(
-        None, gt=0, lt=1, description="Mode 'budget': highest ||y' - y|| / ||y|| of each output over the samples "
-                                      "(checked in addition to min_cosine when given).")
+        None, gt=0, lt=1, description="Mode 'budget': highest ||y' - y|| / ||y|| of each output, over all samples "
+                                      "together (both budgets are checked when both are given).")
     rank_multiple: int = Field(8, ge=1, le=1024, description="Ranks are rounded up to a multiple of this when the "
                                                              "rounded rank still saves parameters and MACs.")
     min_parameters: int = Field(4096, ge=1, description="Layers whose weight has fewer elements are left alone.")
@@ -79,6 +81,14 @@ class LowRankConfig(PassConfig):
                                                     "during the search (the final check uses every held-out feed).")
     latency_rounds: int = Field(5, ge=0, description="Interleaved ONNX Runtime timing rounds for the report's "
                                                      "before/after latency (0: not measured).")
+
+
+    @property
+    def cosine_budget(self) -> float | None:
+        """The cosine the budget mode enforces: the given one, else 0.99 unless only a relative error was given."""
+        if self.min_cosine is not None:
+            return self.min_cosine
+        return DEFAULT_MIN_COSINE if self.max_relative_error is None else None
 
 
 class NothingToFactorizeError(UsageError):
@@ -99,8 +109,9 @@ class OutputError:
 
     def misses(self, config: LowRankConfig) -> list[str]:
         reasons = []
-        if self.min_cosine < config.min_cosine:
-            reasons.append(f"cosine {self.min_cosine:.5f} < {config.min_cosine:g}")
+        cosine = config.cosine_budget
+        if cosine is not None and self.min_cosine < cosine:
+            reasons.append(f"cosine {self.min_cosine:.5f} < {cosine:g}")
         if config.max_relative_error is not None and self.relative_error > config.max_relative_error:
             reasons.append(f"relative error {self.relative_error:.4f} > {config.max_relative_error:g}")
         return reasons
@@ -282,22 +293,38 @@ def _probe_model(ctx: _Context) -> tuple[onnx.ModelProto, dict[str, list[str]]]:
     return probe, probes
 
 
+class _Sums:
+    """Running sums of one layer's probe outputs over the calibration feeds."""
+
+    def __init__(self) -> None:
+        self.z_sumsq: np.ndarray | float = 0.0
+        self.z_sum: np.ndarray | float = 0.0
+        self.rows = 0
+        self.y_sumsq = 0.0
+
+    def add(self, zsq: np.ndarray, zsum: np.ndarray, rows: np.ndarray, ysq: np.ndarray) -> None:
+        self.z_sumsq = self.z_sumsq + zsq.astype(np.float64)
+        self.z_sum = self.z_sum + zsum.astype(np.float64)
+        self.rows += int(rows[0])
+        self.y_sumsq += float(ysq)
+
+    def stats(self) -> LayerStats:
+        return LayerStats(np.asarray(self.z_sumsq), np.asarray(self.z_sum) / max(self.rows, 1), self.rows,
+                          self.y_sumsq)
+
+
 def _collect_stats(ctx: _Context) -> None:
     """One pass over the calibration feeds: every layer's projections, and the original outputs."""
     probe, probes = _probe_model(ctx)
     runner = _runner(probe)
     original = [o.name for o in ctx.source.graph.output]
-    sums = {name: [0.0, 0.0, 0, 0.0] for name in probes}  # sum z^2, sum z, rows, sum y^2
+    sums = {name: _Sums() for name in probes}
     for feed in ctx.calibration:
         values = runner.run(feed)
         ctx.calibration_reference.append({name: values[name] for name in original})
-        for name, (zsq, zsum, rows, ysq) in probes.items():
-            acc = sums[name]
-            acc[0] = acc[0] + values[zsq].astype(np.float64)
-            acc[1] = acc[1] + values[zsum].astype(np.float64)
-            acc[2] += int(values[rows][0])
-            acc[3] += float(values[ysq])
-    ctx.stats = {name: LayerStats(zsq, zsum / max(rows, 1), rows, ysq) for name, (zsq, zsum, rows, ysq) in sums.items()}
+        for name, outputs in probes.items():
+            sums[name].add(*(values[output] for output in outputs))
+    ctx.stats = {name: total.stats() for name, total in sums.items()}
 
 
 # --------------------------------------------------------------------------- building candidates
@@ -410,38 +437,54 @@ def _gains(ctx: _Context, curves: dict[str, dict[int, float]]) -> dict[str, floa
     return gains
 
 
+def _nothing_within_budget(judge: _Judge) -> VerificationError:
+    misses = judge.error(1).misses(judge.ctx.config) if judge.path else []
+    first = judge.path[0] if judge.path else None
+    detail = f": the first step ({first.layer} at rank {first.rank}) gives {'; '.join(misses)} on {judge.basis} data" \
+        if first and misses else ""
+    return VerificationError(f"no layer can be factorized within the error budget{detail}",
+                             hint="Loosen the budget (min_cosine / max_relative_error). Nothing was written.")
+
+
+def _walk(ctx: _Context, path: list[Step]) -> tuple[int, dict[str, Any]]:
+    """How far along ``path`` the budget holds: bisection on calibration feeds, then confirmed on held-out feeds.
+
+    The held-out check is on the whole model; when it fails, the walk backs off (bisecting again, judged
+    on the held-out feeds) so the returned model is within budget on data the search never saw.
+    """
+    config = ctx.config
+    search = _Judge(ctx, path, "calibration", ctx.calibration[:config.search_feeds],
+                    ctx.calibration_reference[:config.search_feeds])
+    if ctx.fixed and not search.holds(0):
+        raise VerificationError(f"the fixed ranks alone miss the error budget on calibration data: "
+                                f"{'; '.join(search.error(0).misses(config))}", hint="Raise the fixed ranks.")
+    length, judge = _largest_holding(search, len(path)), search
+    evaluations, stepped_back = len(search.results), False
+    if ctx.holdout and length > 0:
+        judge = _Judge(ctx, path, "holdout", ctx.holdout, _outputs(ctx.source, ctx.holdout))
+        if not judge.holds(length):
+            length, stepped_back = _largest_holding(judge, length - 1), True
+        evaluations += len(judge.results)
+    if length == 0 and not ctx.fixed:
+        raise _nothing_within_budget(judge)
+    return length, {"path_steps": len(path), "chosen_steps": length, "evaluations": evaluations,
+                    "stepped_back_on_holdout": stepped_back}
+
+
 def _choose_budget(ctx: _Context) -> tuple[dict[str, int], dict[str, Any]]:
     config = ctx.config
     curves = {name: {r: _layer_error(ctx, name, r) ** 2 for r in candidate_ranks(layer, config.rank_multiple)}
               for name, layer in ctx.free.items()}
     gains = _gains(ctx, curves)
     path = damage_path(ctx.free, curves, gains, config.rank_multiple)
-    search = _Judge(ctx, path, "calibration", ctx.calibration[:config.search_feeds],
-                    ctx.calibration_reference[:config.search_feeds])
-    if ctx.fixed and not search.holds(0):
-        raise VerificationError(f"the fixed ranks alone miss the error budget on calibration data: "
-                                f"{'; '.join(search.error(0).misses(config))}", hint="Raise the fixed ranks.")
-    length = _largest_holding(search, len(path))
-    evaluations, stepped_back = len(search.results), False
-    if ctx.holdout:
-        check = _Judge(ctx, path, "holdout", ctx.holdout, _outputs(ctx.source, ctx.holdout))
-        if not check.holds(length):
-            length, stepped_back = _largest_holding(check, length - 1), True
-        evaluations += len(check.results)
-    ranks = search.ranks(length)
-    if not ranks:
-        first = search.error(1) if path else None
-        detail = f": the first step ({path[0].layer} at rank {path[0].rank}) gives {'; '.join(first.misses(config))}" \
-            if first else ""
-        raise VerificationError(f"no layer can be factorized within the error budget{detail}",
-                                hint="Loosen the budget (min_cosine / max_relative_error). Nothing was written.")
+    length, details = _walk(ctx, path)
+    ranks = ranks_at(path, length)
     for name, layer in ctx.free.items():
         if name not in ranks:
             ctx.skipped.append(Skipped(name, layer.op_type, "the budget search left it whole: lowering its rank "
                                                             "cost more output error per MAC than the budget allowed"))
-    return ranks, {"path_steps": len(path), "chosen_steps": length, "evaluations": evaluations,
-                   "stepped_back_on_holdout": stepped_back, "gains": gains,
-                   "min_cosine": config.min_cosine, "max_relative_error": config.max_relative_error}
+    return ranks, {**details, "gains": gains, "min_cosine": config.cosine_budget,
+                   "max_relative_error": config.max_relative_error}
 
 
 # --------------------------------------------------------------------------- report
@@ -570,6 +613,8 @@ def run(model: onnx.ModelProto, config: LowRankConfig | None = None, calibration
                "output_error": asdict(quality) if quality else None,
                "seconds": time.perf_counter() - started}
     notes = [] if ctx.calibration else ["no calibration data: no bias correction, layer errors are weight-space only"]
+    if ctx.calibration and not ctx.holdout:
+        notes.append("no held-out data: the output error was measured on the calibration samples themselves")
     return result, PassReport("lowrank", GraphStats.of(model), GraphStats.of(result), details, notes)
 
 
@@ -617,6 +662,20 @@ def _error_line(error: dict[str, Any] | None) -> str:
     return line
 
 
+def _mode_text(details: dict[str, Any]) -> str:
+    selection = details["selection"]
+    if details["mode"] == "budget" and "path_steps" in selection:
+        limits = [f"cosine >= {selection['min_cosine']:g}"] if selection["min_cosine"] is not None else []
+        if selection["max_relative_error"] is not None:
+            limits.append(f"relative error <= {selection['max_relative_error']:g}")
+        return f"budget {', '.join(limits)}"
+    if details["mode"] == "ratio" and "target_ratio" in selection:
+        return f"ratio {selection['target_ratio']:g}, at energy {selection['energy']:.4g}"
+    if "energy" in selection:
+        return f"energy {selection['energy']:g}"
+    return "fixed ranks"
+
+
 def format_report(report: PassReport) -> str:
     """Plain-text table for the terminal: every layer, why skipped ones were, and the model's totals."""
     header = ("layer", "op", "weight", "rank/full", "params", "MACs", "layer err")
@@ -628,7 +687,7 @@ def format_report(report: PassReport) -> str:
                       f"{_count(row['macs_before'])} -> {_count(row['macs_after'])}",
                       f"{error:.4f}" + ("" if row["output_error"] is not None else " (weights)")))
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    lines = [f"lowrank ({report.details['mode']}): {len(report.details['layers'])} layer(s) factorized"
+    lines = [f"lowrank ({_mode_text(report.details)}): {len(report.details['layers'])} layer(s) factorized"
              + (", bias corrected" if report.details["bias_correction"] else "")]
     lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table]
     lines += [f"  skipped {s['name']} ({s['op_type']}): {s['reason']}" for s in report.details["skipped"]]

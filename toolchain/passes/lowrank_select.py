@@ -5,8 +5,9 @@ Pure numpy; everything that runs a model lives in ``lowrank.py``.
 Error algebra used throughout (``W = U S Vt``, ``z_i = x @ u_i`` at each output position):
 the output error of keeping rank ``r`` is ``sum_{i>=r} s_i z_i vt_i``, whose energy is
 ``sum_{i>=r} s_i^2 * sum(z_i^2)`` because the output directions ``vt_i`` are orthonormal;
-subtracting its per-channel mean (bias correction) removes ``count * sum_{i>=r} s_i^2 * mean(z_i)^2``. So two reductions of ``x @ U`` over the
-calibration set give every rank's error, with and without bias correction, exactly.
+subtracting its per-channel mean (bias correction) removes ``count * sum_{i>=r} s_i^2 * mean(z_i)^2``.
+So two reductions of ``x @ U`` over the calibration set give every rank's error, with and without
+bias correction, exactly.
 """
 
 from __future__ import annotations
@@ -95,8 +96,11 @@ def energy_ranks(layers: dict[str, Layer], spectra: dict[str, Spectrum], fractio
 
 def parameters_after(layers: dict[str, Layer], ranks: dict[str, int | None]) -> int:
     """Parameters of the given layers once factorized at ``ranks`` (None: left whole)."""
-    return sum(layer.parameters if ranks.get(name) is None else layer.parameters_at(ranks[name])  # type: ignore[arg-type]
-               for name, layer in layers.items())
+    total = 0
+    for name, layer in layers.items():
+        rank = ranks.get(name)
+        total += layer.parameters if rank is None else layer.parameters_at(rank)
+    return total
 
 
 def ratio_fraction(layers: dict[str, Layer], spectra: dict[str, Spectrum], multiple: int,
@@ -135,18 +139,18 @@ def _cost(layer: Layer, rank: int | None) -> int:
     return macs if macs is not None else layer.parameters_at(rank)
 
 
-def _lower_hull(points: list[tuple[int, float, int | None]]) -> list[tuple[int, float, int | None]]:
-    """The lower convex hull of (saved, damage, rank) points sorted by saved, starting at (0, 0)."""
-    hull: list[tuple[int, float, int | None]] = []
-    for point in points:
+def _lower_hull(points: list[tuple[int, float]]) -> list[int]:
+    """Indices of the lower convex hull of (saved, damage) points given in increasing ``saved`` order."""
+    hull: list[int] = []
+    for index, (x, y) in enumerate(points):
         while len(hull) >= 2:
-            (x1, y1, _), (x2, y2, _) = hull[-2], hull[-1]
+            (x1, y1), (x2, y2) = points[hull[-2]], points[hull[-1]]
             # Drop the middle point when it lies on or above the segment from hull[-2] to the new point.
-            if (y2 - y1) * (point[0] - x1) >= (point[1] - y1) * (x2 - x1):
+            if (y2 - y1) * (x - x1) >= (y - y1) * (x2 - x1):
                 hull.pop()
             else:
                 break
-        hull.append(point)
+        hull.append(index)
     return hull
 
 
@@ -155,7 +159,7 @@ class Step:
     layer: str
     rank: int
     slope: float
-    """Predicted output damage per MAC saved by this step."""
+    """Predicted output damage per MAC saved on the hull segment this step belongs to."""
 
 
 def damage_path(layers: dict[str, Layer], curves: dict[str, dict[int, float]], gains: dict[str, float],
@@ -163,19 +167,20 @@ def damage_path(layers: dict[str, Layer], curves: dict[str, dict[int, float]], g
     """Steps that lower one layer's rank at a time, cheapest predicted damage per MAC saved first.
 
     ``curves[name][rank]`` is the layer's own squared relative output error at that rank and
-    ``gains[name]`` how much of it reaches the model's outputs. Each layer contributes the
-    segments of its lower convex hull, so the merged order is the Lagrangian-optimal one for the
-    additive damage model; the whole-model search then decides how far along to go.
+    ``gains[name]`` how much of it reaches the model's outputs. Segments of each layer's lower
+    convex hull are merged by slope, the Lagrangian-optimal order for the additive damage model.
+    Every candidate rank inside a segment is kept as its own step (the damage never falls as the rank
+    falls), so the whole-model search can stop part-way through a long segment under a tight budget.
     """
     steps: list[tuple[float, int, int, Step]] = []
     for order, (name, layer) in enumerate(layers.items()):
         full = _cost(layer, None)
-        points = [(0, 0.0, None)] + [(full - _cost(layer, r), gains[name] * curves[name][r], r)
-                                     for r in candidate_ranks(layer, multiple)]
-        hull = _lower_hull(sorted(points, key=lambda p: (p[0], p[1])))
-        for index, ((x1, y1, _), (x2, y2, rank)) in enumerate(zip(hull, hull[1:])):
-            slope = (y2 - y1) / max(x2 - x1, 1)
-            steps.append((slope, order, index, Step(name, int(rank), slope)))  # type: ignore[arg-type]
+        ranks = candidate_ranks(layer, multiple)  # largest first: saved grows along the list
+        points = [(0, 0.0)] + [(full - _cost(layer, r), gains[name] * curves[name][r]) for r in ranks]
+        hull = _lower_hull(points)
+        for start, end in zip(hull, hull[1:]):
+            slope = (points[end][1] - points[start][1]) / max(points[end][0] - points[start][0], 1)
+            steps += [(slope, order, index, Step(name, ranks[index - 1], slope)) for index in range(start + 1, end + 1)]
     return [step for *_, step in sorted(steps, key=lambda item: item[:3])]
 
 

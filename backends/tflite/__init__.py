@@ -1,0 +1,5 @@
+"""TFLite / LiteRT backend: ONNX lowered with onnx2tf and TensorFlow's TFLiteConverter, run with LiteRT."""
+
+from backends.tflite.builder import TFLiteBackend
+
+__all__ = ["TFLiteBackend"]

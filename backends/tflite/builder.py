@@ -1,0 +1,251 @@
+"""TFLite builder: ONNX -> (onnx2tf) SavedModel -> (TFLiteConverter) ``model.tflite``.
+
+One build is: simplify the ONNX model in-process, convert it with onnx2tf in a
+child process (``onnx2tf_run``), convert the SavedModel to float32 TFLite to
+learn how ONNX inputs/outputs map onto TFLite tensors (``io_binding``), then
+produce the requested precision (``converter``; INT8 through ``int8`` with the
+accuracy guard). ``--target mcu`` adds the TFLite Micro bundle (``mcu``).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from backends.base import Backend, Capabilities, CompiledFiles, CompileOptions, Runner
+from backends.tflite.converter import LowerConfig, lower
+from backends.tflite.flatbuffer import TFLiteGraph, parse_tflite
+from backends.tflite.io_binding import Binding, IOBindings, bind_inputs, output_candidates, resolve_outputs
+from backends.tflite.mcu import MicroBudget
+from toolchain.errors import ConversionError, UsageError
+from toolchain.lazy import is_installed
+from toolchain.onnx_io import graph_inputs, graph_outputs, load_onnx
+
+log = logging.getLogger("edgekiln.tflite")
+
+MODEL_FILE = "model.tflite"
+LOG_FILE = "onnx2tf.log"
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+
+
+@dataclass(frozen=True)
+class TargetDefaults:
+    """What a target profile means for a TFLite build (declared data, read by ``BuildPlan``)."""
+
+    threads: int | None = None
+    xnnpack: bool = True
+    io_dtype: str = "float32"
+    """Input/output type of INT8 models: float keeps quantize/dequantize inside the model."""
+    micro: bool = False
+    """TensorFlow Lite Micro: full INT8 only, no float fallback, C bundle, flash/RAM budgets."""
+
+
+TARGET_DEFAULTS: dict[str, TargetDefaults] = {
+    "rpi4": TargetDefaults(threads=4),
+    "rpi5": TargetDefaults(threads=4),
+    "mcu": TargetDefaults(io_dtype="int8", micro=True),
+}
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    precision: str
+    target: str | None
+    threads: int | None
+    xnnpack: bool
+    io_dtype: str
+    micro: bool
+    budget: MicroBudget = field(default_factory=MicroBudget)
+
+    @classmethod
+    def from_options(cls, options: CompileOptions) -> "BuildPlan":
+        if options.precision not in PRECISIONS:
+            raise UsageError(f"the tflite backend does not support precision '{options.precision}'; "
+                             f"it supports {', '.join(PRECISIONS)}")
+        defaults = TARGET_DEFAULTS.get(options.target or "", TargetDefaults())
+        if defaults.micro and options.precision != "int8":
+            raise UsageError(f"target '{options.target}' (TensorFlow Lite Micro) needs --precision int8, "
+                             f"not {options.precision}")
+        io_dtype = options.extra.get("io_dtype") or defaults.io_dtype
+        if io_dtype not in ("float32", "int8"):
+            raise UsageError(f"TFLite input/output type '{io_dtype}' is not float32 or int8")
+        if io_dtype != "float32" and options.precision != "int8":
+            raise UsageError("int8 inputs/outputs need --precision int8")
+        budget = MicroBudget(_budget(options.extra, "flash_kb"), _budget(options.extra, "ram_kb"))
+        if budget.ram_kb is not None and not defaults.micro:
+            raise UsageError("--ram-kb applies to --target mcu (the TFLite Micro tensor arena)")
+        if options.precision == "int8":
+            _check_int8_options(options.quant)
+        return cls(options.precision, options.target, options.threads or defaults.threads, defaults.xnnpack,
+                   io_dtype, defaults.micro, budget)
+
+
+def _check_int8_options(quant: Any) -> None:
+    """Fail before the slow conversion when INT8 cannot be done as asked."""
+    from backends.tflite.int8 import check_overrides
+
+    if quant is None or quant.calibration is None:
+        raise UsageError("--precision int8 needs calibration samples",
+                         hint="Pass --calib DIR (a folder of sample images, or .npy/.npz samples).")
+    check_overrides(dict(quant.overrides))
+
+
+def _budget(extra: dict[str, Any], key: str) -> float | None:
+    value = extra.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UsageError(f"--{key.replace('_', '-')} must be a positive number of KiB, got {value!r}")
+    return float(value)
+
+
+class TFLiteBackend(Backend):
+    name = "tflite"
+    description = "TensorFlow Lite / LiteRT via onnx2tf (fp32, fp16, dynamic, full-integer INT8; TFLite Micro bundle)"
+    capabilities = Capabilities(precisions=PRECISIONS, opset_range=(7, 23), layouts=("NHWC",),
+                                precision_via_onnx=False)
+    # onnx2tf 1.28 declares no dependencies; it imports these three at start-up besides TensorFlow.
+    required_modules = ("onnx2tf", "tensorflow", "tf_keras", "onnx_graphsurgeon", "sng4onnx")
+
+    def can_run(self) -> tuple[bool, str]:
+        # Running needs only an interpreter: LiteRT, or TensorFlow's own.
+        if is_installed("ai_edge_litert") or is_installed("tensorflow"):
+            return True, "ready"
+        return False, "no TFLite interpreter: pip install 'edgekiln[tflite]'"
+
+    def compile(self, onnx_path: Path, options: CompileOptions, out_dir: Path) -> CompiledFiles:
+        plan = BuildPlan.from_options(options)
+        model = load_onnx(onnx_path)
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="edgekiln-tflite-") as tmp:
+            built = _build(model, plan, options.quant, Path(tmp), out_dir / LOG_FILE)
+        (out_dir / MODEL_FILE).write_bytes(built.data)
+        graph = parse_tflite(built.data, MODEL_FILE)
+        details = {**built.details, **summary_details(graph)}
+        details["files"] = [MODEL_FILE, LOG_FILE]
+        if plan.micro:
+            details["mcu"] = _micro_bundle(out_dir, built.data, graph, built.bindings, plan, onnx_path.name)
+            details["files"] += details["mcu"]["files"]
+        elif plan.budget.flash_kb is not None:
+            from backends.tflite.mcu import check_budgets
+
+            check_budgets(len(built.data), None, plan.budget)
+        # Durations stay out of the details: the manifest keeps times under "timings" only.
+        log.info("TFLite: %s build done in %.1f s", plan.precision, time.perf_counter() - started)
+        runtime: dict[str, Any] = {"xnnpack": plan.xnnpack, "io": built.bindings.to_dict()}
+        if plan.threads:
+            runtime["threads"] = plan.threads
+        return CompiledFiles(model_file=MODEL_FILE, runtime_options=runtime, details=details)
+
+    def load(self, model_path: Path, runtime_options: dict[str, Any]) -> Runner:
+        from backends.tflite.runner import TFLiteRunner
+
+        return TFLiteRunner.from_path(model_path, **runtime_options)
+
+
+@dataclass
+class Built:
+    data: bytes
+    bindings: IOBindings
+    details: dict[str, Any]
+
+
+def _build(model: onnx.ModelProto, plan: BuildPlan, quant: Any, work: Path, log_path: Path) -> Built:
+    from backends.tflite.onnx2tf_run import convert_to_saved_model
+
+    log.info("TFLite: converting with onnx2tf (log: %s)", log_path.name)
+    saved = convert_to_saved_model(_simplified(model), work, log_path)
+    float_model = lower(saved.path, LowerConfig("fp32"))
+    bindings = bind(model, float_model)
+    log.info("TFLite: onnx2tf %s in %.1f s", "reused" if saved.reused else "converted", saved.seconds)
+    details: dict[str, Any] = {"precision": plan.precision, "onnx2tf_warnings": saved.warnings, "log": LOG_FILE}
+    log.info("TFLite: lowering to %s", plan.precision)
+    if plan.precision == "fp32":
+        return Built(float_model, bindings, details)
+    if plan.precision in ("fp16", "dynamic"):
+        return Built(lower(saved.path, LowerConfig(plan.precision)), bindings, details)
+    from backends.tflite.int8 import quantize_int8
+
+    result = quantize_int8(saved.path, model, bindings, quant, io_dtype=plan.io_dtype,
+                           allow_float_fallback=not plan.micro)
+    details["int8"] = result.details
+    return Built(result.model, bindings, details)
+
+
+def _simplified(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx2tf converts simplified graphs best; its own onnxsim step costs ~13 s, so simplify here once."""
+    from toolchain.passes import simplify
+
+    try:
+        return simplify.run(model)[0]
+    except ConversionError as exc:
+        log.info("TFLite: simplification skipped (%s)", exc.message)
+        return model
+
+
+def _signature_shapes(graph: TFLiteGraph) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    if not graph.signatures:
+        raise ConversionError("the converted TFLite model has no signature to map its inputs and outputs")
+    signature = next(iter(graph.signatures.values()))
+    return ({k: graph.tensors[i].shape_signature for k, i in signature["inputs"].items()},
+            {k: graph.tensors[i].shape_signature for k, i in signature["outputs"].items()})
+
+
+def bind(model: onnx.ModelProto, float_model: bytes) -> IOBindings:
+    """Map ONNX inputs/outputs onto the float TFLite model; ambiguous outputs are settled by one probe run."""
+    in_shapes, out_shapes = _signature_shapes(parse_tflite(float_model))
+    inputs = bind_inputs(graph_inputs(model), in_shapes)
+    candidates = output_candidates(graph_outputs(model), out_shapes)
+    if all(len(c) == 1 for c in candidates):
+        return IOBindings(inputs, tuple(c[0] for c in candidates))
+    return IOBindings(inputs, resolve_outputs(candidates, _probe(model, float_model, inputs)))
+
+
+def _probe(model: onnx.ModelProto, float_model: bytes, inputs: tuple[Binding, ...]):
+    from backends.onnxruntime.runner import OnnxRuntimeRunner
+    from backends.tflite.runner import make_interpreter, tensor_details
+    from toolchain.feeds import random_feed
+
+    feed = random_feed([b.info() for b in inputs], seed=0)
+    reference = OnnxRuntimeRunner.from_model(model).run(feed)
+    interpreter = make_interpreter(float_model)
+    in_details, out_details = tensor_details(interpreter)
+    for binding in inputs:
+        value = feed[binding.name]
+        interpreter.set_tensor(in_details[binding.key]["index"],
+                               value.transpose(binding.perm) if binding.perm is not None else value)
+    interpreter.invoke()
+
+    def error_of(binding: Binding) -> float:
+        value = interpreter.get_tensor(out_details[binding.key]["index"])
+        value = value.transpose(binding.perm) if binding.perm is not None else value
+        expected = reference[binding.name]
+        if value.shape != expected.shape:
+            return float("inf")
+        return float(np.abs(value.astype(np.float64) - expected).max())
+
+    return error_of
+
+
+def summary_details(graph: TFLiteGraph) -> dict[str, Any]:
+    return {"size_bytes": graph.size_bytes, "ops": dict(Counter(op.op for op in graph.operators)),
+            "tensor_types": dict(Counter(t.dtype for t in graph.tensors))}
+
+
+def _micro_bundle(out_dir: Path, data: bytes, graph: TFLiteGraph, bindings: IOBindings, plan: BuildPlan,
+                  source: str) -> dict[str, Any]:
+    from backends.tflite.mcu import bundle_details, check_budgets, estimate_arena, require_micro_ops, write_bundle
+
+    ops = require_micro_ops(graph)
+    arena = estimate_arena(graph)
+    check_budgets(len(data), arena, plan.budget)
+    files = write_bundle(out_dir, data, graph, bindings, ops, arena, source)
+    return bundle_details(data, ops, arena, files)

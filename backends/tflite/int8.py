@@ -1,0 +1,217 @@
+"""Full-integer INT8 TFLite models, calibrated and guarded like the ONNX Runtime INT8 path.
+
+Same samples: ``load_calibration_set`` gives the calibration/held-out split and
+preprocessing the ORT path uses; calibration samples are fed to TFLite's
+converter in its layout (NHWC). Same guard: the INT8 TFLite model and the FP32
+ONNX model (in ONNX Runtime) run the held-out samples, ``compare_quality`` and
+the ``Budget`` decide. When the budget is missed, TFLite's quantization
+debugger measures every layer's own INT8 error; the worst layers are named and,
+where the target allows float ops (not TFLite Micro), kept in float one step at
+a time until the budget holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from backends.tflite.converter import LayerError, LowerConfig, layer_errors, lower
+from backends.tflite.io_binding import IOBindings
+from toolchain.errors import UsageError, VerificationError
+from toolchain.quant_guard import Budget, Quality, compare_quality
+
+log = logging.getLogger("edgekiln.tflite")
+
+# Same schedule as the ONNX Runtime guard: how many of the worst layers stay float per retry.
+FALLBACK_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+DEBUG_SAMPLES = 16
+# Ops whose outputs carry weights' errors; used to name the ONNX node behind a TFLite layer.
+_WEIGHTED_TFLITE = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "BATCH_MATMUL", "CONV_3D")
+_WEIGHTED_ONNX = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# QuantizeConfig fields the TFLite converter can honour, and the only values it has for the others.
+_FIXED = {"method": "minmax", "activation_type": "int8", "activation_symmetric": False}
+
+
+@dataclass
+class Int8Result:
+    model: bytes
+    quality: Quality | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Samples:
+    """Calibration and held-out samples in ONNX layout, plus what the guard needs."""
+
+    name: str
+    calibration: np.ndarray
+    holdout: np.ndarray
+    labels: np.ndarray | None
+    summary: str
+
+
+def check_overrides(overrides: dict[str, Any]) -> bool:
+    """The per-channel choice; refuse quantizer options the TFLite converter cannot apply (never ignore them)."""
+    for key, value in overrides.items():
+        if key == "per_channel":
+            continue
+        if key in _FIXED and value != _FIXED[key]:
+            raise UsageError(f"the tflite backend cannot apply {key}={value}: TFLite's converter measures "
+                             f"min/max ranges with asymmetric int8 activations")
+        if key not in _FIXED:
+            raise UsageError(f"the tflite backend does not support the quantizer option '{key}'")
+    return bool(overrides.get("per_channel", True))
+
+
+def load_samples(model: onnx.ModelProto, calibration: Any) -> Samples:
+    from toolchain.calibrate import load_calibration_set
+
+    if calibration is None:
+        raise UsageError("--precision int8 needs calibration samples",
+                         hint="Pass --calib DIR (a folder of sample images, or .npy/.npz samples).")
+    info, samples = load_calibration_set(model, calibration)
+    return Samples(info.name, np.asarray(samples.calibration, np.float32), np.asarray(samples.holdout, np.float32),
+                   samples.holdout_labels, samples.summary())
+
+
+def _tflite_batches(samples: np.ndarray, bindings: IOBindings) -> Iterator[list[np.ndarray]]:
+    perm = bindings.inputs[0].perm
+    for sample in samples:
+        batch = sample[None]
+        yield [np.ascontiguousarray(batch.transpose(perm) if perm is not None else batch)]
+
+
+def _feeder(samples: np.ndarray, bindings: IOBindings) -> Callable[[], Iterator[list[np.ndarray]]]:
+    """A re-iterable sample source, as TFLite's converter and debugger expect."""
+    return lambda: _tflite_batches(samples, bindings)
+
+
+def _reference_outputs(model: onnx.ModelProto, samples: Samples) -> dict[str, np.ndarray]:
+    from backends.onnxruntime.runner import OnnxRuntimeRunner
+
+    runner = OnnxRuntimeRunner.from_model(model)
+    outputs = [runner.run({samples.name: s[None]}) for s in samples.holdout]
+    return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+
+
+def measure(model_bytes: bytes, bindings: IOBindings, samples: Samples,
+            reference: dict[str, np.ndarray]) -> Quality:
+    """INT8 TFLite vs FP32 ONNX on the held-out samples, through the ONNX-layout runner."""
+    from backends.tflite.runner import TFLiteRunner
+
+    runner = TFLiteRunner.from_model(model_bytes, io=bindings.to_dict())
+    outputs = [runner.run({samples.name: s[None]}) for s in samples.holdout]
+    candidate = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+    return compare_quality(reference, candidate, samples.labels)
+
+
+@dataclass
+class GuardLog:
+    """The guard's record, in the shape ``toolchain.report.print_guard`` reads (as the ONNX Runtime guard's)."""
+
+    budget: Budget
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    sensitivity: list[dict[str, Any]] = field(default_factory=list)
+    passed: bool = False
+
+    def add(self, kept: list[str], quality: Quality) -> bool:
+        """Record an attempt; True when it meets the budget."""
+        self.attempts.append({"kept_float": kept, "quality": quality.to_dict()})
+        self.passed = not quality.misses(self.budget)
+        return self.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": asdict(self.budget), "passed": self.passed, "attempts": self.attempts,
+                "sensitivity": self.sensitivity,
+                "sensitivity_metric": "relative RMS error of each layer's own INT8 output (TFLite debugger)"}
+
+
+def quantize_int8(saved_model: Path, model: onnx.ModelProto, bindings: IOBindings, quant: Any, *,
+                  io_dtype: str, allow_float_fallback: bool) -> Int8Result:
+    """Calibrate, convert and (unless ``quant.budget`` is None) guard a full-integer INT8 model."""
+    per_channel = check_overrides(dict(quant.overrides))
+    samples = load_samples(model, quant.calibration)
+    config = LowerConfig("int8", io_dtype, per_channel)
+    log.info("TFLite INT8: calibrating on %d samples", len(samples.calibration))
+    model_bytes = lower(saved_model, config, _feeder(samples.calibration, bindings))
+    details: dict[str, Any] = {"calibration": samples.summary, "per_channel": per_channel, "io_dtype": io_dtype}
+    if len(samples.holdout) == 0:
+        if quant.budget is not None:
+            raise UsageError("the accuracy guard needs held-out samples; raise --holdout or pass --no-guard")
+        return Int8Result(model_bytes, None, details)
+    reference = _reference_outputs(model, samples)
+    quality = measure(model_bytes, bindings, samples, reference)
+    details["quality"] = quality.to_dict()
+    if quant.budget is None:
+        return Int8Result(model_bytes, quality, details)
+    guard = GuardLog(quant.budget)
+    try:
+        if guard.add([], quality):
+            return Int8Result(model_bytes, quality, details)
+        return _fallback(saved_model, model, bindings, samples, reference, config, guard, details,
+                         allow_float_fallback)
+    finally:
+        details["guard"] = guard.to_dict()
+
+
+def _fallback(saved_model: Path, model: onnx.ModelProto, bindings: IOBindings, samples: Samples,
+              reference: dict[str, np.ndarray], config: LowerConfig, guard: GuardLog, details: dict[str, Any],
+              allow_float_fallback: bool) -> Int8Result:
+    log.info("TFLite INT8 misses the budget; measuring each layer's error")
+    representative = _feeder(samples.calibration, bindings)
+    in_order = layer_errors(saved_model, config, representative, _feeder(samples.holdout[:DEBUG_SAMPLES], bindings))
+    names = onnx_node_names(model, in_order)
+    layers = sorted(in_order, key=lambda layer: -layer.relative_rmse)
+    guard.sensitivity = [{"node": names.get(l.tensor, l.tensor), "op_type": l.op, "tensor": l.tensor,
+                          "score": round(l.relative_rmse, 6)} for l in layers]
+    if allow_float_fallback and config.io_dtype == "float32":
+        limit = max(2, len(layers) // 2)
+        for step in (s for s in FALLBACK_STEPS if s <= limit):
+            kept = layers[:step]
+            candidate = lower(saved_model, LowerConfig("int8", "float32", config.per_channel,
+                                                       tuple(layer.tensor for layer in kept)), representative)
+            quality = measure(candidate, bindings, samples, reference)
+            if guard.add([names.get(layer.tensor, layer.tensor) for layer in kept], quality):
+                details["quality"] = quality.to_dict()
+                details["kept_float"] = [describe(layer, names) for layer in kept]
+                return Int8Result(candidate, quality, details)
+    raise budget_error(guard, layers, names, len(samples.holdout), allow_float_fallback)
+
+
+def budget_error(guard: GuardLog, layers: list[LayerError], names: dict[str, str], samples: int,
+                 fallback_allowed: bool) -> VerificationError:
+    last = guard.attempts[-1]["quality"]
+    quality = Quality(**{k: v for k, v in last.items() if k != "drop_points"})
+    worst = ", ".join(describe(layer, names) for layer in layers[:3]) or "no single layer stands out"
+    fallback = (f" even with {len(guard.attempts[-1]['kept_float'])} layer(s) kept in float"
+                if len(guard.attempts) > 1 else "" if fallback_allowed else " (full-integer target: no float fallback)")
+    return VerificationError(
+        f"TFLite INT8 misses the accuracy budget on {samples} held-out samples{fallback}: "
+        f"{'; '.join(quality.misses(guard.budget))}; layers with the largest INT8 error: {worst}",
+        hint="No model was written. Raise --max-drop, give more or more representative --calib images, "
+             "or use fp16/dynamic.")
+
+
+def describe(layer: LayerError, names: dict[str, str]) -> str:
+    node = names.get(layer.tensor)
+    where = f"ONNX node '{node}'" if node else f"TFLite tensor '{layer.tensor[:60]}'"
+    return f"{layer.op} {where} (relative error {layer.relative_rmse:.2f})"
+
+
+def onnx_node_names(model: onnx.ModelProto, layers: list[LayerError]) -> dict[str, str]:
+    """TFLite tensor name -> ONNX node name for weighted layers, matched in execution order.
+
+    onnx2tf names TensorFlow ops after their TF function, not the ONNX node, but it keeps the order of
+    convolutions and matrix products; the match is only made when both sides have the same count.
+    """
+    weighted_tflite = [layer.tensor for layer in layers if layer.op in _WEIGHTED_TFLITE]
+    weighted_onnx = [node.name or node.output[0] for node in model.graph.node if node.op_type in _WEIGHTED_ONNX]
+    if len(weighted_tflite) != len(weighted_onnx):
+        return {}
+    return dict(zip(weighted_tflite, weighted_onnx))

@@ -1,0 +1,227 @@
+"""ONNX -> TensorFlow SavedModel with onnx2tf, run in a child process.
+
+Why a child process: importing onnx2tf changes the importing process for good
+(it sets the recursion limit to 2**31-1, seeds every RNG, sets
+``TF_USE_LEGACY_KERAS``), it calls ``sys.exit`` on some errors, and it prints
+hundreds of lines. In a child, all of that stays contained, its whole output
+becomes ``onnx2tf.log``, and its working directory can be a private temporary
+folder. Known traps handled here:
+
+- onnx2tf rewrites its input ``.onnx`` in place: it gets a copy in the folder.
+- For 3-channel image models with a batch of at most 20 it loads a sample-image
+  file from the working directory, and downloads it when absent (which hangs
+  or fails offline): a seeded local file is written there first, and proxies
+  point at a closed local port so any other download fails at once.
+- Its own onnxsim step shells out to ``onnxsim`` three times (about 13 s even
+  for a tiny model): edgekiln simplifies in-process once instead.
+
+The conversion is deterministic (same ONNX bytes, same SavedModel, byte-identical
+``.tflite``), so a process converts each distinct model once (``ConversionCache``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from toolchain.errors import ConversionError
+
+log = logging.getLogger("edgekiln.tflite")
+
+SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+SAVED_MODEL_DIR = "saved_model"
+_SCRIPT = "import json, sys\nimport onnx2tf\nonnx2tf.convert(**json.loads(sys.argv[1]))\n"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# onnx2tf's phase banners, reported as progress.
+_PHASES = {"Model loaded": "onnx2tf: model loaded", "Model conversion started": "onnx2tf: converting ops",
+           "saved_model output started": "onnx2tf: writing SavedModel",
+           "Float32 tflite output complete": "onnx2tf: done"}
+DEFAULT_TIMEOUT_S = 1800.0
+
+
+@dataclass
+class SavedModel:
+    path: Path
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+    reused: bool = False
+
+
+@dataclass
+class _Entry:
+    path: Path
+    log_text: str
+    warnings: list[str]
+
+
+class ConversionCache:
+    """onnx2tf results of this process, keyed by a hash of the exact ONNX bytes and the onnx2tf job.
+
+    Building several precisions or targets of one model (``build --target rpi4 --target mcu``, the
+    tests) would otherwise pay the whole onnx2tf run each time. Entries live in a private temporary
+    folder that is removed with the process; the oldest are dropped beyond ``limit``.
+    """
+
+    def __init__(self, limit: int = 4) -> None:
+        self.limit = limit
+        self._root: tempfile.TemporaryDirectory | None = None
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def get(self, key: str) -> _Entry | None:
+        entry = self._entries.get(key)
+        if entry is None or not (entry.path / "saved_model.pb").is_file():
+            self._entries.pop(key, None)
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, saved: Path, log_text: str, warnings: list[str]) -> _Entry:
+        if self._root is None:
+            self._root = tempfile.TemporaryDirectory(prefix="edgekiln-onnx2tf-cache-")
+        target = Path(self._root.name) / key
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.move(str(saved), target)
+        self._entries[key] = _Entry(target, log_text, warnings)
+        while len(self._entries) > self.limit:
+            _, old = self._entries.popitem(last=False)
+            shutil.rmtree(old.path, ignore_errors=True)
+        return self._entries[key]
+
+
+_CACHE = ConversionCache()
+
+
+def cache_key(model: onnx.ModelProto, job: dict) -> str:
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(model.SerializeToString(deterministic=True))
+    digest.update(json.dumps({"onnx2tf": version("onnx2tf"), "job": job}, sort_keys=True).encode())
+    return digest.hexdigest()[:32]
+
+
+def _offline_env() -> dict[str, str]:
+    env = dict(os.environ)
+    closed = "http://127.0.0.1:9"  # the discard port: nothing listens, so a request fails immediately
+    env.update({"HTTP_PROXY": closed, "HTTPS_PROXY": closed, "http_proxy": closed, "https_proxy": closed,
+                "NO_PROXY": "", "no_proxy": "", "CUDA_VISIBLE_DEVICES": "-1", "PYTHONHASHSEED": "0"})
+    return env
+
+
+def _write_sample_images(folder: Path) -> None:
+    # onnx2tf only feeds these through both graphs to pick transposes; values in 0..1 like its own file.
+    samples = np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32)
+    np.save(folder / SAMPLE_FILE, samples)
+
+
+def _job(model_file: str) -> dict:
+    return {"input_onnx_file_path": model_file, "output_folder_path": SAVED_MODEL_DIR,
+            "output_signaturedefs": True,  # signature inputs keep the ONNX input names
+            "not_use_onnxsim": True, "verbosity": "info"}
+
+
+def convert_to_saved_model(model: onnx.ModelProto, workdir: Path, log_path: Path, *,
+                           timeout_s: float = DEFAULT_TIMEOUT_S, cache: ConversionCache | None = _CACHE,
+                           progress: Callable[[str], None] | None = None) -> SavedModel:
+    """Convert ``model`` to a SavedModel; the full onnx2tf output goes to ``log_path``.
+
+    ``workdir`` is the child's private working folder. The SavedModel path returned stays valid for
+    the life of the process when ``cache`` is used, else as long as ``workdir``.
+    """
+    started = time.perf_counter()
+    job = _job("model.onnx")
+    key = cache_key(model, job)
+    entry = cache.get(key) if cache is not None else None
+    if entry is not None:
+        log_path.write_text(f"[edgekiln] identical model already converted in this process; its log:\n"
+                            f"{entry.log_text}")
+        (progress or log.info)("onnx2tf: reusing this process's conversion of the same model")
+        return SavedModel(entry.path, time.perf_counter() - started, entry.warnings, reused=True)
+    onnx.save(model, str(workdir / "model.onnx"))
+    _write_sample_images(workdir)
+    command = [sys.executable, "-c", _SCRIPT, json.dumps(job)]
+    returncode = _run_logged(command, workdir, log_path, timeout_s, progress or log.info)
+    saved = workdir / SAVED_MODEL_DIR
+    text = log_path.read_text(errors="replace")
+    if returncode != 0 or not (saved / "saved_model.pb").is_file():
+        kept = _keep_failed_log(log_path)
+        raise ConversionError(f"onnx2tf could not convert the model: {failure_summary(text, returncode)}",
+                              hint=f"The full onnx2tf log is in {kept}.")
+    warnings = warning_lines(text)
+    if cache is not None:
+        saved = cache.put(key, saved, text, warnings).path
+    return SavedModel(saved, time.perf_counter() - started, warnings)
+
+
+def _run_logged(command: list[str], cwd: Path, log_path: Path, timeout_s: float,
+                progress: Callable[[str], None]) -> int:
+    with open(log_path, "w", encoding="utf-8") as sink:
+        process = subprocess.Popen(command, cwd=cwd, env=_offline_env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace")
+        # A watchdog, not a per-line check: a hung converter may print nothing at all.
+        watchdog = threading.Timer(timeout_s, process.kill)
+        watchdog.start()
+        try:
+            for line in process.stdout or ():
+                plain = _ANSI.sub("", line)
+                sink.write(plain)
+                phase = next((msg for marker, msg in _PHASES.items() if marker in plain), None)
+                if phase:
+                    progress(phase)
+        finally:
+            returncode = process.wait()
+            timed_out = not watchdog.is_alive() and returncode < 0
+            watchdog.cancel()
+        if timed_out:
+            sink.write(f"\nERROR: edgekiln stopped onnx2tf after {timeout_s:.0f} s\n")
+    return returncode
+
+
+def _keep_failed_log(log_path: Path) -> Path:
+    """Copy the log out of the staging folder, which is deleted on failure, so the error can point at it."""
+    fd, name = tempfile.mkstemp(prefix="edgekiln-onnx2tf-", suffix=".log")
+    os.close(fd)
+    shutil.copyfile(log_path, name)
+    return Path(name)
+
+
+def failure_summary(text: str, returncode: int) -> str:
+    """One line naming what onnx2tf choked on (the op type and node when it says so)."""
+    missing = re.search(r"ERROR:\s*(\S+) OP is not yet implemented", text)
+    op_type = re.search(r"onnx_op_type:\s*([^\s,]+)", text)
+    node = (re.search(r"Error occurred at ONNX operation:\s*(\S+)", text)
+            or re.search(r"onnx_op_name:\s*([^\s,]+)", text))
+    where = f" (node '{node.group(1)}')" if node else ""
+    if missing:
+        return f"onnx2tf has no converter for op {missing.group(1)}{where}"
+    if op_type:
+        return f"op {op_type.group(1)}{where} failed to convert"
+    errors = [line.strip() for line in text.splitlines()
+              if line.strip().startswith(("ERROR:", "Error", "RuntimeError", "ValueError", "NotImplementedError",
+                                          "KeyError", "TypeError"))
+              and "trace log is below" not in line]
+    if errors:
+        return errors[-1][:300]
+    return f"onnx2tf exited with code {returncode} without writing a SavedModel"
+
+
+def warning_lines(text: str, limit: int = 5) -> list[str]:
+    """onnx2tf's own warnings, minus the ones about flatc (edgekiln maps names itself)."""
+    found = [line.strip()[len("WARNING:"):].strip() for line in text.splitlines()
+             if line.strip().startswith("WARNING:") and "flatc" not in line and "absl::InitializeLog" not in line]
+    return list(dict.fromkeys(found))[:limit]
