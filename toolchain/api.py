@@ -68,20 +68,57 @@ def convert(source: PathLike | None, output: PathLike, *, inputs: Sequence[str] 
                        _verify_options(verify, atol, rtol, calib, seed, preprocess))
 
 
+def _lowrank_config(mode: str, energy: float, ratio: float, min_cosine: float | None, max_error: float | None,
+                    rank_multiple: int, min_params: int, ops: str | Sequence[str], ranks: Sequence[str] | dict,
+                    exclude: Sequence[str], bias_correction: bool | None):
+    from toolchain.passes.lowrank import LowRankConfig
+
+    if isinstance(ranks, dict):
+        fixed = dict(ranks)
+    else:
+        fixed = {}
+        for item in ranks:
+            node, sep, rank = item.rpartition("=")
+            if not sep or not node or not rank.isdigit():
+                raise UsageError(f"--lowrank-rank expects NODE=RANK, got '{item}'")
+            fixed[node] = int(rank)
+    op_types = tuple(o.strip() for o in ops.split(",") if o.strip()) if isinstance(ops, str) else tuple(ops)
+    return LowRankConfig.from_options(mode=mode, energy=energy, target_ratio=ratio, min_cosine=min_cosine,
+                                      max_relative_error=max_error, rank_multiple=rank_multiple,
+                                      min_parameters=min_params, op_types=op_types, ranks=fixed,
+                                      nodes_to_exclude=tuple(exclude), bias_correction=bias_correction)
+
+
 def optimize(model: PathLike, output: PathLike, *, simplify: bool = False, simplify_engine: str = "auto",
+             lowrank: bool = False, lowrank_mode: str = "energy", lowrank_energy: float = 0.95,
+             lowrank_ratio: float = 0.5, lowrank_min_cosine: float | None = None,
+             lowrank_max_error: float | None = None, lowrank_rank_multiple: int = 8, lowrank_min_params: int = 4096,
+             lowrank_ops: str | Sequence[str] = "Gemm,MatMul,Conv", lowrank_ranks: Sequence[str] | dict = (),
+             lowrank_exclude: Sequence[str] = (), lowrank_bias_correction: bool | None = None,
              fp16: bool = False, dynamic_int8: bool = False, verify: bool = True, atol: float = DEFAULT_ATOL,
              rtol: float = DEFAULT_RTOL, min_cosine: float = 0.99, calib: PathLike | None = None, seed: int = 0,
-             preprocess: str | dict | None = None):
+             preprocess: str | dict | None = None, calib_size: int = 256, holdout: int = 128,
+             cache_dir: PathLike | None = None, no_cache: bool = False):
     """``edgekiln optimize``: graph passes on an ONNX model, re-verified in ONNX Runtime."""
+    from toolchain.calibrate import CalibrationOptions, default_cache_dir
     from toolchain.passes.simplify import SimplifyConfig
     from toolchain.stages import optimize as run_optimize
 
     if fp16 and dynamic_int8:
         raise UsageError("--fp16 and --dynamic-int8 are alternatives; choose one")
     config = SimplifyConfig.from_options(engine=simplify_engine) if simplify else None
+    lowrank_config = _lowrank_config(lowrank_mode, lowrank_energy, lowrank_ratio, lowrank_min_cosine,
+                                     lowrank_max_error, lowrank_rank_multiple, lowrank_min_params, lowrank_ops,
+                                     lowrank_ranks, lowrank_exclude, lowrank_bias_correction) if lowrank else None
+    calibration = None
+    if lowrank and calib is not None:
+        cache = None if no_cache else Path(cache_dir) if cache_dir else default_cache_dir()
+        calibration = CalibrationOptions(Path(calib), count=calib_size, holdout=holdout, seed=seed,
+                                         preprocess=preprocess, cache_dir=cache)
     lossy = "fp16" if fp16 else "dynamic" if dynamic_int8 else None
     options = replace(_verify_options(verify, atol, rtol, calib, seed, preprocess), min_cosine=min_cosine)
-    return run_optimize(Path(model), Path(output), simplify=config, lossy=lossy, verify=options)
+    return run_optimize(Path(model), Path(output), simplify=config, lowrank=lowrank_config, lossy=lossy,
+                        calibration=calibration, verify=options)
 
 
 # Backend-specific compile options: which backend reads each (the CLI flag is the key with dashes).
@@ -183,9 +220,9 @@ def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, 
           atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, calib: PathLike | None = None, seed: int = 0,
           preprocess: str | dict | None = None, calib_size: int | None = None, holdout: int = 128,
           max_drop: float = 1.0, min_cosine: float = 0.99, method: str | None = None, guard: bool = True,
-          cache_dir: PathLike | None = None, no_cache: bool = False):
-    """``edgekiln build``: convert, simplify, compile per target, verify, evaluate and time; with no source,
-    the bundled Fashion-MNIST example."""
+          cache_dir: PathLike | None = None, no_cache: bool = False, **lowrank_options: Any):
+    """``edgekiln build``: convert, simplify, (low-rank), compile per target, verify, evaluate and time; with
+    no source, the bundled Fashion-MNIST example. ``lowrank_options`` are ``optimize``'s ``lowrank*`` arguments."""
     from toolchain.build import build as run_build
     from toolchain.build import example_defaults
 
@@ -207,7 +244,7 @@ def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, 
     return run_build(Path(source) if source else None, Path(output), targets=list(targets) or ["x86"],
                      convert_options=convert_options, verify=_verify_options(verify, atol, rtol, calib, seed, preprocess),
                      labels=Path(labels) if labels else None, simplify=simplify, bench_iterations=bench_iterations,
-                     quant_options=quant_options)
+                     quant_options=quant_options, lowrank_options=_lowrank_build_options(lowrank_options))
 
 
 def compare(artifacts: Sequence[PathLike], *, calib: PathLike | None = None, count: int = 32, seed: int = 0,
@@ -229,6 +266,13 @@ def compare(artifacts: Sequence[PathLike], *, calib: PathLike | None = None, cou
                 raise UsageError("--per-layer compares ONNX models (ONNX Runtime artifacts or .onnx files)")
             layers[str(path)] = layer_diffs(reference.model_path, candidate.model_path, feeds)
     return comparisons, layers
+
+
+def _lowrank_build_options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(k for k in options if not k.startswith("lowrank"))
+    if unknown:
+        raise UsageError(f"build got unknown option(s): {', '.join(unknown)}")
+    return options
 
 
 def evaluate(artifact: PathLike, labels: PathLike):

@@ -73,6 +73,23 @@ def _record(stage: str, path: Path, root: Path, seconds: float, parity: list[Par
                        notes or [])
 
 
+def _lowrank_stage(model: Path, staging: Path, stages: list[StageRecord], lowrank_options: dict[str, Any],
+                   quant_options: dict[str, Any], verify_kwargs: dict[str, Any]) -> Path:
+    """Factorize; a model with nothing worth factorizing is recorded and passed on unchanged."""
+    from toolchain import api
+    from toolchain.passes.lowrank import NothingToFactorizeError
+
+    samples = {k: quant_options[k] for k in ("calib_size", "holdout", "cache_dir", "no_cache") if k in quant_options}
+    try:
+        result = api.optimize(model, staging / "model.lowrank.onnx", **lowrank_options, **samples, **verify_kwargs)
+    except NothingToFactorizeError as exc:
+        stages.append(StageRecord("lowrank", "-", 0.0, 0, notes=[f"skipped: {exc.message}"]))
+        return model
+    stages.append(_record("lowrank", result.output, staging, result.seconds, result.parity,
+                          [r.summary() for r in result.passes]))
+    return result.output
+
+
 def example_defaults() -> dict[str, Any]:
     """Convert options, calibration and labels folders of the bundled Fashion-MNIST example."""
     from toolchain.examples import fashion_mnist as example
@@ -101,7 +118,8 @@ def _check_targets(targets: list[str]) -> list[Any]:
 
 def build(source: Path | None, output: Path, *, targets: list[str], convert_options: dict[str, Any],
           verify: VerifyOptions, labels: Path | None = None, simplify: bool = True,
-          bench_iterations: int = 50, quant_options: dict[str, Any] | None = None) -> BuildResult:
+          bench_iterations: int = 50, quant_options: dict[str, Any] | None = None,
+          lowrank_options: dict[str, Any] | None = None) -> BuildResult:
     from backends.registry import get_backend
     from toolchain import api
     from toolchain.bench import benchmark
@@ -126,6 +144,8 @@ def build(source: Path | None, output: Path, *, targets: list[str], convert_opti
             stages.append(_record("simplify", optimized.output, staging, optimized.seconds, optimized.parity,
                                   [r.summary() for r in optimized.passes]))
             model = optimized.output
+        if lowrank_options and lowrank_options.get("lowrank"):
+            model = _lowrank_stage(model, staging, stages, lowrank_options, quant_options or {}, verify_kwargs)
         for profile in profiles:
             compiled = api.compile(model, staging / profile.name, target=profile.name, precision=profile.precision,
                                    **verify_kwargs, **(quant_options or {}))

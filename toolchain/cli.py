@@ -42,13 +42,64 @@ def verify_flags(command: Callable) -> Callable:
     return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
 
 
+def sample_flags(command: Callable) -> Callable:
+    """How many calibration/held-out samples are drawn from --calib, and where they are cached."""
+    decorators = [
+        click.option("--calib-size", type=int, default=256, show_default=True,
+                     help="Samples used to measure activation ranges (or to choose low-rank ranks)."),
+        click.option("--holdout", type=int, default=128, show_default=True,
+                     help="Further samples, never used for calibration, for the accuracy check."),
+        click.option("--cache-dir", type=_existing_path, default=None,
+                     help="Cache of preprocessed calibration sets (default ~/.cache/edgekiln/calibration)."),
+        click.option("--no-cache", is_flag=True, help="Do not read or write the calibration cache."),
+    ]
+    return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
+
+
+def lowrank_flags(command: Callable) -> Callable:
+    """The low-rank (SVD) pass's flags (optimize, build)."""
+    decorators = [
+        click.option("--lowrank", is_flag=True,
+                     help="Low-rank (SVD) factorization of large Gemm/MatMul/Conv weights (see --lowrank-mode)."),
+        click.option("--lowrank-mode", type=click.Choice(["energy", "ratio", "budget"]), default="energy",
+                     show_default=True,
+                     help="energy: keep --lowrank-energy of each layer's singular-value energy; ratio: the whole "
+                          "model to --lowrank-ratio of its parameters; budget: most MACs removed while outputs "
+                          "stay within --lowrank-min-cosine / --lowrank-max-error on --calib data."),
+        click.option("--lowrank-energy", type=float, default=0.95, show_default=True,
+                     help="Mode energy: fraction of sum(s^2) each layer keeps, in (0, 1)."),
+        click.option("--lowrank-ratio", type=float, default=0.5, show_default=True,
+                     help="Mode ratio: whole-model parameters after/before, in (0, 1)."),
+        click.option("--lowrank-min-cosine", type=float, default=None,
+                     help="Mode budget: lowest per-sample cosine of the outputs on held-out samples (default 0.99)."),
+        click.option("--lowrank-max-error", type=float, default=None,
+                     help="Mode budget: highest relative error ||y'-y||/||y|| of each output on held-out samples."),
+        click.option("--lowrank-rank-multiple", type=int, default=8, show_default=True,
+                     help="Round ranks up to a multiple of this when that still saves parameters and MACs."),
+        click.option("--lowrank-min-params", type=int, default=4096, show_default=True,
+                     help="Leave layers with fewer weights alone."),
+        click.option("--lowrank-ops", default="Gemm,MatMul,Conv", show_default=True,
+                     help="Operator types to factorize (comma-separated)."),
+        click.option("--lowrank-rank", "lowrank_ranks", multiple=True, metavar="NODE=RANK",
+                     help="Fixed rank for one node (repeatable); used as given."),
+        click.option("--lowrank-exclude", multiple=True, metavar="NODE", help="Never factorize this node (repeatable)."),
+        click.option("--lowrank-bias-correction/--no-lowrank-bias-correction", default=None,
+                     help="Correct each factorized layer's bias by its mean output shift on --calib data "
+                          "(default: on when --calib is given)."),
+    ]
+    return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
+
+
+_LOWRANK_KEYS = ("lowrank", "lowrank_mode", "lowrank_energy", "lowrank_ratio", "lowrank_min_cosine",
+                 "lowrank_max_error", "lowrank_rank_multiple", "lowrank_min_params", "lowrank_ops", "lowrank_ranks",
+                 "lowrank_exclude", "lowrank_bias_correction")
+_SAMPLE_KEYS = ("calib_size", "holdout", "cache_dir", "no_cache")
+
+
 def quant_flags(command: Callable) -> Callable:
     """INT8 calibration and accuracy-guard flags (calibrate, compile --precision int8)."""
     decorators = [
-        click.option("--calib-size", type=int, default=256, show_default=True,
-                     help="Samples used to measure activation ranges."),
-        click.option("--holdout", type=int, default=128, show_default=True,
-                     help="Further samples, never used for ranges, for the accuracy guard."),
+        sample_flags,
         click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
                      help="Range measurement (default minmax)."),
         click.option("--per-channel/--per-tensor", "per_channel", default=None,
@@ -63,9 +114,6 @@ def quant_flags(command: Callable) -> Callable:
         click.option("--min-cosine", type=float, default=0.99, show_default=True,
                      help="Lowest cosine between FP32 and the lossy model's outputs."),
         click.option("--no-guard", is_flag=True, help="Skip the accuracy guard (not recommended)."),
-        click.option("--cache-dir", type=_existing_path, default=None,
-                     help="Cache of preprocessed calibration sets (default ~/.cache/edgekiln/calibration)."),
-        click.option("--no-cache", is_flag=True, help="Do not read or write the calibration cache."),
     ]
     return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
 
@@ -196,6 +244,7 @@ def convert(source: Path | None, output: Path, target: str | None, **options: ob
 @click.option("--bench-iterations", type=int, default=50, show_default=True,
               help="Timed runs per artifact (0 skips timing).")
 @source_flags
+@lowrank_flags
 @verify_flags
 @quant_flags
 def build(source: Path | None, output: Path, targets: tuple[str, ...], labels: Path | None, no_simplify: bool,
@@ -208,6 +257,7 @@ def build(source: Path | None, output: Path, targets: tuple[str, ...], labels: P
     from toolchain.report import print_table, say
 
     source_kwargs = _source_kwargs(**_split(options, _SOURCE_KEYS))
+    lowrank = _split(options, _LOWRANK_KEYS)
     quant = _quant_kwargs(**_split(options, _QUANT_KEYS))
     for unused in ("per_channel", "activation_type", "symmetric"):  # build takes these from each target
         if quant.pop(unused) is not None:
@@ -215,7 +265,8 @@ def build(source: Path | None, output: Path, targets: tuple[str, ...], labels: P
     if quant["calib_size"] == 256:
         quant["calib_size"] = None  # the default: the bundled example picks its own
     result = api.build(source, output, targets=list(targets), labels=labels, simplify=not no_simplify,
-                       bench_iterations=bench_iterations, **source_kwargs, **quant, **_verify_kwargs(**options))
+                       bench_iterations=bench_iterations, **source_kwargs, **quant, **lowrank,
+                       **_verify_kwargs(**options))
     say(f"built {result.source} -> {result.output} ({result.seconds:.1f} s)")
     print_table("stages", ["stage", "output", "KiB", "seconds", "worst max abs", "worst cosine"],
                 [(s.stage, s.output, f"{s.size_bytes / 1024:.1f}", f"{s.seconds:.2f}",
@@ -243,22 +294,36 @@ def build(source: Path | None, output: Path, targets: tuple[str, ...], labels: P
 @click.option("--fp16", is_flag=True, help="FP16 weights and compute (float32 inputs/outputs kept).")
 @click.option("--dynamic-int8", is_flag=True, help="INT8 weights, activations quantized at run time (no calibration).")
 @click.option("--min-cosine", type=float, default=0.99, show_default=True,
-              help="Lowest cosine a lossy pass (--fp16, --dynamic-int8) may reach against the input model.")
+              help="Lowest cosine a lossy pass (--lowrank, --fp16, --dynamic-int8) may reach against the input model.")
+@lowrank_flags
 @verify_flags
+@sample_flags
 def optimize(model: Path, output: Path, simplify: bool, simplify_engine: str, fp16: bool, dynamic_int8: bool,
-             min_cosine: float, **verify: object) -> None:
-    """Run graph passes on an ONNX model and re-verify it (for INT8 with calibration, see 'calibrate')."""
+             min_cosine: float, **options: object) -> None:
+    """Run graph passes on an ONNX model and re-verify it (for INT8 with calibration, see 'calibrate').
+
+    Order: simplify, low-rank, then fp16 or dynamic INT8. With --lowrank, --calib DIR supplies the
+    calibration and held-out samples (needed by --lowrank-mode budget and bias correction).
+    """
     from toolchain import api
     from toolchain.report import print_parity, print_table, say
 
+    lowrank = _split(options, _LOWRANK_KEYS)
+    samples = _split(options, _SAMPLE_KEYS)
     result = api.optimize(model, output, simplify=simplify, simplify_engine=simplify_engine, fp16=fp16,
-                          dynamic_int8=dynamic_int8, min_cosine=min_cosine, **_verify_kwargs(**verify))
+                          dynamic_int8=dynamic_int8, min_cosine=min_cosine, **lowrank, **samples,
+                          **_verify_kwargs(**options))
     rows = [(r.name, r.details.get("engine", ""), f"{r.before.nodes} -> {r.after.nodes}",
              f"{r.before.initializers} -> {r.after.initializers}",
              f"{r.before.serialized_bytes / 1024:.1f} -> {r.after.serialized_bytes / 1024:.1f}") for r in result.passes]
     print_table(f"optimize -> {result.output}", ["pass", "engine", "nodes", "initializers", "KiB"], rows)
     for note in (n for r in result.passes for n in r.notes):
         say(f"  note: {note}")
+    for report in result.passes:
+        if report.name == "lowrank":
+            from toolchain.passes.lowrank import format_report
+
+            say(format_report(report))
     print_parity(result.parity)
 
 

@@ -81,30 +81,52 @@ class OptimizeResult:
     seconds: float
 
 
-def optimize(model_path: Path, output: Path, *, simplify: Any | None = None, lossy: str | None = None,
-             verify: VerifyOptions = VerifyOptions()) -> OptimizeResult:
-    """Run the requested passes on an ONNX file; the result is verified against the input in ONNX Runtime.
+def _lowrank(model: onnx.ModelProto, config: Any, calibration: Any | None) -> tuple[onnx.ModelProto, PassReport]:
+    """The low-rank pass, fed with the calibration and held-out samples when there are any."""
+    from toolchain.passes import lowrank as lowrank_pass
 
-    ``lossy`` is "fp16" or "dynamic" (INT8 weights): those are checked by cosine, not allclose.
+    if calibration is None:
+        return lowrank_pass.run(model, config)
+    from toolchain.calibrate import load_calibration_set
+
+    info, samples = load_calibration_set(model, calibration)
+    batch = 1 if isinstance(info.shape[0], int) else 16
+    holdout = list(samples.feeds(info.name, "holdout", batch)) or None
+    return lowrank_pass.run(model, config, list(samples.feeds(info.name, "calibration", batch)), holdout,
+                            holdout_labels=samples.holdout_labels)
+
+
+def optimize(model_path: Path, output: Path, *, simplify: Any | None = None, lowrank: Any | None = None,
+             lossy: str | None = None, calibration: Any | None = None,
+             verify: VerifyOptions = VerifyOptions()) -> OptimizeResult:
+    """Run the requested passes on an ONNX file (simplify -> lowrank -> fp16/dynamic INT8), verified against
+    the input in ONNX Runtime: exactly for simplify, by cosine for the lossy passes.
     """
     from toolchain.passes import simplify as simplify_pass
     from toolchain.passes.quantize import convert_fp16, quantize_dynamic
 
     started = time.perf_counter()
-    if simplify is None and lossy is None:
-        raise UsageError("nothing to do: choose at least one pass (--simplify, --fp16, --dynamic-int8)")
+    if simplify is None and lowrank is None and lossy is None:
+        raise UsageError("nothing to do: choose at least one pass (--simplify, --lowrank, --fp16, --dynamic-int8)")
     _require_onnx_suffix(output)
     original = load_onnx(model_path)
     model, reports = original, []
     if simplify is not None:
         model, report = simplify_pass.run(model, simplify)
         reports.append(report)
+    if lowrank is not None:
+        model, report = _lowrank(model, lowrank, calibration)
+        reports.append(report)
     if lossy is not None:
         model, report = convert_fp16(model) if lossy == "fp16" else quantize_dynamic(model)
         reports.append(report)
+    is_lossy = lossy is not None or lowrank is not None
+    if lowrank is not None and lowrank.cosine_budget is not None:
+        # An explicit, looser factorization budget is what the user asked to be checked against.
+        verify = replace(verify, min_cosine=min(verify.min_cosine, lowrank.cosine_budget))
     parity = verify_callables(_ort_runner(original).run, _ort_runner(model).run, graph_inputs(original), verify,
                               reference="input model", candidate="optimized model",
-                              lossy=lossy is not None) if verify.enabled else []
+                              lossy=is_lossy) if verify.enabled else []
     save_onnx(model, output)
     return OptimizeResult(output, reports, parity, time.perf_counter() - started)
 
