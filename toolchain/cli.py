@@ -26,6 +26,11 @@ EXIT_INTERRUPTED = 130
 _existing_path = click.Path(path_type=Path)
 
 
+def _apply(decorators: list[Callable], command: Callable) -> Callable:
+    """Apply a group of option decorators so they show in --help in the listed order."""
+    return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
+
+
 def verify_flags(command: Callable) -> Callable:
     """The verification flags shared by every model-producing command."""
     decorators = [
@@ -39,7 +44,7 @@ def verify_flags(command: Callable) -> Callable:
                      help="Image preprocessing preset (imagenet, yolo, raw01, raw255, gray01); "
                           "default: inferred from the input shape."),
     ]
-    return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
+    return _apply(decorators, command)
 
 
 def sample_flags(command: Callable) -> Callable:
@@ -53,7 +58,7 @@ def sample_flags(command: Callable) -> Callable:
                      help="Cache of preprocessed calibration sets (default ~/.cache/edgekiln/calibration)."),
         click.option("--no-cache", is_flag=True, help="Do not read or write the calibration cache."),
     ]
-    return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
+    return _apply(decorators, command)
 
 
 def lowrank_flags(command: Callable) -> Callable:
@@ -87,7 +92,7 @@ def lowrank_flags(command: Callable) -> Callable:
                      help="Correct each factorized layer's bias by its mean output shift on --calib data "
                           "(default: on when --calib is given)."),
     ]
-    return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
+    return _apply(decorators, command)
 
 
 _LOWRANK_KEYS = ("lowrank", "lowrank_mode", "lowrank_energy", "lowrank_ratio", "lowrank_min_cosine",
@@ -115,7 +120,7 @@ def quant_flags(command: Callable) -> Callable:
                      help="Lowest cosine between FP32 and the lossy model's outputs."),
         click.option("--no-guard", is_flag=True, help="Skip the accuracy guard (not recommended)."),
     ]
-    return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
+    return _apply(decorators, command)
 
 
 def backend_flags(command: Callable) -> Callable:
@@ -135,7 +140,7 @@ def backend_flags(command: Callable) -> Callable:
         click.option("--io-dtype", type=click.Choice(["float32", "int8"]), default=None,
                      help="TFLite INT8: input/output type (default float32; mcu always int8)."),
     ]
-    return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
+    return _apply(decorators, command)
 
 
 _BACKEND_KEYS = ("strict", "dla_core", "workspace_mb", "int8_mode", "tensorrt_version", "max_batch", "opt_batch",
@@ -189,7 +194,7 @@ def source_flags(command: Callable) -> Callable:
         click.option("--no-keras-safe-mode", "keras_unsafe", is_flag=True,
                      help="Allow Keras Lambda layers (deserializes code from the file)."),
     ]
-    return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
+    return _apply(decorators, command)
 
 
 def _source_kwargs(inputs: tuple[str, ...], dynamic_batch: bool, opset: int | None, model_class: str | None,
