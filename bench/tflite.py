@@ -1,19 +1,30 @@
 """TFLite backend benchmark: FP32 vs FP16 vs INT8 on the LiteRT interpreter, plus the MCU bundle's budget.
 
-    python -m bench.tflite            # full: 15 interleaved rounds, all 10,000 Fashion-MNIST test images
-    python -m bench.tflite --quick    # smoke check: 3 rounds, 1,000 test images
+    python -m bench.tflite               # full run (~5 min on 2 cores): the example and both 224x224 CNNs
+    python -m bench.tflite --quick       # smoke check: few rounds, 1,000 test images, 16 held-out CNN images
+    python -m bench.tflite --only cnn    # one part: example (bundled Fashion-MNIST) or cnn (ResNet18/MobileNetV2)
 
 Prints a Markdown section (``run(quick)`` returns it, for ``bench.run`` to include).
-The bundled Fashion-MNIST example is exported and simplified with ``toolchain.api``,
-compiled with the tflite backend per precision, timed with the LiteRT interpreter at
-2 threads in interleaved rounds (``bench.timing``), and scored on the test split.
-INT8 is calibrated on Fashion-MNIST *training* images (a labelled PNG folder, so the
-accuracy guard checks real top-1 on its held-out part), never on the test images.
+Every model is compiled with ``toolchain.api.compile(backend="tflite")`` per precision,
+timed with the LiteRT interpreter through the artifact's runner at 2 threads (XNNPACK)
+in interleaved rounds (``bench.timing``), with speed-ups as same-round ratios vs FP32.
+
+* The bundled Fashion-MNIST example is exported and simplified with ``toolchain.api`` and
+  scored on the test split. INT8 is calibrated on Fashion-MNIST *training* images (a
+  labelled PNG folder, so the accuracy guard checks real top-1 on its held-out part),
+  never on the test images.
+* The ResNet18-sized and MobileNetV2-sized CNNs reuse ``bench.run``'s cached FP32 ONNX
+  exports (random weights, settled BatchNorm) and its calibration images (the same
+  ``bench.data.cnn_images`` call, written to one ``.npy``); their weights are random, so
+  they are scored by agreement with TFLite FP32 on held-out images, and INT8 is compiled
+  with the accuracy guard off (near-tied random logits would fail any top-1 budget).
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -24,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import timing
+from bench import data, machine, quality, timing
 
 THREADS = 2
 SEED = 0
@@ -32,6 +43,12 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 CALIBRATION, HOLDOUT = 256, 512
 TARGET_SPEEDUP = 2.0
 TARGET_DROP_POINTS = 0.5
+PRECISIONS = ("fp32", "fp16", "int8")
+PARTS = ("example", "cnn")
+CNN_NAMES = ("resnet18", "mobilenet_v2")
+CNN_INT8_MIN_COSINE = 0.90
+"""Compile-time parity floor for the random-weight CNNs' INT8 artifacts (the default 0.99 is for trained models:
+random logits are near-tied, so INT8 noise is large relative to their spread). FP32/FP16 keep the defaults."""
 
 
 @dataclass(frozen=True)
@@ -39,10 +56,16 @@ class Settings:
     plan: timing.TimingPlan
     test_images: int | None
     holdout: int
+    cnn_plan: timing.TimingPlan
+    cnn_holdout: int
+    """Held-out 224x224 images for agreement; the first 32 are the ones ``bench.run`` scores ORT on."""
+    quick: bool
 
 
-FULL = Settings(timing.TimingPlan(rounds=15, runs_per_round=50, warmup=20), None, HOLDOUT)
-QUICK = Settings(timing.TimingPlan(rounds=3, runs_per_round=20, warmup=5), 1000, 128)
+FULL = Settings(timing.TimingPlan(rounds=15, runs_per_round=50, warmup=20), None, HOLDOUT,
+                timing.TimingPlan(rounds=15, runs_per_round=20, warmup=5), 256, False)
+QUICK = Settings(timing.TimingPlan(rounds=3, runs_per_round=20, warmup=5), 1000, 128,
+                 timing.TimingPlan(rounds=2, runs_per_round=5, warmup=2), 16, True)
 
 
 @dataclass
@@ -51,6 +74,8 @@ class Variant:
     artifact: Path
     size_bytes: int
     details: dict[str, Any]
+    parity: list[Any]
+    """``api.compile``'s own verification reports (artifact vs ONNX in ONNX Runtime)."""
 
 
 def _log(message: str) -> None:
@@ -89,11 +114,11 @@ def _compile(model: Path, out: Path, calib: Path, settings: Settings, **kwargs: 
     from toolchain import api
 
     started = time.perf_counter()
-    result = api.compile(model, out, calib=calib, calib_size=CALIBRATION, holdout=settings.holdout,
-                         no_cache=True, **kwargs)
+    options = {"calib_size": CALIBRATION, "holdout": settings.holdout, **kwargs}
+    result = api.compile(model, out, calib=calib, no_cache=True, **options)
     details = result.artifact.manifest["metrics"]["details"]
     _log(f"compiled {out.name} in {time.perf_counter() - started:.1f} s")
-    return Variant(out.name, out, (out / "model.tflite").stat().st_size, details)
+    return Variant(out.name, out, (out / "model.tflite").stat().st_size, details, result.parity)
 
 
 def _test_split(count: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -123,17 +148,37 @@ def _runners(variants: Sequence[Variant]) -> dict[str, Any]:
     return runners
 
 
-def _latency_table(variants: Sequence[Variant], runners: dict[str, Any], plan: timing.TimingPlan) -> str:
-    feed = {"image": np.random.default_rng(SEED).random((1, 1, 28, 28), dtype=np.float32)}
+def _duration(ms: float) -> str:
+    return f"{ms * 1000:.0f} µs" if ms < 1 else f"{ms:.2f} ms" if ms < 10 else f"{ms:.1f} ms"
+
+
+def _size(size_bytes: int) -> str:
+    return f"{size_bytes / 1024:.1f} KiB" if size_bytes < 1024 ** 2 else f"{size_bytes / 1024 ** 2:.2f} MiB"
+
+
+def _speedup(name: str, s: timing.LatencySummary) -> str:
+    return "1.00x" if name == "fp32" else f"{s.ratio_vs_reference:.2f}x ({s.ratio_low:.2f}-{s.ratio_high:.2f})"
+
+
+def _time(variants: Sequence[Variant], runners: dict[str, Any], feed: dict[str, np.ndarray],
+          plan: timing.TimingPlan) -> dict[str, timing.LatencySummary]:
     samples = timing.interleaved({v.name: (lambda r=runners[v.name]: r.run(feed)) for v in variants}, plan)
-    summary = timing.summarize(samples, reference="fp32")
+    return timing.summarize(samples, reference="fp32")
+
+
+def _plan_text(plan: timing.TimingPlan) -> str:
+    return (f"{plan.rounds} interleaved rounds, each timing every variant for a block of up to "
+            f"{plan.runs_per_round} runs (cut at {plan.max_block_seconds:g} s, at least {plan.min_runs}), "
+            f"after {plan.warmup} untimed warm-up runs per variant")
+
+
+def _latency_table(variants: Sequence[Variant], latency: dict[str, timing.LatencySummary]) -> str:
     rows = ["| variant | model.tflite | p50 latency (2 threads) | speed-up vs FP32 (per-round median, IQR) |",
             "|---|---:|---:|---:|"]
     for v in variants:
-        s = summary[v.name]
-        ratio = "1.00x" if v.name == "fp32" else f"{s.ratio_vs_reference:.2f}x ({s.ratio_low:.2f}-{s.ratio_high:.2f})"
-        rows.append(f"| {v.name} | {v.size_bytes / 1024:.1f} KiB | {s.median_ms * 1000:.0f} µs | {ratio} |")
-    return "\n".join(rows), summary
+        s = latency[v.name]
+        rows.append(f"| {v.name} | {_size(v.size_bytes)} | {_duration(s.median_ms)} | {_speedup(v.name, s)} |")
+    return "\n".join(rows)
 
 
 def _accuracy(variants: Sequence[Variant], runners: dict[str, Any], model: Path,
@@ -165,51 +210,331 @@ def _guard_line(variant: Variant) -> str:
     return text + (f"; kept in float: {', '.join(kept)}" if kept else "; no layer kept in float")
 
 
-def run(quick: bool) -> str:
-    settings = QUICK if quick else FULL
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgekiln-bench-tflite-") as tmp:
-        folder = Path(tmp)
-        _log("exporting the bundled example")
-        model = _export_example(folder)
-        calib = _calibration_folder(folder / "calibration", CALIBRATION + settings.holdout)
-        variants = [_compile(model, folder / "fp32", calib, settings, backend="tflite", precision="fp32"),
-                    _compile(model, folder / "fp16", calib, settings, backend="tflite", precision="fp16"),
-                    _compile(model, folder / "int8", calib, settings, backend="tflite", precision="int8")]
-        mcu = _compile(model, folder / "mcu", calib, settings, target="mcu")
-        runners = _runners(variants)
-        _log("timing")
-        table, latency = _latency_table(variants, runners, settings.plan)
-        images, labels = _test_split(settings.test_images)
-        _log(f"scoring {len(labels)} test images")
-        accuracy = _accuracy(variants, runners, model, images, labels)
-        for runner in runners.values():
-            runner.close()
-    speedup = latency["int8"].ratio_vs_reference
-    drop = 100 * (accuracy["fp32"] - accuracy["int8"])
+@dataclass
+class Part:
+    """One model's Markdown lines and its numbers for the targets."""
+
+    title: str
+    lines: list[str]
+    speedup: float | None
+    """INT8's same-round speed-up over FP32; None when the toolchain could not build a loadable INT8 model."""
+    failure: str | None = None
+    """Why INT8 could not be built or loaded, when it could not."""
+    workaround: tuple[str, float] | None = None
+    """(row name, speed-up) of an INT8 row built from an equivalent rewritten graph, when there is one."""
+    drop_points: float | None = None
+    """FP32 minus INT8 top-1, in points (labelled data only)."""
+    top1_same: float | None = None
+    """Share of held-out images where INT8's top-1 class is FP32's (random-weight models)."""
+    top1_row: str = "int8"
+    """The row ``top1_same`` comes from."""
+
+
+# --- the bundled example ----------------------------------------------------------------------
+
+
+def run_example(settings: Settings, folder: Path) -> Part:
+    _log("exporting the bundled example")
+    folder.mkdir(parents=True, exist_ok=True)
+    model = _export_example(folder)
+    calib = _calibration_folder(folder / "calibration", CALIBRATION + settings.holdout)
+    variants = [_compile(model, folder / p, calib, settings, backend="tflite", precision=p) for p in PRECISIONS]
+    mcu = _compile(model, folder / "mcu", calib, settings, target="mcu")
+    runners = _runners(variants)
+    _log("example: timing")
+    feed = {"image": np.random.default_rng(SEED).random((1, 1, 28, 28), dtype=np.float32)}
+    latency = _time(variants, runners, feed, settings.plan)
+    images, labels = _test_split(settings.test_images)
+    _log(f"example: scoring {len(labels)} test images")
+    accuracy = _accuracy(variants, runners, model, images, labels)
+    for runner in runners.values():
+        runner.close()
     lines = [
-        "## TFLite backend (LiteRT interpreter)", "",
-        f"Bundled Fashion-MNIST CNN, batch 1, {THREADS} threads, XNNPACK on; {settings.plan.rounds} interleaved "
-        f"rounds of up to {settings.plan.runs_per_round} runs; speed-ups are per-round ratios (same machine, "
-        f"same minute). {'Quick run. ' if quick else ''}Machine shared with other jobs: absolute times are noisy, "
-        f"ratios less so.", "", table, "",
+        "### Bundled Fashion-MNIST CNN (trained weights)", "",
+        f"`toolchain.examples.fashion_mnist`, exported and simplified with `toolchain.api`, batch 1; "
+        f"{_plan_text(settings.plan)}.", "", _latency_table(variants, latency), "",
         f"Top-1 on {len(labels):,} Fashion-MNIST test images: "
         + ", ".join(f"{name} {score:.2%}" for name, score in accuracy.items()) + ".",
-        f"INT8 calibration: {CALIBRATION} training images; {_guard_line(variants[2])}.", "",
-        *_mcu_lines(mcu),
-        f"- Target INT8 latency <= 1/2 of FP32: **{'met' if speedup >= TARGET_SPEEDUP else 'not met'}** "
-        f"({speedup:.2f}x).",
-        f"- Target INT8 top-1 within {TARGET_DROP_POINTS} points of FP32: "
-        f"**{'met' if drop <= TARGET_DROP_POINTS else 'not met'}** ({drop:+.2f} points lost).",
-        f"- Bench time {time.perf_counter() - started:.0f} s.", ""]
+        f"INT8 calibration: {CALIBRATION} training images; accuracy guard on, {_guard_line(variants[2])}.", "",
+        *_mcu_lines(mcu), ""]
+    return Part("Fashion-MNIST example", lines, latency["int8"].ratio_vs_reference,
+                drop_points=100 * (accuracy["fp32"] - accuracy["int8"]))
+
+
+# --- the ResNet18-sized and MobileNetV2-sized CNNs ---------------------------------------------
+
+
+def _agreement(runners: dict[str, Any], reference: Any, feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, dict]:
+    """Each runner's logits vs ``reference``'s on every held-out image."""
+    expected = quality.outputs(lambda feed: next(iter(reference.run(feed).values())), feeds)
+    return {name: quality.agreement(expected, quality.outputs(lambda feed, r=r: next(iter(r.run(feed).values())),
+                                                              feeds))
+            for name, r in runners.items()}
+
+
+def _image_parity(variant: Variant) -> str:
+    """``api.compile``'s own check of the artifact against the ONNX model on the calibration images."""
+    reports = [p for p in variant.parity if "samples from" in p.inputs]
+    if not reports:
+        return "not run"
+    return f"cosine {min(o.cosine for o in reports[0].outputs):.4f} on {reports[0].inputs}"
+
+
+def _cnn_table(variants: Sequence[Variant], latency: dict[str, timing.LatencySummary],
+               agreement: dict[str, dict], failures: dict[str, str]) -> str:
+    rows = ["| variant | model.tflite | p50 latency (2 threads) | speed-up vs FP32 (per-round median, IQR) "
+            "| logit cosine vs FP32, mean / worst | top-1 same as FP32 |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for name in [p for p in PRECISIONS if p in failures or any(v.name == p for v in variants)] + \
+            [v.name for v in variants if v.name not in PRECISIONS]:
+        if name in failures:
+            rows.append(f"| {name} | not built | — | — | — | — |")
+            continue
+        v = next(v for v in variants if v.name == name)
+        s, a = latency[name], agreement.get(name)
+        scores = (f"{a['cosine_mean']:.4f} / {a['cosine_min']:.4f} | {a['top1_agreement']:.1%}" if a
+                  else "reference | reference")
+        rows.append(f"| {name} | {_size(v.size_bytes)} | {_duration(s.median_ms)} | {_speedup(name, s)} "
+                    f"| {scores} |")
+    return "\n".join(rows)
+
+
+def zero_padded_maxpool(source: Path, output: Path) -> int:
+    """Rewrite every padded MaxPool fed by a Relu as Pad(constant 0) + unpadded MaxPool; return how many.
+
+    Exact: a ReLU's output is >= 0 and every pooling window holds at least one real element, so padding with 0
+    gives the same maxima as MaxPool's implicit -inf padding. It matters for TFLite INT8: onnx2tf lowers the
+    implicit padding to a PADV2 with a huge negative constant, whose range then sets the quantization of the
+    ReLU output that shares its parameters.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(source)
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        pads = list(attrs["pads"].ints) if "pads" in attrs else []
+        producer = producers.get(node.input[0]) if node.op_type == "MaxPool" else None
+        if producer is not None and producer.op_type == "Relu" and any(pads):
+            half = len(pads) // 2
+            name = f"{node.name or node.output[0]}_zero_pad"
+            graph.initializer.append(numpy_helper.from_array(
+                np.array([0, 0, *pads[:half], 0, 0, *pads[half:]], np.int64), f"{name}_pads"))
+            nodes.append(helper.make_node("Pad", [node.input[0], f"{name}_pads"], [f"{name}_out"], name=name,
+                                          mode="constant"))
+            node.input[0] = f"{name}_out"
+            attrs["pads"].ints[:] = [0] * len(pads)
+            rewritten += 1
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, output)
+    return rewritten
+
+
+def _max_difference(first: Path, second: Path, feeds: Sequence[dict[str, np.ndarray]]) -> float:
+    from backends.onnxruntime.runner import OnnxRuntimeRunner
+
+    a, b = (OnnxRuntimeRunner.from_path(path, threads=THREADS) for path in (first, second))
+    return max(float(np.abs(next(iter(a.run(f).values())) - next(iter(b.run(f).values()))).max()) for f in feeds)
+
+
+def run_cnn(name: str, settings: Settings, folder: Path) -> Part:
+    from backends.onnxruntime.runner import OnnxRuntimeRunner
+    from bench import models
+    from bench import run as ort_bench
+    from toolchain.errors import first_line
+
+    ort_settings = ort_bench.QUICK if settings.quick else ort_bench.FULL
+    source, count = ort_settings.cnn_data, ort_settings.cnn_calibration
+    fp32 = ort_bench.cnn_fp32(name, source)  # cached by bench.run; built (and cached) only when missing
+    work = folder / name
+    calib_path = work / "calibration.npy"
+    work.mkdir(parents=True)
+    np.save(calib_path, data.cnn_images(source, count, "calibration", ort_bench.SEED))
+    held_out = data.cnn_images(source, settings.cnn_holdout, "holdout", ort_bench.SEED)
+    feeds = [{"input": held_out[i: i + 1]} for i in range(len(held_out))]
+
+    def compile_one(model: Path, precision: str, out: Path) -> Variant:
+        # holdout=0: all `count` samples calibrate (exactly bench.run's set); guard=False: no top-1 budget.
+        return _compile(model, out, calib_path, settings, backend="tflite", precision=precision, calib_size=count,
+                        holdout=0, guard=False, **({"min_cosine": CNN_INT8_MIN_COSINE} if precision == "int8" else {}))
+
+    _log(f"{name}: compiling from {fp32.name} (calibration: {count} images)")
+    variants, failures = [], {}
+    for precision in PRECISIONS:
+        try:
+            variants.append(compile_one(fp32, precision, work / precision))
+        except Exception as exc:  # report what the toolchain did, and go on with the other precisions
+            if precision == "fp32":
+                raise
+            failures[precision] = first_line(exc)
+            _log(f"{name}: {precision} failed: {failures[precision]}")
+    workaround_lines: list[str] = []
+    if "int8" in failures:
+        rewritten = work / f"{fp32.stem}.zero-pad.onnx"
+        changed = zero_padded_maxpool(fp32, rewritten)
+        if changed:
+            difference = _max_difference(fp32, rewritten, feeds[:8])
+            _log(f"{name}: retrying INT8 with {changed} MaxPool(s) zero-padded (max |diff| {difference:g})")
+            try:
+                variants.append(compile_one(rewritten, "int8", work / "int8-zero-pad"))
+                workaround_lines = [
+                    f"- **`int8-zero-pad`** is a workaround row, not what the toolchain builds from this model: "
+                    f"the same FP32 ONNX with its {changed} padded MaxPool(s) after a ReLU rewritten as an explicit "
+                    f"zero Pad + unpadded MaxPool (`zero_padded_maxpool` in this file; exact, max |difference| "
+                    f"of the FP32 logits in ONNX Runtime {difference:g} on 8 held-out images), then compiled with "
+                    f"the same `api.compile` call; its speed-up and agreement are against the unmodified FP32 "
+                    f"artifact."]
+            except Exception as exc:
+                failures["int8-zero-pad"] = first_line(exc)
+    runners = _runners(variants)
+    _log(f"{name}: timing, {settings.cnn_plan.rounds} rounds")
+    latency = _time(variants, runners, feeds[0], settings.cnn_plan)
+    _log(f"{name}: agreement on {len(feeds)} held-out images")
+    agreement = _agreement({v.name: runners[v.name] for v in variants[1:]}, runners["fp32"], feeds)
+    ort = OnnxRuntimeRunner.from_path(fp32, threads=THREADS)
+    conversion = _agreement({"fp32": runners["fp32"]}, ort, feeds)["fp32"]
+    for runner in runners.values():
+        runner.close()
+    parameters = models.parameter_count(models.build(name, ort_bench.SEED))
+    built = {v.name: v for v in variants}
+    checks = ", ".join(f"{v.name} {_image_parity(v)}" for v in variants)
+    causes = {"int8": (" The XNNPACK delegate refuses the INT8 model (the interpreter without XNNPACK aborts on "
+                       "it): onnx2tf lowers the stem MaxPool's implicit -inf padding to a PADV2 with a huge "
+                       "negative constant, and that value's range sets the quantization scale of the ReLU output "
+                       "it shares parameters with (diagnosed with `edgekiln inspect` outside this run). This is a "
+                       "toolchain bug, not fixed here.") if "int8-zero-pad" in built else ""}
+    failure_lines = [f"- **`{variant}` was not built**: `api.compile` raised `{message}`{causes.get(variant, '')}"
+                     for variant, message in failures.items()]
+    lines = [
+        f"### {ort_bench.TITLES[name]} (random weights)", "",
+        f"`bench.models.{models.ARCHITECTURES[name].__name__}`, {parameters / 1e6:.2f} M parameters, input "
+        f"{'x'.join(map(str, models.INPUT_SHAPE))}, {models.NUM_CLASSES} classes, random weights (seed "
+        f"{ort_bench.SEED}) with settled BatchNorm: `bench.run`'s cached FP32 export `{fp32.name}` "
+        f"({_size(fp32.stat().st_size)}), compiled per precision. Batch 1; {_plan_text(settings.cnn_plan)}.", "",
+        _cnn_table(variants, latency, agreement, failures), "",
+        *failure_lines, *workaround_lines,
+        f"- Agreement: logits of each variant vs TFLite FP32 on {len(feeds)} held-out images "
+        f"(`bench.data.cnn_images(..., 'holdout', seed {ort_bench.SEED})`; the first "
+        f"{min(len(feeds), ort_settings.cnn_holdout)} are the ones `bench.run` scores ONNX Runtime on); random "
+        f"weights, so there is no accuracy to measure. TFLite FP32 vs ONNX Runtime FP32 on the same images: "
+        f"cosine {conversion['cosine_mean']:.6f} mean / {conversion['cosine_min']:.6f} worst, top-1 same "
+        f"{conversion['top1_agreement']:.1%}.",
+        f"- INT8 calibration: the {count} images `bench.run` calibrates ONNX Runtime INT8 on "
+        f"({data.describe_cnn_source(source)}), as one `.npy` passed as `calib=` with `calib_size={count}, "
+        f"holdout=0`, so all of them calibrate. **Accuracy guard off** (`guard=False`): with random weights the "
+        f"1,000 logits are near-tied, so a top-1 budget would refuse any INT8 model; the guard is exercised on "
+        f"the trained example above. `api.compile` still verified each artifact it wrote against its ONNX model "
+        f"on the calibration images (floor lowered from 0.99 to {CNN_INT8_MIN_COSINE} for INT8 only): {checks}.",
+        ""]
+    int8 = built.get("int8")
+    fallback = built.get("int8-zero-pad")
+    return Part(ort_bench.TITLES[name], lines, latency["int8"].ratio_vs_reference if int8 else None,
+                failure=failures.get("int8"),
+                workaround=("int8-zero-pad", latency["int8-zero-pad"].ratio_vs_reference) if fallback else None,
+                top1_same=agreement[(int8 or fallback).name]["top1_agreement"] if (int8 or fallback) else None,
+                top1_row=(int8 or fallback).name if (int8 or fallback) else "int8")
+
+
+# --- the section ------------------------------------------------------------------------------
+
+
+def _versions() -> str:
+    from importlib import metadata
+
+    found = []
+    for package in ("ai-edge-litert", "tensorflow", "onnx2tf", "onnxruntime"):
+        try:
+            found.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def _machine_line(load_before: Any, load_after: Any) -> str:
+    cpu = machine.cpu()
+    load = ("" if not load_before or not load_after else
+            f" Load average (1 min) {load_before[0]:.2f} at the start, {load_after[0]:.2f} at the end.")
+    return (f"Machine: {cpu['model']}, {cpu['logical_cpus']} logical CPUs ({', '.join(cpu['flags'])}); "
+            f"Python {platform.python_version()}, {_versions()}. Shared with other jobs (a Docker image "
+            f"build ran concurrently): absolute times are noisy, same-round ratios less so.{load}")
+
+
+def _speed_verdict(part: Part) -> str:
+    if part.speedup is not None:
+        return f"{part.title} **{'met' if part.speedup >= TARGET_SPEEDUP else 'not met'}** ({part.speedup:.2f}x)"
+    text = f"{part.title} **not met** (the toolchain's INT8 model was not built: see above)"
+    if part.workaround:
+        name, speedup = part.workaround
+        text += (f"; the `{name}` workaround row would {'meet' if speedup >= TARGET_SPEEDUP else 'miss'} it "
+                 f"({speedup:.2f}x)")
+    return text
+
+
+def _target_lines(parts: Sequence[Part]) -> list[str]:
+    speed = "; ".join(_speed_verdict(p) for p in parts)
+    lines = [f"- Target INT8 latency at most 1/2 of FP32 (speed-up >= {TARGET_SPEEDUP:.1f}x): {speed}."]
+    for p in parts:
+        if p.drop_points is not None:
+            lines.append(f"- Target INT8 top-1 within {TARGET_DROP_POINTS} points of FP32, {p.title}: "
+                         f"**{'met' if p.drop_points <= TARGET_DROP_POINTS else 'not met'}** "
+                         f"({p.drop_points:+.2f} points lost).")
+    random = [p for p in parts if p.top1_same is not None]
+    if random:
+        lines.append(f"- The accuracy target cannot be checked on the random-weight CNNs (no labels, no trained "
+                     f"classes); not a pass/fail, INT8's top-1 matches FP32's on "
+                     + ", ".join(f"{p.top1_same:.1%} of held-out images for the {p.title}"
+                                 + ("" if p.top1_row == "int8" else f" (`{p.top1_row}` row)") for p in random) + ".")
+    return lines
+
+
+def run(quick: bool, only: str | None = None, command: str = "python -m bench.tflite") -> str:
+    settings = QUICK if quick else FULL
+    started = time.perf_counter()
+    started_utc = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before = machine.load_average()
+    parts: list[Part] = []
+    with tempfile.TemporaryDirectory(prefix="edgekiln-bench-tflite-") as tmp:
+        folder = Path(tmp)
+        if only in (None, "example"):
+            parts.append(run_example(settings, folder / "example"))
+        if only in (None, "cnn"):
+            parts += [run_cnn(name, settings, folder / "cnn") for name in CNN_NAMES]
+    seconds = time.perf_counter() - started
+    mode = ", ".join(filter(None, ["quick" if quick else "", f"only {only}" if only else ""])) or "full"
+    lines = [
+        "## TFLite backend (LiteRT interpreter)", "",
+        *([f"> **Partial run ({mode})**: run `python -m bench.tflite` for the full record.", ""]
+          if mode != "full" else []),
+        f"Command: `{command}` ({mode} run), started {started_utc}, took {seconds / 60:.1f} min.",
+        _machine_line(load_before, machine.load_average()), "",
+        f"Every model is compiled with `toolchain.api.compile(..., backend=\"tflite\", precision=...)` (onnx2tf, "
+        f"then TensorFlow's converter) and run with the LiteRT interpreter through the artifact's own runner: "
+        f"batch 1, {THREADS} threads, XNNPACK on. Variants are timed in interleaved rounds in a rotating order; "
+        f"p50 is the median of all timed runs, the speed-up the median over rounds of that round's FP32 median "
+        f"over the variant's (IQR over rounds in brackets). Sizes are `model.tflite`.", ""]
+    for part in parts:
+        lines += part.lines
+    lines += ["### Targets", "",
+              "From the issue: INT8 at most half the FP32 latency on this CPU, and INT8 accuracy within "
+              f"{TARGET_DROP_POINTS} points of FP32.", "", *_target_lines(parts),
+              f"- Bench time {seconds:.0f} s.", ""]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="Fewer rounds and test images (smoke check).")
+    parser = argparse.ArgumentParser(prog="python -m bench.tflite", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="Fewer rounds, test and held-out images (smoke check).")
+    parser.add_argument("--only", choices=PARTS,
+                        help="Only the bundled example, or only the ResNet18/MobileNetV2-sized CNNs.")
     args = parser.parse_args(argv)
-    print(run(args.quick))
+    command = shlex.join(["python", "-m", "bench.tflite", *(sys.argv[1:] if argv is None else argv)])
+    print(run(args.quick, args.only, command))
     return 0
 
 

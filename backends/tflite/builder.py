@@ -161,8 +161,13 @@ class Built:
 def _build(model: onnx.ModelProto, plan: BuildPlan, quant: Any, work: Path, log_path: Path) -> Built:
     from backends.tflite.onnx2tf_run import convert_to_saved_model
 
+    from backends.tflite.prepare import zero_pad_maxpools
+
     log.info("TFLite: converting with onnx2tf (log: %s)", log_path.name)
-    saved = convert_to_saved_model(_simplified(model), work, log_path)
+    prepared, rewritten = zero_pad_maxpools(_simplified(model))
+    if rewritten:
+        log.info("TFLite: %d padded MaxPool(s) after ReLU made explicit zero pads (exact)", rewritten)
+    saved = convert_to_saved_model(prepared, work, log_path)
     float_model = lower(saved.path, LowerConfig("fp32"))
     bindings = bind(model, float_model)
     log.info("TFLite: onnx2tf %s in %.1f s", "reused" if saved.reused else "converted", saved.seconds)

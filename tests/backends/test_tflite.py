@@ -348,3 +348,37 @@ def test_inspect_shows_ops_types_quantization_and_size(int8_rpi):
     assert "TFLite model" in text and "CONV_2D x1" in text and "per-channel" in text and "zero point" in text
     json.dumps(summary)  # JSON-ready
 
+
+
+def test_padded_maxpool_after_relu_quantizes_and_loads(tmp_path):
+    """ResNet's stem (Conv -> Relu -> padded MaxPool): onnx2tf's -inf PADV2 broke full-integer TFLite."""
+    from onnx import helper, numpy_helper
+
+    from backends.tflite.prepare import zero_pad_maxpools
+    from helpers import write_images
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+         helper.make_node("Relu", ["c"], ["r"], name="relu"),
+         helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], name="pool"),
+         helper.make_node("Flatten", ["p"], ["f"]),
+         helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1, name="fc")],
+        "stem", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 10])],
+        [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
+         numpy_helper.from_array((rng.standard_normal((10, 8 * 8 * 8)) * 0.1).astype(np.float32), "fc")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    rewritten, count = zero_pad_maxpools(model)
+    assert count == 1
+    from backends.onnxruntime.runner import OnnxRuntimeRunner
+
+    feed = {"x": rng.random((1, 3, 16, 16), dtype=np.float32)}
+    np.testing.assert_array_equal(OnnxRuntimeRunner.from_model(model).run(feed)["y"],
+                                  OnnxRuntimeRunner.from_model(rewritten).run(feed)["y"])
+    onnx.save(model, str(tmp_path / "stem.onnx"))
+    images = write_images(tmp_path / "imgs", count=60, size=16, mode="RGB")
+    result = api.compile(tmp_path / "stem.onnx", tmp_path / "art", backend="tflite", precision="int8", calib=images,
+                         calib_size=40, holdout=20, no_cache=True, guard=False, min_cosine=0.95)
+    assert result.artifact.model_path.is_file()

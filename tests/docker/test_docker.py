@@ -79,8 +79,11 @@ def test_image_builds_and_runs_the_bundled_example(tmp_path):
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     result = out / "edgekiln-out"
     report = json.loads((result / "report.json").read_text())
-    assert all(stage["worst_cosine"] > 0.9999 for stage in report["stages"])
-    assert report["targets"][0]["accuracy"]["top1"] >= 0.9
+    verified = [stage for stage in report["stages"] if stage["worst_cosine"] is not None]  # not the Jetson bundle
+    assert len(verified) >= 4 and all(stage["worst_cosine"] > 0.999 for stage in verified)
+    runnable = [target for target in report["targets"] if target["accuracy"] is not None]
+    assert {t["target"] for t in runnable} == {"x86", "rpi4", "mcu"}
+    assert all(target["accuracy"]["top1"] >= 0.9 for target in runnable)
     produced = [p for p in result.rglob("*")]
     assert {"model.onnx", "report.json", "manifest.json"} <= {p.name for p in produced}
     assert all(p.stat().st_uid == UID for p in produced), "artifacts must belong to the invoking user"
