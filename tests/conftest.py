@@ -72,3 +72,15 @@ def tiny_onnx(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.onnx"
     onnx.save(make_onnx_model(), str(path))
     return path
+
+
+@pytest.fixture
+def bad_inputs(tmp_path: Path) -> dict[str, Path]:
+    files = {"folder": tmp_path / "a_folder"}
+    files["folder"].mkdir()
+    for name, data in {"empty.onnx": b"", "corrupt.onnx": b"\x08\x07garbage" * 10, "corrupt.pt": b"PK\x03\x04junk",
+                       "corrupt.h5": b"\x89HDF\r\n\x1a\nnot really", "notes.txt": b"hello",
+                       "model.xyz": b"???"}.items():
+        (tmp_path / name).write_bytes(data)
+        files[name] = tmp_path / name
+    return files

@@ -13,26 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from helpers import files_in, make_onnx_model, write_images
+from helpers import assert_one_line_error, files_in, make_onnx_model, run_main, write_images
 from toolchain.cli import cli, main
-
-
-def run_main(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run the real entry point (with its error handling) and capture what the user sees."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code != 0
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_happy_path_through_every_command(tiny_onnx, tmp_path):
@@ -64,66 +46,6 @@ def test_version_and_help():
     assert "edgekiln, version" in runner.invoke(cli, ["--version"]).output
     for command in cli.commands:
         assert runner.invoke(cli, [command, "--help"]).exit_code == 0
-
-
-@pytest.fixture
-def bad_inputs(tmp_path: Path) -> dict[str, Path]:
-    files = {"folder": tmp_path / "a_folder"}
-    files["folder"].mkdir()
-    for name, data in {"empty.onnx": b"", "corrupt.onnx": b"\x08\x07garbage" * 10, "corrupt.pt": b"PK\x03\x04junk",
-                       "corrupt.h5": b"\x89HDF\r\n\x1a\nnot really", "notes.txt": b"hello",
-                       "model.xyz": b"???"}.items():
-        (tmp_path / name).write_bytes(data)
-        files[name] = tmp_path / name
-    return files
-
-
-@pytest.mark.parametrize("args, fragments", [
-    (["convert", "{missing}", "-o", "{out}/m.onnx"], ["does not exist"]),
-    (["convert", "{folder}", "-o", "{out}/m.onnx"], ["not a TensorFlow SavedModel"]),
-    (["convert", "{empty_onnx}", "-o", "{out}/m.onnx"], ["is empty"]),
-    (["convert", "{corrupt_onnx}", "-o", "{out}/m.onnx"], ["not a valid ONNX model"]),
-    (["convert", "{corrupt_pt}", "-o", "{out}/m.onnx", "--input", "1x3"], ["not a readable PyTorch file"]),
-    (["convert", "{corrupt_h5}", "-o", "{out}/m.onnx"], ["not a readable HDF5 file"]),
-    (["convert", "{notes_txt}", "-o", "{out}/m.onnx"], ["cannot tell what kind of model"]),
-    (["convert", "{model_xyz}", "-o", "{out}/m.onnx"], ["unknown extension"]),
-    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--input", "x:1xAx-3"], ["bad --input"]),
-    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--input", "x:2x1x8x8"], ["fixes it to 1"]),
-    (["convert", "{tiny}", "-o", "{out}/m.txt"], ["must end in .onnx"]),
-    (["convert", "{tiny}", "-o", "{out}/no/such/dir/m.onnx"], ["does not exist"]),
-    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--target", "toaster"], ["unknown target 'toaster'"]),
-    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--opset", "99"], ["outside the supported range"]),
-    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--weights", "{tiny}"], ["--weights needs --model-class"]),
-    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--calib", "{folder}"], ["no images"]),
-    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--preprocess", "sepia"], ["unknown preprocessing preset"]),
-    (["compile", "{tiny}", "-o", "{out}/art", "--backend", "coreml"], ["unknown backend 'coreml'"]),
-    (["compile", "{tiny}", "-o", "{out}/art", "--precision", "int3"], ["does not support precision"]),
-    (["compile", "{tiny}", "-o", "{out}/art", "--threads", "0"], ["--threads must be >= 1"]),
-    (["run", "{tiny}", "--input", "{missing}"], ["does not exist"]),
-    (["run", "{folder}"], ["not an edgekiln artifact"]),
-    (["bench", "{tiny}", "--iterations", "0"], ["--iterations"]),
-    (["inspect", "{corrupt_onnx}"], ["not a valid ONNX model"]),
-    (["optimize", "{tiny}", "-o", "{out}/m.onnx"], ["nothing to do"]),
-    (["optimize", "{tiny}", "-o", "{out}/m.onnx", "--fp16", "--dynamic-int8"], ["choose one"]),
-    (["calibrate", "{tiny}", "-o", "{out}/m.onnx"], ["Missing option '--calib'"]),
-    (["calibrate", "{tiny}", "--calib", "{folder}", "-o", "{out}/m.onnx"], ["no images"]),
-    (["calibrate", "{tiny}", "--calib", "{images}", "-o", "{out}/m.onnx", "--calib-size", "0"], ["--calib-size"]),
-    (["calibrate", "{tiny}", "--calib", "{images}", "-o", "{out}/m.onnx", "--calib-size", "999"], ["--calib-size"]),
-    (["calibrate", "{tiny}", "--calib", "{images}", "-o", "{out}/m.onnx", "--max-drop", "-1"], ["--max-drop"]),
-    (["calibrate", "{tiny}", "--calib", "{images}", "-o", "{out}/m.onnx", "--target", "toaster"], ["unknown target"]),
-    (["compile", "{tiny}", "-o", "{out}/art", "--precision", "int8"], ["needs calibration samples"]),
-    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--exporter", "magic"], ["--help"]),
-    (["frobnicate"], ["No such command"]),
-])
-def test_bad_input_gets_one_line_and_writes_nothing(args, fragments, bad_inputs, tiny_onnx, tmp_path, capsys):
-    out = tmp_path / "out"
-    out.mkdir()
-    names = {"missing": str(tmp_path / "missing.onnx"), "out": str(out), "tiny": str(tiny_onnx),
-             "images": str(write_images(tmp_path / "images", count=8)),
-             **{k.replace(".", "_"): str(v) for k, v in bad_inputs.items()}}
-    code, _, err = run_main([a.format(**names) for a in args], capsys)
-    assert_one_line_error(code, err, *fragments)
-    assert files_in(out) == []
 
 
 def test_unwritable_output_folder(tiny_onnx):

@@ -27,7 +27,7 @@ def _umask() -> int:
     return current
 
 
-def _publishable(path: Path) -> None:
+def publishable(path: Path) -> None:
     """Give a temp file/folder the modes a normal create would (mkstemp/mkdtemp make them owner-only)."""
     path.chmod((0o777 if path.is_dir() else 0o666) & ~_umask())
 
@@ -83,7 +83,7 @@ def atomic_file(dest: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        _publishable(tmp)
+        publishable(tmp)
         os.replace(tmp, dest)
     except OSError as exc:
         raise OutputError(f"could not write '{dest}': {exc.strerror or exc}") from exc
@@ -145,7 +145,7 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=parent))
     try:
         yield tmp
-        _publishable(tmp)
+        publishable(tmp)
         with _swap_lock(parent):
             if dest.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=parent))

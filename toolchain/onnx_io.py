@@ -16,7 +16,7 @@ import onnx
 from onnx import external_data_helper
 
 from toolchain.errors import InputFileError, OutputError, first_line
-from toolchain.fileio import check_writable_destination, require_file
+from toolchain.fileio import check_writable_destination, publishable, require_file
 
 # Protobuf cannot serialise a message over 2 GiB; stay well below it.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -86,8 +86,12 @@ def load_onnx(path: Path, *, check: bool = True) -> onnx.ModelProto:
 def check_model(model: onnx.ModelProto, path: Path | None = None) -> None:
     where = f"'{path}'" if path else "the model"
     try:
-        if model.ByteSize() > EXTERNAL_DATA_THRESHOLD and path is not None:
-            onnx.checker.check_model(str(path))
+        if needs_external_data(model):
+            # The checker cannot take a >2 GiB message; given a path it reads the data files itself.
+            if path is not None:
+                onnx.checker.check_model(str(path))
+            else:
+                _check_structure_only(model)
         else:
             onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
@@ -95,10 +99,23 @@ def check_model(model: onnx.ModelProto, path: Path | None = None) -> None:
         raise InputFileError(f"{where} fails the ONNX checker: {first}") from exc
 
 
+def _check_structure_only(model: onnx.ModelProto) -> None:
+    """Check the graph of a >2 GiB in-memory model: the same model with its large weights' bytes left out."""
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for tensor in skeleton.graph.initializer:
+        if tensor.HasField("raw_data") and len(tensor.raw_data) > 1024:
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            entry = tensor.external_data.add()
+            entry.key, entry.value = "location", "in-memory"
+    onnx.checker.check_model(skeleton)
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shape inference that never fails the command: a model ORT can run is still usable without it."""
-    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
-        return model
+    if needs_external_data(model):
+        return model  # shape inference serialises the model; the checker already validated it
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:  # inference is best-effort metadata; the checker already validated the model
@@ -111,17 +128,18 @@ def save_onnx(model: onnx.ModelProto, dest: Path) -> list[Path]:
     Returns the files written. Each file is renamed into place only once complete.
     """
     check_writable_destination(dest)
-    large = not _fits_bytesize(model) or model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    large = needs_external_data(model)
     data_path = dest.parent / f"{dest.name}.data"
     try:
         with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.absolute().parent) as staging:
             staged = Path(staging) / dest.name
             if large:
-                onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                                location=data_path.name, size_threshold=1024)
+                save_with_external_data(model, staged, data_path.name)
+                publishable(Path(staging) / data_path.name)  # onnx writes external data owner-only
                 os.replace(Path(staging) / data_path.name, data_path)
             else:
                 onnx.save_model(model, str(staged))
+            publishable(staged)
             os.replace(staged, dest)
     except OSError as exc:
         raise OutputError(f"could not write '{dest}': {exc.strerror or exc}") from exc
@@ -129,6 +147,24 @@ def save_onnx(model: onnx.ModelProto, dest: Path) -> list[Path]:
         data_path.unlink(missing_ok=True)  # stale data from an earlier large save
         return [dest]
     return [dest, data_path]
+
+
+def save_with_external_data(model: onnx.ModelProto, path: Path, data_name: str) -> None:
+    """Save ``model`` with its weights in ``data_name`` beside ``path``, leaving the caller's model intact.
+
+    onnx.save_model(save_as_external_data=True) rewrites the tensors it is given into references to
+    the data file, so it works on a copy: otherwise the caller's model would later be saved (or run)
+    pointing at a file that is gone.
+    """
+    detached = onnx.ModelProto()
+    detached.CopyFrom(model)
+    onnx.save_model(detached, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_name, size_threshold=1024)
+
+
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    """True when the model is too large to serialise as one protobuf message."""
+    return not _fits_bytesize(model) or model.ByteSize() > EXTERNAL_DATA_THRESHOLD
 
 
 def _fits_bytesize(model: onnx.ModelProto) -> bool:

@@ -41,7 +41,18 @@ class OnnxRuntimeRunner(Runner):
     @classmethod
     def from_model(cls, model: onnx.ModelProto, threads: int | None = None,
                    graph_optimization: str = "all") -> "OnnxRuntimeRunner":
-        return cls._create(model.SerializeToString(), model, threads, graph_optimization)
+        from toolchain.onnx_io import needs_external_data, save_with_external_data
+
+        if not needs_external_data(model):
+            return cls._create(model.SerializeToString(), model, threads, graph_optimization)
+        # Over protobuf's 2 GiB limit the model cannot be serialised in memory: ORT reads it from a
+        # temporary folder with its weights as external data (and keeps them mapped, so it may go).
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="edgekiln-ort-") as folder:
+            path = Path(folder) / "model.onnx"
+            save_with_external_data(model, path, "model.onnx.data")
+            return cls._create(str(path), model, threads, graph_optimization)
 
     @classmethod
     def _create(cls, source: str | bytes, model: onnx.ModelProto, threads: int | None,

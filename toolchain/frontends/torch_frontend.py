@@ -89,9 +89,10 @@ def _load_pickled(torch: Any, source: Path, options: ConvertOptions) -> tuple[An
     try:
         obj = torch.load(str(source), map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for objects weights_only refuses; others for corrupt files
-        if not _is_refused_pickle(torch, exc):
-            raise InputFileError(f"'{source}' is not a readable PyTorch file (corrupt or truncated?): "
-                                 f"{first_line(exc)}") from exc
+        if not _is_refused_pickle(torch, exc, source):
+            # torch's own message here advises weights_only=False, the wrong advice for an unknown file.
+            raise InputFileError(f"'{source.name}' is not a readable PyTorch file (corrupt, truncated, or "
+                                 "not a PyTorch file at all)") from exc
         if not options.trust_pickle:
             raise InputFileError(
                 f"'{source.name}' holds a pickled Python object, and loading it would run code from the file",
@@ -106,8 +107,18 @@ def _load_pickled(torch: Any, source: Path, options: ConvertOptions) -> tuple[An
     raise InputFileError(f"'{source.name}' holds a {type(obj).__name__}, not a model or a state dict")
 
 
-def _is_refused_pickle(torch: Any, exc: Exception) -> bool:
-    return isinstance(exc, torch.serialization.pickle.UnpicklingError) and "weights_only" in str(exc)
+def _is_refused_pickle(torch: Any, exc: Exception, source: Path) -> bool:
+    """True when the safe unpickler refused a real pickle (a class or opcode it will not run).
+
+    The error text cannot tell garbage from a protocol-5 pickle ("Unsupported operand" for both),
+    so the file's structure decides: a torch.save zip with data.pkl, or a raw pickle (protocol marker).
+    """
+    if not isinstance(exc, torch.serialization.pickle.UnpicklingError):
+        return False
+    if zipfile.is_zipfile(source):
+        return True  # _load_torch_file already checked it holds data.pkl
+    with open(source, "rb") as handle:
+        return handle.read(1) == b"\x80"
 
 
 def _load_trusted_pickle(torch: Any, source: Path) -> Any:
@@ -275,7 +286,8 @@ def _export_to_proto(torch: Any, module: Any, example: tuple, kwargs: dict[str, 
 def _ingest_exported_program(torch: Any, source: Path, options: ConvertOptions) -> IngestedModel:
     require_file(source, "torch.export program")
     try:
-        program = torch.export.load(str(source))
+        with quiet("torch.export", "torch"):  # it logs the failure's traceback at WARNING level
+            program = torch.export.load(str(source))
     except Exception as exc:  # corrupt archives raise various errors
         raise InputFileError(f"'{source}' is not a loadable torch.export (.pt2) program: {first_line(exc)}") from exc
     if options.exporter == "torchscript":

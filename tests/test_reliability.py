@@ -1,0 +1,257 @@
+"""Hostile and broken input, table-driven: every case gets one clear line, and leaves nothing behind.
+
+Each row runs the real CLI entry point and asserts: a non-zero exit, exactly one `error:` line
+(no traceback), nothing in the output folder, nothing in the calibration cache, and no trace of
+code having run from a pickle. Also here: a full disk, and a model over protobuf's 2 GiB limit.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from helpers import assert_one_line_error, files_in, make_onnx_model, run_main, write_images
+
+
+class _Payload:
+    """Unpickling this creates the marker file: proof that code from the file ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _onnx_with_external_data(folder: Path, location: str) -> Path:
+    model = make_onnx_model()
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "144")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    folder.mkdir(parents=True)
+    path = folder / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.fixture
+def hostile(tmp_path: Path, bad_inputs: dict[str, Path], tiny_onnx: Path) -> dict[str, str]:
+    """Every hostile file and folder the table refers to, by name."""
+    rng = np.random.default_rng(7)
+    files: dict[str, Path] = {k.replace(".", "_"): v for k, v in bad_inputs.items()}
+    for suffix in ("onnx", "pt", "pt2", "keras", "h5", "tflite"):
+        path = tmp_path / f"random.{suffix}"
+        path.write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+        files[f"random_{suffix}"] = path
+    data = tiny_onnx.read_bytes()
+    for cut in (16, len(data) // 2, len(data) - 5):
+        files[f"cut{cut}"] = tmp_path / f"cut{cut}.onnx"
+        files[f"cut{cut}"].write_bytes(data[:cut])
+    files["cut_a"], files["cut_b"], files["cut_c"] = (files[f"cut{c}"] for c in (16, len(data) // 2, len(data) - 5))
+    dangling = make_onnx_model()
+    dangling.graph.node[1].input[0] = "nowhere"
+    files["dangling"] = tmp_path / "dangling.onnx"
+    files["dangling"].write_bytes(dangling.SerializeToString())
+    files["ext_missing"] = _onnx_with_external_data(tmp_path / "ext_missing", "weights.bin")
+    (tmp_path / "secret.bin").write_bytes(bytes(144))
+    files["ext_outside"] = _onnx_with_external_data(tmp_path / "ext_outside", "../secret.bin")
+    files["zip_other"] = tmp_path / "other.pt"
+    with zipfile.ZipFile(files["zip_other"], "w") as archive:
+        archive.writestr("notes/readme.txt", "not a model")
+    files["marker"] = tmp_path / "pwned"
+    files["evil"] = tmp_path / "evil.pth"
+    files["evil"].write_bytes(b"\x80\x04" + pickle.dumps({"model": _Payload(files["marker"])})[2:])
+    folders = {name: tmp_path / "calib" / name for name in ("empty", "text_only", "zero_jpeg", "bomb", "loop")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    (folders["text_only"] / "a.txt").write_text("x")
+    (folders["text_only"] / "b.csv").write_text("1,2")
+    (folders["zero_jpeg"] / "zero.jpg").write_bytes(b"")
+    Image.new("1", (20000, 20000)).save(folders["bomb"] / "bomb.png")  # 400 M pixels, a few KB on disk
+    (folders["loop"] / "self").symlink_to(folders["loop"], target_is_directory=True)
+    files.update({f"calib_{k}": v for k, v in folders.items()})
+    files["three_images"] = write_images(tmp_path / "calib" / "three", count=3)
+    files["images"] = write_images(tmp_path / "calib" / "images", count=8)
+    files["flat_labels"] = write_images(tmp_path / "calib" / "flat", count=4)  # images but no class folders
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 8, 8), np.float32))
+    files["npy"] = tmp_path / "x.npy"
+    names = {k: str(v) for k, v in files.items()}
+    names.update(missing=str(tmp_path / "missing.onnx"), tiny=str(tiny_onnx), out=str(tmp_path / "out"),
+                 cache=str(tmp_path / "cache"))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "cache").mkdir()
+    return names
+
+
+CASES = [
+    (["convert", "{missing}", "-o", "{out}/m.onnx"], ["does not exist"]),
+    (["convert", "{folder}", "-o", "{out}/m.onnx"], ["not a TensorFlow SavedModel"]),
+    (["convert", "{empty_onnx}", "-o", "{out}/m.onnx"], ["is empty"]),
+    (["convert", "{corrupt_onnx}", "-o", "{out}/m.onnx"], ["not a valid ONNX model"]),
+    (["convert", "{corrupt_pt}", "-o", "{out}/m.onnx", "--input", "1x3"], ["not a readable PyTorch file"]),
+    (["convert", "{corrupt_h5}", "-o", "{out}/m.onnx"], ["not a readable HDF5 file"]),
+    (["convert", "{notes_txt}", "-o", "{out}/m.onnx"], ["cannot tell what kind of model"]),
+    (["convert", "{model_xyz}", "-o", "{out}/m.onnx"], ["unknown extension"]),
+    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--input", "x:1xAx-3"], ["bad --input"]),
+    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--input", "x:2x1x8x8"], ["fixes it to 1"]),
+    (["convert", "{tiny}", "-o", "{out}/m.txt"], ["must end in .onnx"]),
+    (["convert", "{tiny}", "-o", "{out}/no/such/dir/m.onnx"], ["does not exist"]),
+    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--target", "toaster"], ["unknown target 'toaster'"]),
+    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--opset", "99"], ["outside the supported range"]),
+    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--weights", "{tiny}"], ["--weights needs --model-class"]),
+    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--calib", "{folder}"], ["no images"]),
+    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--preprocess", "sepia"], ["unknown preprocessing preset"]),
+    (["compile", "{tiny}", "-o", "{out}/art", "--backend", "coreml"], ["unknown backend 'coreml'"]),
+    (["compile", "{tiny}", "-o", "{out}/art", "--precision", "int3"], ["does not support precision"]),
+    (["compile", "{tiny}", "-o", "{out}/art", "--threads", "0"], ["--threads must be >= 1"]),
+    (["run", "{tiny}", "--input", "{missing}"], ["does not exist"]),
+    (["run", "{folder}"], ["not an edgekiln artifact"]),
+    (["bench", "{tiny}", "--iterations", "0"], ["--iterations"]),
+    (["inspect", "{corrupt_onnx}"], ["not a valid ONNX model"]),
+    (["optimize", "{tiny}", "-o", "{out}/m.onnx"], ["nothing to do"]),
+    (["optimize", "{tiny}", "-o", "{out}/m.onnx", "--fp16", "--dynamic-int8"], ["choose one"]),
+    (["calibrate", "{tiny}", "-o", "{out}/m.onnx"], ["Missing option '--calib'"]),
+    (["calibrate", "{tiny}", "--calib", "{folder}", "-o", "{out}/m.onnx"], ["no images"]),
+    (["calibrate", "{tiny}", "--calib", "{images}", "-o", "{out}/m.onnx", "--calib-size", "0"], ["--calib-size"]),
+    (["calibrate", "{tiny}", "--calib", "{images}", "-o", "{out}/m.onnx", "--calib-size", "999"], ["--calib-size"]),
+    (["calibrate", "{tiny}", "--calib", "{images}", "-o", "{out}/m.onnx", "--max-drop", "-1"], ["--max-drop"]),
+    (["calibrate", "{tiny}", "--calib", "{images}", "-o", "{out}/m.onnx", "--target", "toaster"], ["unknown target"]),
+    (["compile", "{tiny}", "-o", "{out}/art", "--precision", "int8"], ["needs calibration samples"]),
+    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--exporter", "magic"], ["--help"]),
+    (["frobnicate"], ["No such command"]),
+    # model files
+    (["convert", "{random_onnx}", "-o", "{out}/m.onnx"], ["not a valid ONNX model"]),
+    (["convert", "{random_pt}", "-o", "{out}/m.onnx", "--input", "1x3"], ["PyTorch"]),
+    (["convert", "{random_pt2}", "-o", "{out}/m.onnx"], []),
+    (["convert", "{random_keras}", "-o", "{out}/m.onnx"], []),
+    (["convert", "{random_h5}", "-o", "{out}/m.onnx"], []),
+    (["inspect", "{random_tflite}"], []),
+    (["convert", "{cut_a}", "-o", "{out}/m.onnx"], []),
+    (["convert", "{cut_b}", "-o", "{out}/m.onnx"], []),
+    (["convert", "{cut_c}", "-o", "{out}/m.onnx"], []),
+    (["convert", "{dangling}", "-o", "{out}/m.onnx"], ["ONNX checker"]),
+    (["convert", "{ext_missing}", "-o", "{out}/m.onnx"], ["missing"]),
+    (["convert", "{ext_outside}", "-o", "{out}/m.onnx"], ["outside the model's folder"]),
+    (["convert", "{zip_other}", "-o", "{out}/m.onnx", "--input", "1x3"], ["not a PyTorch file"]),
+    (["convert", "{evil}", "-o", "{out}/m.onnx", "--input", "1x3"], ["--trust-pickle"]),
+    # calibration folders and samples
+    (["calibrate", "{tiny}", "--calib", "{calib_empty}", "-o", "{out}/q.onnx", "--cache-dir", "{cache}"], []),
+    (["calibrate", "{tiny}", "--calib", "{calib_text_only}", "-o", "{out}/q.onnx", "--cache-dir", "{cache}"], []),
+    (["calibrate", "{tiny}", "--calib", "{calib_zero_jpeg}", "-o", "{out}/q.onnx", "--cache-dir", "{cache}"], []),
+    (["calibrate", "{tiny}", "--calib", "{calib_bomb}", "-o", "{out}/q.onnx", "--cache-dir", "{cache}"], []),
+    (["calibrate", "{tiny}", "--calib", "{calib_loop}", "-o", "{out}/q.onnx", "--cache-dir", "{cache}"], []),
+    (["calibrate", "{tiny}", "--calib", "{three_images}", "-o", "{out}/q.onnx", "--cache-dir", "{cache}",
+      "--calib-size", "10"], ["--calib-size"]),
+    (["compile", "{tiny}", "--precision", "int8", "--calib", "{calib_empty}", "-o", "{out}/art",
+      "--cache-dir", "{cache}"], []),
+    # options
+    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--input", "x:"], ["bad --input"]),
+    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--input", ":1x1x8x8"], ["bad --input"]),
+    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--input", "x:1x0x8x8"], ["dimension 0"]),
+    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--input", "x:1x1x8x8:float99"], ["dtype"]),
+    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--input", "1x1x8x8", "--input", "1x1x8x8"], ["name their input"]),
+    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--model-kwargs", "{{not json"], []),
+    (["optimize", "{tiny}", "-o", "{out}/m.onnx", "--lowrank", "--lowrank-energy", "1.5"], []),
+    (["optimize", "{tiny}", "-o", "{out}/m.onnx", "--lowrank", "--lowrank-mode", "budget"], []),
+    (["optimize", "{tiny}", "-o", "{out}/m.onnx", "--lowrank", "--lowrank-rank", "fc"], ["NODE=RANK"]),
+    (["compile", "{tiny}", "-o", "{out}/art", "--dla-core", "0"], ["applies to the tensorrt backend"]),
+    (["compile", "{tiny}", "-o", "{out}/art", "--flash-kb", "64"], ["applies to the tflite backend"]),
+    (["calibrate", "{tiny}", "--calib", "{images}", "-o", "{out}/q.onnx", "--cache-dir", "{cache}",
+      "--tensorrt-cache", "{out}/no/such/dir/trt.cache"], ["does not exist"]),
+    (["bench", "{tiny}", "--batch", "0"], ["--batch"]),
+    (["run", "{tiny}", "--input", "nope={npy}"], ["no input 'nope'"]),
+    (["eval", "{tiny}", "--labels", "{flat_labels}"], []),
+    (["compare", "{tiny}"], ["at least two"]),
+    (["build", "{tiny}", "-o", "{out}/b", "--target", "toaster"], ["unknown target"]),
+]
+
+
+@pytest.mark.parametrize("args, fragments", CASES)
+def test_hostile_input_gets_one_line_and_leaves_nothing(args, fragments, hostile, capsys):
+    code, _, err = run_main([a.format(**hostile) for a in args], capsys)
+    assert_one_line_error(code, err, *fragments)
+    assert files_in(Path(hostile["out"])) == [], "nothing may be written to the output folder"
+    assert files_in(Path(hostile["cache"])) == [], "nothing may be cached from a failed run"
+    assert not Path(hostile["marker"]).exists(), "no code from a pickle may run"
+
+
+def test_the_table_has_at_least_60_cases():
+    assert len(CASES) >= 60
+
+
+def _mount_tiny_tmpfs(folder: Path, size: str) -> bool:
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+def test_disk_full_during_a_write(tmp_path, capsys):
+    """A 256 KiB file system fills up while a 1.5 MiB model is written: one line, nothing left behind."""
+    from onnx import helper, numpy_helper
+
+    full = tmp_path / "full"
+    full.mkdir()
+    if not _mount_tiny_tmpfs(full, "256k"):
+        pytest.skip("cannot mount a small tmpfs here (needs root and mount)")
+    try:
+        weight = np.random.default_rng(0).standard_normal((640, 640)).astype(np.float32)  # 1.6 MB
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
+                                  [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 640])],
+                                  [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 640])],
+                                  [numpy_helper.from_array(weight, "w")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, str(tmp_path / "m.onnx"))
+        code, _, err = run_main(["convert", str(tmp_path / "m.onnx"), "-o", str(full / "m.onnx")], capsys)
+        assert_one_line_error(code, err, "could not write")
+        assert files_in(full) == []
+        code, _, err = run_main(["compile", str(tmp_path / "m.onnx"), "-o", str(full / "art")], capsys)
+        assert_one_line_error(code, err, "could not write")
+        assert files_in(full) == []
+    finally:
+        subprocess.run(["umount", str(full)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_model_over_2gb_round_trips_through_external_data(tmp_path):
+    """Two 1.16 GB weights: over protobuf's 2 GiB limit, so only external data can hold the model."""
+    from onnx import helper, numpy_helper
+
+    k = 17000
+    weights = [numpy_helper.from_array((np.arange(k * k, dtype=np.float32) % (7 + i) * 1e-4).reshape(k, k), f"w{i}")
+               for i in range(2)]
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w0"], ["h"]),
+                               helper.make_node("MatMul", ["h", "w1"], ["y"])], "big",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, k])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, k])], weights)
+    del weights
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (tmp_path / "src").mkdir()
+    onnx.save_model(model, str(tmp_path / "src" / "big.onnx"), save_as_external_data=True, location="big.onnx.data")
+    del model, graph
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run([sys.executable, "-m", "toolchain", "convert", str(tmp_path / "src" / "big.onnx"), "-o",
+                           str(out / "big.onnx")], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["big.onnx", "big.onnx.data"]
+    assert (out / "big.onnx.data").stat().st_size == 2 * k * k * 4
+    assert (out / "big.onnx").stat().st_size < 4096  # the graph alone; the weights are beside it
+    shown = subprocess.run([sys.executable, "-m", "toolchain", "inspect", str(out / "big.onnx"), "--json"],
+                           capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0 and '"parameter_count": 578000000' in shown.stdout
