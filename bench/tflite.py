@@ -220,14 +220,10 @@ class Part:
     """INT8's same-round speed-up over FP32; None when the toolchain could not build a loadable INT8 model."""
     failure: str | None = None
     """Why INT8 could not be built or loaded, when it could not."""
-    workaround: tuple[str, float] | None = None
-    """(row name, speed-up) of an INT8 row built from an equivalent rewritten graph, when there is one."""
     drop_points: float | None = None
     """FP32 minus INT8 top-1, in points (labelled data only)."""
     top1_same: float | None = None
     """Share of held-out images where INT8's top-1 class is FP32's (random-weight models)."""
-    top1_row: str = "int8"
-    """The row ``top1_same`` comes from."""
 
 
 # --- the bundled example ----------------------------------------------------------------------
@@ -299,50 +295,6 @@ def _cnn_table(variants: Sequence[Variant], latency: dict[str, timing.LatencySum
     return "\n".join(rows)
 
 
-def zero_padded_maxpool(source: Path, output: Path) -> int:
-    """Rewrite every padded MaxPool fed by a Relu as Pad(constant 0) + unpadded MaxPool; return how many.
-
-    Exact: a ReLU's output is >= 0 and every pooling window holds at least one real element, so padding with 0
-    gives the same maxima as MaxPool's implicit -inf padding. It matters for TFLite INT8: onnx2tf lowers the
-    implicit padding to a PADV2 with a huge negative constant, whose range then sets the quantization of the
-    ReLU output that shares its parameters.
-    """
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.load(source)
-    graph = model.graph
-    producers = {out: node for node in graph.node for out in node.output}
-    nodes, rewritten = [], 0
-    for node in graph.node:
-        attrs = {a.name: a for a in node.attribute}
-        pads = list(attrs["pads"].ints) if "pads" in attrs else []
-        producer = producers.get(node.input[0]) if node.op_type == "MaxPool" else None
-        if producer is not None and producer.op_type == "Relu" and any(pads):
-            half = len(pads) // 2
-            name = f"{node.name or node.output[0]}_zero_pad"
-            graph.initializer.append(numpy_helper.from_array(
-                np.array([0, 0, *pads[:half], 0, 0, *pads[half:]], np.int64), f"{name}_pads"))
-            nodes.append(helper.make_node("Pad", [node.input[0], f"{name}_pads"], [f"{name}_out"], name=name,
-                                          mode="constant"))
-            node.input[0] = f"{name}_out"
-            attrs["pads"].ints[:] = [0] * len(pads)
-            rewritten += 1
-        nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    onnx.checker.check_model(model)
-    onnx.save(model, output)
-    return rewritten
-
-
-def _max_difference(first: Path, second: Path, feeds: Sequence[dict[str, np.ndarray]]) -> float:
-    from backends.onnxruntime.runner import OnnxRuntimeRunner
-
-    a, b = (OnnxRuntimeRunner.from_path(path, threads=THREADS) for path in (first, second))
-    return max(float(np.abs(next(iter(a.run(f).values())) - next(iter(b.run(f).values()))).max()) for f in feeds)
-
-
 def run_cnn(name: str, settings: Settings, folder: Path) -> Part:
     from backends.onnxruntime.runner import OnnxRuntimeRunner
     from bench import models
@@ -374,24 +326,6 @@ def run_cnn(name: str, settings: Settings, folder: Path) -> Part:
                 raise
             failures[precision] = first_line(exc)
             _log(f"{name}: {precision} failed: {failures[precision]}")
-    workaround_lines: list[str] = []
-    if "int8" in failures:
-        rewritten = work / f"{fp32.stem}.zero-pad.onnx"
-        changed = zero_padded_maxpool(fp32, rewritten)
-        if changed:
-            difference = _max_difference(fp32, rewritten, feeds[:8])
-            _log(f"{name}: retrying INT8 with {changed} MaxPool(s) zero-padded (max |diff| {difference:g})")
-            try:
-                variants.append(compile_one(rewritten, "int8", work / "int8-zero-pad"))
-                workaround_lines = [
-                    f"- **`int8-zero-pad`** is a workaround row, not what the toolchain builds from this model: "
-                    f"the same FP32 ONNX with its {changed} padded MaxPool(s) after a ReLU rewritten as an explicit "
-                    f"zero Pad + unpadded MaxPool (`zero_padded_maxpool` in this file; exact, max |difference| "
-                    f"of the FP32 logits in ONNX Runtime {difference:g} on 8 held-out images), then compiled with "
-                    f"the same `api.compile` call; its speed-up and agreement are against the unmodified FP32 "
-                    f"artifact."]
-            except Exception as exc:
-                failures["int8-zero-pad"] = first_line(exc)
     runners = _runners(variants)
     _log(f"{name}: timing, {settings.cnn_plan.rounds} rounds")
     latency = _time(variants, runners, feeds[0], settings.cnn_plan)
@@ -404,12 +338,7 @@ def run_cnn(name: str, settings: Settings, folder: Path) -> Part:
     parameters = models.parameter_count(models.build(name, ort_bench.SEED))
     built = {v.name: v for v in variants}
     checks = ", ".join(f"{v.name} {_image_parity(v)}" for v in variants)
-    causes = {"int8": (" The XNNPACK delegate refuses the INT8 model (the interpreter without XNNPACK aborts on "
-                       "it): onnx2tf lowers the stem MaxPool's implicit -inf padding to a PADV2 with a huge "
-                       "negative constant, and that value's range sets the quantization scale of the ReLU output "
-                       "it shares parameters with (diagnosed with `edgekiln inspect` outside this run). This is a "
-                       "toolchain bug, not fixed here.") if "int8-zero-pad" in built else ""}
-    failure_lines = [f"- **`{variant}` was not built**: `api.compile` raised `{message}`{causes.get(variant, '')}"
+    failure_lines = [f"- **`{variant}` was not built**: `api.compile` raised `{message}`"
                      for variant, message in failures.items()]
     lines = [
         f"### {ort_bench.TITLES[name]} (random weights)", "",
@@ -418,7 +347,7 @@ def run_cnn(name: str, settings: Settings, folder: Path) -> Part:
         f"{ort_bench.SEED}) with settled BatchNorm: `bench.run`'s cached FP32 export `{fp32.name}` "
         f"({_size(fp32.stat().st_size)}), compiled per precision. Batch 1; {_plan_text(settings.cnn_plan)}.", "",
         _cnn_table(variants, latency, agreement, failures), "",
-        *failure_lines, *workaround_lines,
+        *failure_lines,
         f"- Agreement: logits of each variant vs TFLite FP32 on {len(feeds)} held-out images "
         f"(`bench.data.cnn_images(..., 'holdout', seed {ort_bench.SEED})`; the first "
         f"{min(len(feeds), ort_settings.cnn_holdout)} are the ones `bench.run` scores ONNX Runtime on); random "
@@ -433,12 +362,9 @@ def run_cnn(name: str, settings: Settings, folder: Path) -> Part:
         f"on the calibration images (floor lowered from 0.99 to {CNN_INT8_MIN_COSINE} for INT8 only): {checks}.",
         ""]
     int8 = built.get("int8")
-    fallback = built.get("int8-zero-pad")
     return Part(ort_bench.TITLES[name], lines, latency["int8"].ratio_vs_reference if int8 else None,
                 failure=failures.get("int8"),
-                workaround=("int8-zero-pad", latency["int8-zero-pad"].ratio_vs_reference) if fallback else None,
-                top1_same=agreement[(int8 or fallback).name]["top1_agreement"] if (int8 or fallback) else None,
-                top1_row=(int8 or fallback).name if (int8 or fallback) else "int8")
+                top1_same=agreement["int8"]["top1_agreement"] if int8 else None)
 
 
 # --- the section ------------------------------------------------------------------------------
@@ -468,12 +394,7 @@ def _machine_line(load_before: Any, load_after: Any) -> str:
 def _speed_verdict(part: Part) -> str:
     if part.speedup is not None:
         return f"{part.title} **{'met' if part.speedup >= TARGET_SPEEDUP else 'not met'}** ({part.speedup:.2f}x)"
-    text = f"{part.title} **not met** (the toolchain's INT8 model was not built: see above)"
-    if part.workaround:
-        name, speedup = part.workaround
-        text += (f"; the `{name}` workaround row would {'meet' if speedup >= TARGET_SPEEDUP else 'miss'} it "
-                 f"({speedup:.2f}x)")
-    return text
+    return f"{part.title} **not met** (the toolchain's INT8 model was not built: see above)"
 
 
 def _target_lines(parts: Sequence[Part]) -> list[str]:
@@ -486,10 +407,10 @@ def _target_lines(parts: Sequence[Part]) -> list[str]:
                          f"({p.drop_points:+.2f} points lost).")
     random = [p for p in parts if p.top1_same is not None]
     if random:
-        lines.append(f"- The accuracy target cannot be checked on the random-weight CNNs (no labels, no trained "
-                     f"classes); not a pass/fail, INT8's top-1 matches FP32's on "
+        lines.append("- The accuracy target cannot be checked on the random-weight CNNs (no labels, no trained "
+                     "classes); not a pass/fail, INT8's top-1 matches FP32's on "
                      + ", ".join(f"{p.top1_same:.1%} of held-out images for the {p.title}"
-                                 + ("" if p.top1_row == "int8" else f" (`{p.top1_row}` row)") for p in random) + ".")
+                                 for p in random) + ".")
     return lines
 
 
