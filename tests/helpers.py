@@ -113,3 +113,17 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
     assert "Traceback" not in err
     for fragment in fragments:
         assert fragment in lines[0]
+
+
+def make_single_layer_model(weight: np.ndarray, op_type: str = "MatMul") -> onnx.ModelProto:
+    """x (1 x n) -> one MatMul or Gemm (transB) with ``weight`` -> y: the smallest model with one weight layer."""
+    n_in = weight.shape[1] if op_type == "Gemm" else weight.shape[0]
+    n_out = weight.shape[0] if op_type == "Gemm" else weight.shape[1]
+    attributes = {"transB": 1} if op_type == "Gemm" else {}
+    graph = helper.make_graph([helper.make_node(op_type, ["x", "w"], ["y"], name="fc", **attributes)], "single",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, n_in])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, n_out])],
+                              [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

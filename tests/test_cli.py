@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from helpers import assert_one_line_error, files_in, make_onnx_model, run_main, write_images
+from helpers import assert_one_line_error, make_onnx_model, run_main, write_images
 from toolchain.cli import cli, main
 
 
@@ -159,19 +159,14 @@ def test_tensorflow_conversion_keeps_stderr_clean(tmp_path):
 
 def test_optimize_and_build_with_lowrank(tmp_path):
     """The low-rank pass through the CLI: options parsed, report printed, result verified."""
-    from onnx import helper, numpy_helper
     import onnx
+
+    from helpers import make_single_layer_model
 
     rng = np.random.default_rng(0)
     # A 64x64 weight of rank 8: the energy mode finds the low rank and the factorized model matches.
     weight = (rng.standard_normal((64, 8)) @ rng.standard_normal((8, 64))).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["y"], transB=1, name="fc")], "g",
-                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])],
-                              [numpy_helper.from_array(weight, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(tmp_path / "m.onnx"))
+    onnx.save(make_single_layer_model(weight, "Gemm"), str(tmp_path / "m.onnx"))
     runner = CliRunner()
     result = runner.invoke(cli, ["optimize", str(tmp_path / "m.onnx"), "--lowrank", "--lowrank-energy", "0.999",
                                  "--lowrank-min-params", "1024", "-o", str(tmp_path / "lr.onnx")])

@@ -20,7 +20,8 @@ import onnx
 import pytest
 from PIL import Image
 
-from helpers import assert_one_line_error, files_in, make_onnx_model, run_main, write_images
+from helpers import (assert_one_line_error, files_in, make_onnx_model, make_single_layer_model, run_main,
+                     write_images)
 
 
 class _Payload:
@@ -200,22 +201,14 @@ def _mount_tiny_tmpfs(folder: Path, size: str) -> bool:
 
 
 def test_disk_full_during_a_write(tmp_path, capsys):
-    """A 256 KiB file system fills up while a 1.5 MiB model is written: one line, nothing left behind."""
-    from onnx import helper, numpy_helper
-
+    """A 256 KiB file system fills up while a 1.6 MB model is written: one line, nothing left behind."""
     full = tmp_path / "full"
     full.mkdir()
     if not _mount_tiny_tmpfs(full, "256k"):
         pytest.skip("cannot mount a small tmpfs here (needs root and mount)")
     try:
         weight = np.random.default_rng(0).standard_normal((640, 640)).astype(np.float32)  # 1.6 MB
-        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
-                                  [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 640])],
-                                  [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 640])],
-                                  [numpy_helper.from_array(weight, "w")])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        model.ir_version = 8
-        onnx.save(model, str(tmp_path / "m.onnx"))
+        onnx.save(make_single_layer_model(weight), str(tmp_path / "m.onnx"))
         code, _, err = run_main(["convert", str(tmp_path / "m.onnx"), "-o", str(full / "m.onnx")], capsys)
         assert_one_line_error(code, err, "could not write")
         assert files_in(full) == []
