@@ -38,6 +38,15 @@ TINY_TORCH_SOURCE = textwrap.dedent('''
 ''')
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets an empty edgekiln cache (stages and calibration sets), never the user's ~/.cache;
+    subprocesses inherit it through the environment."""
+    folder = tmp_path_factory.mktemp("edgekiln-cache")
+    monkeypatch.setenv("EDGEKILN_CACHE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def torch_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny PyTorch model saved in every format edgekiln ingests, plus its class file."""

@@ -84,7 +84,7 @@ def test_sigint_ends_cleanly_with_a_short_message(model, tmp_path):
     _, err = process.communicate(timeout=60)
     if process.returncode == 0:
         pytest.skip("the build finished before the signal arrived on this machine")
-    assert process.returncode == 130
+    assert process.returncode == 130, err
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []

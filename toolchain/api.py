@@ -100,7 +100,7 @@ def optimize(model: PathLike, output: PathLike, *, simplify: bool = False, simpl
              preprocess: str | dict | None = None, calib_size: int = 256, holdout: int = 128,
              cache_dir: PathLike | None = None, no_cache: bool = False):
     """``edgekiln optimize``: graph passes on an ONNX model, re-verified in ONNX Runtime."""
-    from toolchain.calibrate import CalibrationOptions, default_cache_dir
+    from toolchain.calibrate import CalibrationOptions, calibration_cache_dir
     from toolchain.passes.simplify import SimplifyConfig
     from toolchain.stages import optimize as run_optimize
 
@@ -112,7 +112,7 @@ def optimize(model: PathLike, output: PathLike, *, simplify: bool = False, simpl
                                      lowrank_ranks, lowrank_exclude, lowrank_bias_correction) if lowrank else None
     calibration = None
     if lowrank and calib is not None:
-        cache = None if no_cache else Path(cache_dir) if cache_dir else default_cache_dir()
+        cache = calibration_cache_dir(cache_dir, no_cache)
         calibration = CalibrationOptions(Path(calib), count=calib_size, holdout=holdout, seed=seed,
                                          preprocess=preprocess, cache_dir=cache)
     lossy = "fp16" if fp16 else "dynamic" if dynamic_int8 else None
@@ -144,7 +144,7 @@ def _quant_options(calib: PathLike | None, calib_size: int, holdout: int, seed: 
                    cache_dir: PathLike | None, no_cache: bool, method: str | None, per_channel: bool | None,
                    activation_type: str | None, symmetric: bool | None, guard: bool, max_drop: float,
                    min_cosine: float):
-    from toolchain.calibrate import CalibrationOptions, default_cache_dir
+    from toolchain.calibrate import CalibrationOptions, calibration_cache_dir
     from toolchain.precision import QuantOptions
     from toolchain.quant_guard import Budget
 
@@ -152,7 +152,7 @@ def _quant_options(calib: PathLike | None, calib_size: int, holdout: int, seed: 
         raise UsageError("--max-drop must be >= 0 and --min-cosine in (0, 1]")
     calibration = None
     if calib is not None:
-        cache = None if no_cache else Path(cache_dir) if cache_dir else default_cache_dir()
+        cache = calibration_cache_dir(cache_dir, no_cache)
         calibration = CalibrationOptions(Path(calib), count=calib_size, holdout=holdout, seed=seed,
                                          preprocess=preprocess, cache_dir=cache)
     overrides = {k: v for k, v in {"method": method, "per_channel": per_channel, "activation_type": activation_type,
@@ -208,8 +208,9 @@ def compile(model: PathLike, output: PathLike, *, backend: str | None = None, ta
     return compile_artifact(Path(model), Path(output), backend, options, verify_options, quant=quant)
 
 
-# What 'edgekiln build' with no arguments builds the bundled example for: one device of each backend.
-EXAMPLE_TARGETS = ("x86", "rpi4", "mcu", "jetson-nano")
+# What 'edgekiln build' with no arguments builds the bundled example for: one device of each backend,
+# and x86 at both precisions so the report shows what INT8 costs and gains.
+EXAMPLE_TARGETS = ("x86", "x86:int8", "rpi4", "mcu", "jetson-nano")
 
 
 def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, targets: Sequence[str] = (),
@@ -220,13 +221,19 @@ def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, 
           atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, calib: PathLike | None = None, seed: int = 0,
           preprocess: str | dict | None = None, calib_size: int | None = None, holdout: int = 128,
           max_drop: float = 1.0, min_cosine: float = 0.99, method: str | None = None, guard: bool = True,
-          cache_dir: PathLike | None = None, no_cache: bool = False, **lowrank_options: Any):
+          cache_dir: PathLike | None = None, no_cache: bool = False, dry_run: bool = False,
+          progress: Any = None, **lowrank_options: Any):
     """``edgekiln build``: convert, simplify, (low-rank), compile per target, verify, evaluate and time; with
-    no source, the bundled Fashion-MNIST example. ``lowrank_options`` are ``optimize``'s ``lowrank*`` arguments."""
+    no source, the bundled Fashion-MNIST example. Targets are ``TARGET`` or ``TARGET:PRECISION``.
+    ``lowrank_options`` are ``optimize``'s ``lowrank*`` arguments. Stages are cached under ``cache_dir``
+    (``no_cache`` turns that off). ``dry_run`` returns the plan (a list of ``PlannedStage``) instead of building;
+    ``progress(stage, index, total, state, seconds)`` is called as stages start and finish."""
     from toolchain.build import build as run_build
-    from toolchain.build import example_defaults
+    from toolchain.build import check_variants, example_defaults, plan
+    from toolchain.build_plan import BuildRequest
+    from toolchain.stage_cache import StageCache, default_cache_root
 
-    convert_options: dict[str, Any] = dict(inputs=inputs, dynamic_batch=dynamic_batch, opset=opset,
+    convert_options: dict[str, Any] = dict(inputs=list(inputs), dynamic_batch=dynamic_batch, opset=opset,
                                            model_class=model_class, weights=weights, model_kwargs=model_kwargs,
                                            trust_pickle=trust_pickle, exporter=exporter,
                                            keras_safe_mode=keras_safe_mode)
@@ -238,13 +245,20 @@ def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, 
         preprocess = preprocess or example.pop("preprocess")
         calib_size = calib_size or example.pop("calib_size")
         convert_options.update({k: v for k, v in example.items() if k in convert_options})
+    if bench_iterations < 0:
+        raise UsageError("--bench-iterations must be >= 0")
     quant_options = {"calib_size": calib_size or 256, "holdout": holdout, "max_drop": max_drop,
                      "min_cosine": min_cosine, "method": method, "guard": guard, "cache_dir": cache_dir,
                      "no_cache": no_cache}
-    return run_build(Path(source) if source else None, Path(output), targets=list(targets) or ["x86"],
-                     convert_options=convert_options, verify=_verify_options(verify, atol, rtol, calib, seed, preprocess),
-                     labels=Path(labels) if labels else None, simplify=simplify, bench_iterations=bench_iterations,
-                     quant_options=quant_options, lowrank_options=_lowrank_build_options(lowrank_options))
+    request = BuildRequest(Path(source) if source else None, Path(output), check_variants(list(targets) or ["x86"]),
+                           convert_options, _verify_options(verify, atol, rtol, calib, seed, preprocess),
+                           labels=Path(labels) if labels else None, simplify=simplify,
+                           bench_iterations=bench_iterations, quant_options=quant_options,
+                           lowrank_options=_lowrank_build_options(lowrank_options))
+    cache = StageCache(Path(cache_dir) if cache_dir else default_cache_root(), enabled=not no_cache)
+    if dry_run:
+        return plan(request, cache)
+    return run_build(request, cache, progress)
 
 
 def compare(artifacts: Sequence[PathLike], *, calib: PathLike | None = None, count: int = 32, seed: int = 0,

@@ -1,93 +1,50 @@
-"""``edgekiln build``: source model -> verified ONNX -> simplified -> one artifact per target, with a report.
+"""``edgekiln build``: source model -> verified ONNX -> simplified -> one artifact per target, with reports.
 
-With no source it runs on the bundled Fashion-MNIST example, which is the
-README's first command. The whole output folder is produced in a staging folder
-and swapped into place at the end, so an interrupted build leaves nothing half-made.
+The build follows a plan (``toolchain.build_plan``) whose stages are cached by content
+(``toolchain.stage_cache``): an unchanged stage is restored instead of rerun. The whole output
+folder is produced in a staging folder and swapped into place at the end, so an interrupted
+build leaves nothing half-made.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolchain.build_plan import BuildRequest, PlannedStage, plan_build
 from toolchain.errors import UsageError
-from toolchain.fileio import atomic_directory, check_writable_destination
-from toolchain.verify import ParityReport, VerifyOptions
+from toolchain.fileio import check_writable_destination
+from toolchain.stage_cache import StageCache, files_under
 
 REPORT_NAME = "report.json"
+HTML_REPORT_NAME = "report.html"
+REPORT_SCHEMA = 2
 
-
-@dataclass
-class StageRecord:
-    stage: str
-    output: str
-    seconds: float
-    size_bytes: int
-    worst_max_abs: float | None = None
-    worst_cosine: float | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class TargetRecord:
-    target: str
-    backend: str
-    artifact: str
-    accuracy: dict[str, Any] | None = None
-    latency: dict[str, Any] | None = None
-    precision: str = ""
-    notes: list[str] = field(default_factory=list)
+# progress(stage, index, total, state, seconds): state is "start", "done" or "cached".
+Progress = Callable[[PlannedStage, int, int, str, float], None]
 
 
 @dataclass
 class BuildResult:
     output: Path
     source: str
-    stages: list[StageRecord]
-    targets: list[TargetRecord]
+    stages: list[dict[str, Any]]
+    targets: list[dict[str, Any]]
+    reference: dict[str, Any]
+    cache: dict[str, Any]
     seconds: float
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "stages": [asdict(s) for s in self.stages],
-                "targets": [asdict(t) for t in self.targets], "seconds": round(self.seconds, 2)}
+        from toolchain import __version__
 
-
-def _worst(parity: list[ParityReport]) -> tuple[float | None, float | None]:
-    outputs = [o for report in parity for o in report.outputs]
-    if not outputs:
-        return None, None
-    return max(o.max_abs for o in outputs), min(o.cosine for o in outputs)
-
-
-def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-
-
-def _record(stage: str, path: Path, root: Path, seconds: float, parity: list[ParityReport],
-            notes: list[str] | None = None) -> StageRecord:
-    worst_abs, worst_cos = _worst(parity)
-    return StageRecord(stage, str(path.relative_to(root)), round(seconds, 3), _size(path), worst_abs, worst_cos,
-                       notes or [])
-
-
-def _lowrank_stage(model: Path, staging: Path, stages: list[StageRecord], lowrank_options: dict[str, Any],
-                   quant_options: dict[str, Any], verify_kwargs: dict[str, Any]) -> Path:
-    """Factorize; a model with nothing worth factorizing is recorded and passed on unchanged."""
-    from toolchain import api
-    from toolchain.passes.lowrank import NothingToFactorizeError
-
-    samples = {k: quant_options[k] for k in ("calib_size", "holdout", "cache_dir", "no_cache") if k in quant_options}
-    try:
-        result = api.optimize(model, staging / "model.lowrank.onnx", **lowrank_options, **samples, **verify_kwargs)
-    except NothingToFactorizeError as exc:
-        stages.append(StageRecord("lowrank", "-", 0.0, 0, notes=[f"skipped: {exc.message}"]))
-        return model
-    stages.append(_record("lowrank", result.output, staging, result.seconds, result.parity,
-                          [r.summary() for r in result.passes]))
-    return result.output
+        return {"schema_version": REPORT_SCHEMA, "edgekiln_version": __version__, "source": self.source,
+                "seconds": round(self.seconds, 2), "cache": self.cache, "stages": self.stages,
+                "targets": self.targets, "reference": self.reference, "notes": self.notes}
 
 
 def example_defaults() -> dict[str, Any]:
@@ -104,69 +61,99 @@ def example_defaults() -> dict[str, Any]:
             "calib_size": 172}
 
 
-def _check_targets(targets: list[str]) -> list[Any]:
+def check_variants(specs: list[str]) -> list[Any]:
+    """Parse ``TARGET[:PRECISION]`` specs; refuse backends this build lacks and duplicate variants."""
     from backends.registry import backend_table
-    from toolchain.targets import get_target
+    from toolchain.targets import parse_variant
 
-    profiles = [get_target(name) for name in targets]
-    for profile in profiles:
-        if profile.backend not in backend_table():
-            raise UsageError(f"target '{profile.name}' needs the {profile.backend} backend, which this version of "
-                             f"edgekiln does not include yet")
-    return profiles
+    variants = [parse_variant(spec) for spec in specs]
+    names = [v.name for v in variants]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UsageError(f"target {duplicates[0]} is listed twice")
+    for variant in variants:
+        if variant.target.backend not in backend_table():
+            raise UsageError(f"target '{variant.target.name}' needs the {variant.target.backend} backend, which this "
+                             f"version of edgekiln does not include yet")
+    return variants
 
 
-def build(source: Path | None, output: Path, *, targets: list[str], convert_options: dict[str, Any],
-          verify: VerifyOptions, labels: Path | None = None, simplify: bool = True,
-          bench_iterations: int = 50, quant_options: dict[str, Any] | None = None,
-          lowrank_options: dict[str, Any] | None = None) -> BuildResult:
-    from backends.registry import get_backend
-    from toolchain import api
-    from toolchain.bench import benchmark
-    from toolchain.evaluate import evaluate
+def plan(request: BuildRequest, cache: StageCache) -> list[PlannedStage]:
+    """The build's stages, each marked cached or not; checks the output folder but writes nothing."""
     from toolchain.stages import refuse_foreign_folder
 
+    check_writable_destination(request.output)
+    refuse_foreign_folder(request.output, marker=REPORT_NAME)
+    stages = plan_build(request)
+    for stage in stages:
+        stage.cached = cache.lookup(stage.key) is not None
+    return stages
+
+
+def _run_stage(stage: PlannedStage, context: Any, cache: StageCache) -> tuple[dict[str, Any], bool]:
+    """Restore the stage from the cache, or run it and cache what it wrote. Returns (record, cached)."""
+    from toolchain.build_steps import STEPS
+
+    record = cache.restore(stage.key, context.staging)
+    if record is not None:
+        return record, True
+    before = files_under(context.staging)
+    record = STEPS[stage.kind](stage, context)
+    cache.store(stage.key, context.staging, sorted(files_under(context.staging) - before), record)
+    return record, False
+
+
+def _advance(context: Any, stage: PlannedStage, record: dict[str, Any]) -> None:
+    """Model stages hand their output to the next; convert/simplify output is the FP32 reference."""
+    if "model" in record:
+        context.model = record["model"]
+        if stage.kind in ("convert", "simplify"):
+            context.reference = record["model"]
+
+
+def _targets(records: dict[str, dict[str, Any]], stages: list[PlannedStage]) -> list[dict[str, Any]]:
+    targets = []
+    for stage in stages:
+        if stage.kind != "compile":
+            continue
+        target = dict(records[stage.name]["target"])
+        measure = records[f"measure {stage.variant.name}"]
+        target.update({k: v for k, v in measure["measured"].items()})
+        target["notes"] = target["notes"] + measure["notes"]
+        targets.append(target)
+    return targets
+
+
+def build(request: BuildRequest, cache: StageCache, progress: Progress | None = None) -> BuildResult:
+    """Run the plan into a staging folder, then publish it with report.json and report.html."""
+    from toolchain.build_steps import StepContext
+    from toolchain.fileio import atomic_directory
+    from toolchain.report_html import write_report_html
+
     started = time.perf_counter()
-    profiles = _check_targets(targets or ["x86"])
-    check_writable_destination(output)
-    refuse_foreign_folder(output, marker=REPORT_NAME)
-    verify_kwargs = {"verify": verify.enabled, "atol": verify.atol, "rtol": verify.rtol, "calib": verify.calib,
-                     "seed": verify.seed, "preprocess": verify.preprocess}
-    stages: list[StageRecord] = []
-    records: list[TargetRecord] = []
-    with atomic_directory(output) as staging:
-        converted = api.convert(source, staging / "model.onnx", **convert_options, **verify_kwargs)
-        stages.append(_record("convert", converted.output, staging, converted.seconds, converted.parity,
-                              converted.notes))
-        model = converted.output
-        if simplify:
-            optimized = api.optimize(model, staging / "model.simplified.onnx", simplify=True, **verify_kwargs)
-            stages.append(_record("simplify", optimized.output, staging, optimized.seconds, optimized.parity,
-                                  [r.summary() for r in optimized.passes]))
-            model = optimized.output
-        if lowrank_options and lowrank_options.get("lowrank"):
-            model = _lowrank_stage(model, staging, stages, lowrank_options, quant_options or {}, verify_kwargs)
-        for profile in profiles:
-            compiled = api.compile(model, staging / profile.name, target=profile.name, precision=profile.precision,
-                                   **verify_kwargs, **(quant_options or {}))
-            stages.append(_record(f"compile {profile.name}", compiled.artifact.path, staging, compiled.seconds,
-                                  compiled.parity))
-            details = compiled.artifact.manifest["metrics"].get("details", {})
-            record = TargetRecord(profile.name, profile.backend, profile.name,
-                                  precision=details.get("precision", profile.precision),
-                                  notes=list(details.get("notes", [])))
-            runnable, why_not = get_backend(profile.backend).can_run()
-            if not runnable:  # e.g. a Jetson bundle: the engine is built and checked on the device
-                record.notes.append(f"not run here: {why_not}")
-                records.append(record)
-                continue
-            if labels is not None:
-                record.accuracy = evaluate(compiled.artifact.path, labels).to_dict()
-            if bench_iterations > 0:
-                timing = benchmark(compiled.artifact.path, iterations=bench_iterations)
-                record.latency = {"p50_ms": timing.p50_ms, "p90_ms": timing.p90_ms, "iterations": timing.iterations}
-            records.append(record)
-        result = BuildResult(output, str(source) if source else "bundled Fashion-MNIST example", stages, records,
-                             time.perf_counter() - started)
-        (staging / REPORT_NAME).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    stages = plan(request, cache)
+    records: dict[str, dict[str, Any]] = {}
+    stage_rows = []
+    with atomic_directory(request.output) as staging:
+        context = StepContext(request, staging)
+        for index, stage in enumerate(stages):
+            if progress:
+                progress(stage, index, len(stages), "start", 0.0)
+            began = time.perf_counter()
+            record, cached = _run_stage(stage, context, cache)
+            _advance(context, stage, record)
+            records[stage.name] = record
+            stage_rows.append({k: v for k, v in record.items() if k not in ("target", "measured", "model")}
+                              | {"cached": cached})
+            if progress:
+                progress(stage, index, len(stages), "cached" if cached else "done", time.perf_counter() - began)
+        reference = records["measure reference"]["measured"]
+        result = BuildResult(request.output, str(request.source) if request.source else "bundled Fashion-MNIST example",
+                             stage_rows, _targets(records, stages),
+                             {k: reference.get(k) for k in ("accuracy", "latency", "size_bytes")} | {
+                                 "model": context.reference},
+                             cache.summary(), time.perf_counter() - started, list(cache.notes))
+        report = result.to_dict()
+        (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        write_report_html(report, staging / HTML_REPORT_NAME)
     return result

@@ -46,12 +46,16 @@ class CalibrateResult:
     seconds: float
 
 
-def default_cache_dir() -> Path:
-    """Per-user cache for preprocessed calibration sets ($XDG_CACHE_HOME/edgekiln/calibration)."""
-    import os
+def calibration_cache_dir(cache_dir: Path | str | None, no_cache: bool) -> Path | None:
+    """Where preprocessed calibration sets are cached: ``<cache root>/calibration``; None with --no-cache.
 
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "edgekiln" / "calibration"
+    ``cache_dir`` is the edgekiln cache root (``--cache-dir``), shared with the build's stage cache.
+    """
+    from toolchain.stage_cache import default_cache_root
+
+    if no_cache:
+        return None
+    return (Path(cache_dir) if cache_dir else default_cache_root()) / "calibration"
 
 
 def load_calibration_set(model: onnx.ModelProto, options: CalibrationOptions):

@@ -55,8 +55,9 @@ def sample_flags(command: Callable) -> Callable:
         click.option("--holdout", type=int, default=128, show_default=True,
                      help="Further samples, never used for calibration, for the accuracy check."),
         click.option("--cache-dir", type=_existing_path, default=None,
-                     help="Cache of preprocessed calibration sets (default ~/.cache/edgekiln/calibration)."),
-        click.option("--no-cache", is_flag=True, help="Do not read or write the calibration cache."),
+                     help="edgekiln's cache folder: preprocessed calibration sets and build stages "
+                          "(default $EDGEKILN_CACHE_DIR, else ~/.cache/edgekiln)."),
+        click.option("--no-cache", is_flag=True, help="Do not read or write the cache (calibration sets, build stages)."),
     ]
     return _apply(decorators, command)
 
@@ -236,58 +237,129 @@ def convert(source: Path | None, output: Path, target: str | None, **options: ob
     print_parity(result.parity)
 
 
+# CLI parameter names that differ from toolchain.api.build's (flags that negate an API default).
+_BUILD_API_NAMES = {"no_verify": "verify", "no_guard": "guard", "no_simplify": "simplify",
+                    "keras_unsafe": "keras_safe_mode", "recipe": None, "as_json": "json"}
+
+
+def _explicit_build_options(ctx: click.Context) -> set[str]:
+    """API names of the options the user typed (they override a recipe; defaults do not)."""
+    explicit = set()
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
+            explicit.add(_BUILD_API_NAMES.get(param.name, param.name))
+    return explicit
+
+
+def _build_kwargs(ctx: click.Context, options: dict) -> dict:
+    """The build's API keyword arguments: CLI values, a recipe's values where the user typed nothing."""
+    kwargs = _source_kwargs(**_split(options, _SOURCE_KEYS))
+    kwargs.update(_verify_kwargs(**_split(options, _VERIFY_KEYS)))
+    kwargs.update(_quant_kwargs(**_split(options, _QUANT_KEYS)))
+    kwargs["simplify"] = not options.pop("no_simplify")
+    kwargs["json"] = options.pop("as_json")
+    recipe = options.pop("recipe")
+    kwargs.update(options)
+    explicit = _explicit_build_options(ctx)
+    for unused in ("per_channel", "activation_type", "symmetric"):  # build takes these from each target
+        if kwargs.pop(unused) is not None:
+            raise click.UsageError(f"--{unused.replace('_', '-')} is chosen per target in build; use compile for it")
+    if "calib_size" not in explicit:
+        kwargs["calib_size"] = None  # the default: the bundled example picks its own
+    if recipe is not None:
+        from toolchain.recipe import load_recipe, merge_recipe
+
+        kwargs = merge_recipe(load_recipe(recipe).values, kwargs, explicit)
+    return kwargs
+
+
 @cli.command()
 @click.argument("source", required=False, type=_existing_path)
+@click.option("-c", "--config", "recipe", type=_existing_path, default=None,
+              help="Recipe file (YAML or TOML) of build options; options typed on the command line win.")
 @click.option("-o", "--output", type=_existing_path, default=Path("edgekiln-out"), show_default=True,
               help="Build folder (replaced as a whole when the build succeeds).")
-@click.option("--target", "targets", multiple=True,
-              help="Device profile to build for (repeatable; default x86, or for the bundled example "
-                   "x86, rpi4, mcu and jetson-nano).")
+@click.option("--target", "targets", multiple=True, metavar="TARGET[:PRECISION]",
+              help="Device profile to build for, e.g. rpi4 or x86:int8 (repeatable; see 'edgekiln targets'; "
+                   "default x86, or for the bundled example x86, x86:int8, rpi4, mcu and jetson-nano).")
 @click.option("--labels", type=_existing_path, default=None,
               help="Labelled image folder (one sub-folder per class) for accuracy.")
 @click.option("--no-simplify", is_flag=True, help="Skip the simplify pass.")
 @click.option("--bench-iterations", type=int, default=50, show_default=True,
               help="Timed runs per artifact (0 skips timing).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (stages, what is cached) and exit without building.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress or tables; errors only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report (or with --dry-run the plan) as JSON on stdout.")
 @source_flags
 @lowrank_flags
 @verify_flags
 @quant_flags
-def build(source: Path | None, output: Path, targets: tuple[str, ...], labels: Path | None, no_simplify: bool,
-          bench_iterations: int, **options: object) -> None:
-    """Source model -> verified ONNX -> simplified -> an artifact per target, with a report.
+@click.pass_context
+def build(ctx: click.Context, **options: object) -> None:
+    """Source model -> verified ONNX -> simplified -> an artifact per target, with reports.
 
     With no SOURCE (and no --model-class) it runs on the bundled Fashion-MNIST example.
+    Stages are cached by content: an unchanged build reruns in seconds (--no-cache to rebuild).
     """
     from toolchain import api
+    from toolchain.progress import build_progress, quiet_logging
+
+    kwargs = _build_kwargs(ctx, options)
+    quiet, as_json, dry_run = kwargs.pop("quiet"), kwargs.pop("json"), kwargs.pop("dry_run")
+    if dry_run:
+        _print_plan(api.build(**kwargs, dry_run=True), as_json)
+        return
+    with quiet_logging(quiet or as_json), build_progress(quiet or as_json) as progress:
+        result = api.build(**kwargs, progress=progress)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    elif not quiet:
+        _print_build(result)
+
+
+def _print_plan(stages: list, as_json: bool) -> None:
+    from toolchain.report import print_table
+
+    if as_json:
+        click.echo(json.dumps([s.to_dict() for s in stages], indent=2))
+        return
+    cached = sum(s.cached for s in stages)
+    print_table(f"build plan: {len(stages)} stages, {cached} cached, {len(stages) - cached} to run",
+                ["#", "stage", "cached", "key", "what it does"],
+                [(i + 1, s.name, "yes" if s.cached else "-", s.key[:12], s.description) for i, s in enumerate(stages)])
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _print_build(result) -> None:
     from toolchain.report import print_table, say
 
-    source_kwargs = _source_kwargs(**_split(options, _SOURCE_KEYS))
-    lowrank = _split(options, _LOWRANK_KEYS)
-    quant = _quant_kwargs(**_split(options, _QUANT_KEYS))
-    for unused in ("per_channel", "activation_type", "symmetric"):  # build takes these from each target
-        if quant.pop(unused) is not None:
-            raise click.UsageError(f"--{unused.replace('_', '-')} is chosen per target in build; use compile for it")
-    if quant["calib_size"] == 256:
-        quant["calib_size"] = None  # the default: the bundled example picks its own
-    result = api.build(source, output, targets=list(targets), labels=labels, simplify=not no_simplify,
-                       bench_iterations=bench_iterations, **source_kwargs, **quant, **lowrank,
-                       **_verify_kwargs(**options))
-    say(f"built {result.source} -> {result.output} ({result.seconds:.1f} s)")
-    print_table("stages", ["stage", "output", "KiB", "seconds", "worst max abs", "worst cosine"],
-                [(s.stage, s.output, f"{s.size_bytes / 1024:.1f}", f"{s.seconds:.2f}",
-                  "-" if s.worst_max_abs is None else f"{s.worst_max_abs:.3g}",
-                  "-" if s.worst_cosine is None else f"{s.worst_cosine:.6f}") for s in result.stages])
-    print_table("targets", ["target", "backend", "precision", "artifact", "top-1", "top-5", "images", "p50 ms",
-                            "p90 ms"],
-                [(t.target, t.backend, t.precision, t.artifact,
-                  f"{t.accuracy['top1']:.2%}" if t.accuracy else "-", f"{t.accuracy['top5']:.2%}" if t.accuracy else "-",
-                  t.accuracy["images"] if t.accuracy else "-",
-                  f"{t.latency['p50_ms']:.3f}" if t.latency else "-", f"{t.latency['p90_ms']:.3f}" if t.latency else "-")
-                 for t in result.targets])
+    cache = result.cache
+    say(f"built {result.source} -> {result.output} ({result.seconds:.1f} s; cache: {cache['hits']} hit(s), "
+        f"{cache['misses']} miss(es){'' if cache['enabled'] else ', disabled'})")
+    print_table("stages", ["stage", "output", "KiB", "seconds", "worst max abs", "worst cosine", "cached"],
+                [(s["stage"], s["output"], f"{s['size_bytes'] / 1024:.1f}", f"{s['seconds']:.2f}",
+                  "-" if s["worst_max_abs"] is None else f"{s['worst_max_abs']:.3g}",
+                  "-" if s["worst_cosine"] is None else f"{s['worst_cosine']:.6f}", "yes" if s["cached"] else "-")
+                 for s in result.stages if s["output"] != "-" or s["notes"]])
+    rows = []
+    for t in result.targets:
+        accuracy, agreement, latency = t.get("accuracy") or {}, t.get("agreement") or {}, t.get("latency") or {}
+        rows.append((t["target"], t["backend"], t["precision"], t["artifact"], f"{t['size_bytes'] / 1024:.1f}",
+                     _percent(accuracy.get("top1")), _percent(accuracy.get("top5")),
+                     _percent(agreement.get("top1_agreement")),
+                     f"{latency['p50_ms']:.3f}" if latency else "-", f"{latency['p90_ms']:.3f}" if latency else "-"))
+    print_table("targets", ["target", "backend", "precision", "artifact", "KiB", "top-1", "top-5", "agrees w/ FP32",
+                            "p50 ms", "p90 ms"], rows)
     for target in result.targets:
-        for note in target.notes:
-            say(f"  {target.target}: {note}")
-    say(f"report: {result.output / 'report.json'}")
+        for note in target["notes"]:
+            say(f"  {target['artifact']}: {note}")
+    for note in result.notes:
+        say(f"  note: {note}")
+    say(f"report: {result.output / 'report.json'} and {result.output / 'report.html'}")
 
 
 @cli.command()
@@ -548,6 +620,16 @@ def targets() -> None:
                 [(t.name, t.backend, t.precision, t.opset, t.description, t.notes) for t in TARGETS.values()])
 
 
+def _register_compression_commands() -> None:
+    """prune/distill/qat live in toolchain.compress (their modules import only click at load time)."""
+    from toolchain.compress.prune_command import prune
+
+    cli.add_command(prune)
+
+
+_register_compression_commands()
+
+
 @contextlib.contextmanager
 def _progress_logging() -> Iterator[None]:
     """Show the 'edgekiln' logger's progress lines on stderr while a command runs.
@@ -582,13 +664,45 @@ def main(argv: list[str] | None = None) -> None:
     if not args:
         click.echo(cli.get_help(click.Context(cli, info_name="edgekiln")))
         sys.exit(0)
-    from toolchain.errors import ToolchainError
     from toolchain.quiet import debug_output
 
     token = debug_output.set(debug)
+    interrupted = _note_interrupts()
     try:
         with _progress_logging():
             code = cli.main(args=args, prog_name="edgekiln", standalone_mode=False)
+    except BaseException as exc:
+        if interrupted and not debug and not isinstance(exc, SystemExit):
+            # Ctrl-C inside a library's import or cleanup can surface as another error type.
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        _exit_for(exc, args, debug)
+    finally:
+        debug_output.reset(token)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _note_interrupts() -> list[bool]:
+    """Record SIGINT (then raise KeyboardInterrupt as Python does); the list is non-empty once interrupted."""
+    import signal
+
+    seen: list[bool] = []
+
+    def handler(signum: int, frame: object) -> None:
+        seen.append(True)
+        signal.default_int_handler(signum, frame)
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, handler)
+    return seen
+
+
+def _exit_for(exc: BaseException, args: list[str], debug: bool) -> None:
+    """One line and the error's exit code for a failed command (the traceback only with --debug)."""
+    from toolchain.errors import ToolchainError
+
+    try:
+        raise exc
     except ToolchainError as exc:
         if debug:
             raise
@@ -611,6 +725,3 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"internal error: {type(exc).__name__}: {_one_line(str(exc))[:300]} "
                    "(rerun with --debug for the traceback and please report it)", err=True)
         sys.exit(EXIT_INTERNAL)
-    finally:
-        debug_output.reset(token)
-    sys.exit(code if isinstance(code, int) else 0)

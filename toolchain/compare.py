@@ -74,14 +74,17 @@ def diff_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarr
     return diffs
 
 
-def comparison_feeds(artifact: Artifact, calib: Path | None, count: int, seed: int) -> list[Feed]:
+def comparison_feeds(artifact: Artifact, calib: Path | None, count: int, seed: int,
+                     preprocess: str | dict | None = None) -> list[Feed]:
+    """Inputs for a comparison: images from ``calib`` with the artifact's spec (``preprocess`` for a
+    bare .onnx file), else seeded random inputs."""
     from backends.registry import get_backend
 
     with get_backend(artifact.backend).load(artifact.model_path, artifact.runtime_options) as runner:
         inputs = runner.inputs
     if calib is None:
         return random_feeds(inputs, count=count, seed=seed)
-    return image_feeds(inputs, calib, count=count, seed=seed, preprocess=artifact.preprocess)
+    return image_feeds(inputs, calib, count=count, seed=seed, preprocess=artifact.preprocess or preprocess)
 
 
 def _run(artifact: Artifact, feeds: list[Feed]) -> dict[str, np.ndarray]:
@@ -93,12 +96,12 @@ def _run(artifact: Artifact, feeds: list[Feed]) -> dict[str, np.ndarray]:
 
 
 def compare_artifacts(paths: list[Path], *, calib: Path | None = None, count: int = 32,
-                      seed: int = 0) -> list[Comparison]:
+                      seed: int = 0, preprocess: str | dict | None = None) -> list[Comparison]:
     """Run every artifact on the same feeds (from the first artifact's inputs and preprocessing)."""
     if len(paths) < 2:
         raise UsageError("compare needs at least two artifacts or models")
     artifacts = [Artifact.open(p) for p in paths]
-    feeds = comparison_feeds(artifacts[0], calib, count, seed)
+    feeds = comparison_feeds(artifacts[0], calib, count, seed, preprocess)
     reference = _run(artifacts[0], feeds)
     return [Comparison(str(paths[0]), str(path), len(feeds), diff_outputs(reference, _run(artifact, feeds)))
             for path, artifact in zip(paths[1:], artifacts[1:])]

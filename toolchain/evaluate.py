@@ -26,8 +26,11 @@ class EvalResult:
         return asdict(self)
 
 
-def evaluate(artifact_path: Path, labels_dir: Path) -> EvalResult:
-    """Run every labelled image through the artifact with its own preprocessing spec."""
+def evaluate(artifact_path: Path, labels_dir: Path, preprocess: str | dict | None = None) -> EvalResult:
+    """Run every labelled image through the artifact with its own preprocessing spec.
+
+    ``preprocess`` applies only to a bare .onnx file, which carries no spec of its own.
+    """
     from backends.registry import get_backend
     from calibration.folder import labelled_folder, load_images
 
@@ -37,7 +40,7 @@ def evaluate(artifact_path: Path, labels_dir: Path) -> EvalResult:
         if len(runner.inputs) != 1 or len(runner.outputs) < 1:
             raise UsageError("accuracy evaluation needs a model with one image input")
         info = runner.inputs[0]
-        spec = resolve_preprocess(artifact.preprocess, info)
+        spec = resolve_preprocess(artifact.preprocess or preprocess, info)
         dynamic_batch = isinstance(info.shape[0], str)
         step = _CHUNK if dynamic_batch else 1
         correct1 = correct5 = seen = skipped = 0

@@ -38,3 +38,33 @@ def get_target(name: str) -> Target:
     if name not in TARGETS:
         raise UsageError(f"unknown target '{name}'; known targets: {', '.join(TARGETS)}")
     return TARGETS[name]
+
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One artifact a build makes: a target at a precision (``x86`` or ``x86:int8``).
+
+    ``name`` is the artifact's folder in the build output: the target name, suffixed with the
+    precision when it differs from the target's default, so two variants never share a folder.
+    """
+
+    target: Target
+    precision: str
+
+    @property
+    def name(self) -> str:
+        return self.target.name if self.precision == self.target.precision else f"{self.target.name}-{self.precision}"
+
+
+def parse_variant(spec: str) -> Variant:
+    """``TARGET`` or ``TARGET:PRECISION`` (fp32, fp16, int8) as a build variant."""
+    name, _, precision = spec.partition(":")
+    target = get_target(name.strip())
+    precision = precision.strip().lower() or target.precision
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision '{precision}' in '{spec}'; use one of {', '.join(PRECISIONS)}")
+    return Variant(target, precision)
+

@@ -1,0 +1,165 @@
+"""The plan of an ``edgekiln build``: its stages in order, what each does, and each one's cache key.
+
+Planning reads inputs (to hash them) but runs and writes nothing, so ``--dry-run`` can print
+the plan with what is cached, and the build can then execute the same plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolchain.digests import content_digest, model_class_digest, stage_key, verification_images_digest
+from toolchain.targets import Variant
+from toolchain.verify import VerifyOptions
+
+# Images the agreement check (artifact vs FP32 reference) reads from --calib.
+AGREEMENT_SAMPLES = 32
+
+
+@dataclass
+class BuildRequest:
+    """Everything a build depends on, already validated."""
+
+    source: Path | None
+    output: Path
+    variants: list[Variant]
+    convert_options: dict[str, Any]
+    verify: VerifyOptions
+    labels: Path | None = None
+    simplify: bool = True
+    bench_iterations: int = 50
+    quant_options: dict[str, Any] = field(default_factory=dict)
+    lowrank_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def calib(self) -> Path | None:
+        return self.verify.calib
+
+    @property
+    def lowrank(self) -> bool:
+        return bool(self.lowrank_options.get("lowrank"))
+
+
+@dataclass
+class PlannedStage:
+    """One step of the plan. ``kind`` picks the code that runs it (``toolchain.build_steps``)."""
+
+    name: str
+    kind: str
+    key: str
+    description: str
+    variant: Variant | None = None
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.name, "kind": self.kind, "key": self.key, "cached": self.cached,
+                "description": self.description}
+
+
+def _verify_inputs(request: BuildRequest) -> dict[str, Any]:
+    verify = request.verify
+    if not verify.enabled:
+        return {"enabled": False}
+    return {"enabled": True, "atol": verify.atol, "rtol": verify.rtol, "seed": verify.seed,
+            "preprocess": verify.preprocess,
+            "images": verification_images_digest(verify.calib, verify.image_samples, verify.seed)}
+
+
+def _calibration_inputs(request: BuildRequest) -> dict[str, Any] | None:
+    """The whole calibration set: what calibration (INT8 ranges, low-rank budgets) reads."""
+    if request.calib is None:
+        return None
+    quant = request.quant_options
+    return {"data": content_digest(request.calib), "calib_size": quant.get("calib_size"),
+            "holdout": quant.get("holdout"), "seed": request.verify.seed, "preprocess": request.verify.preprocess}
+
+
+def _source_inputs(request: BuildRequest) -> dict[str, Any]:
+    options = dict(request.convert_options)
+    weights = options.pop("weights", None)
+    source = request.source
+    return {"source": content_digest(source), "source_name": source.name if source else None,
+            "weights": content_digest(weights), "model_class_source": model_class_digest(options.get("model_class")),
+            "options": options}
+
+
+def _convert_stage(request: BuildRequest, verify: dict[str, Any]) -> PlannedStage:
+    what = request.source.name if request.source else "the bundled Fashion-MNIST example"
+    key = stage_key("convert", ("convert",), {**_source_inputs(request), "verify": verify})
+    return PlannedStage("convert", "convert", key, f"ingest {what} into ONNX and verify it against the source")
+
+
+def _lowrank_stage(request: BuildRequest, upstream: str, verify: dict[str, Any]) -> PlannedStage:
+    options = {k: v for k, v in request.lowrank_options.items()}
+    key = stage_key("lowrank", (), {"upstream": upstream, "options": options,
+                                    "calibration": _calibration_inputs(request), "verify": verify})
+    mode = options.get("lowrank_mode", "energy")
+    return PlannedStage("lowrank", "lowrank", key, f"SVD low-rank factorization (mode {mode}), checked on held-out data")
+
+
+def _compile_stage(request: BuildRequest, variant: Variant, upstream: str, verify: dict[str, Any]) -> PlannedStage:
+    backend = variant.target.backend
+    calibrates = variant.precision == "int8" or backend == "tensorrt"  # TensorRT bundles carry samples and caches
+    quant = {k: v for k, v in request.quant_options.items() if k not in ("cache_dir", "no_cache")}
+    quant["method"] = quant.get("method") or "minmax"  # the default, spelled out or not, is one key
+    key = stage_key("compile", (backend,), {
+        "upstream": upstream, "target": variant.target.name, "precision": variant.precision, "quant": quant,
+        "calibration": _calibration_inputs(request) if calibrates else None, "verify": verify})
+    detail = f"{backend}, {variant.precision}"
+    if variant.precision == "int8" and request.calib is not None:
+        detail += f", INT8 calibration from {request.calib.name}/ with the accuracy guard"
+    return PlannedStage(f"compile {variant.name}", "compile", key, detail, variant)
+
+
+def _measure_stage(request: BuildRequest, variant: Variant | None, upstream: str, reference: str) -> PlannedStage:
+    from backends.registry import get_backend
+
+    runnable, why_not = get_backend(variant.target.backend).can_run() if variant else (True, "")
+    parts = [] if runnable else [f"not run here ({why_not.split(' (')[0]}): size only"]
+    if runnable and request.labels is not None:
+        parts.append(f"accuracy on {request.labels.name}/")
+    if runnable and variant is not None:
+        parts.append("agreement with the FP32 model")
+    if runnable and request.bench_iterations > 0:
+        parts.append(f"latency ({request.bench_iterations} runs)")
+    key = stage_key("measure", (variant.target.backend,) if variant else ("onnxruntime",), {
+        "upstream": upstream, "reference": reference, "labels": content_digest(request.labels),
+        "bench_iterations": request.bench_iterations, "runnable": runnable,
+        "agreement_images": verification_images_digest(request.calib, AGREEMENT_SAMPLES, request.verify.seed),
+        "preprocess": request.verify.preprocess})
+    name = f"measure {variant.name}" if variant else "measure reference"
+    return PlannedStage(name, "measure", key, ", ".join(parts) or "size only", variant)
+
+
+def _require_inputs(request: BuildRequest) -> None:
+    """Missing inputs fail before planning: hashing a missing path would only fail much later."""
+    from toolchain.errors import InputFileError
+
+    named = {"source model": request.source, "--weights file": request.convert_options.get("weights"),
+             "--calib folder": request.calib, "--labels folder": request.labels}
+    for what, path in named.items():
+        if path is not None and not Path(path).exists():
+            raise InputFileError(f"{what} '{path}' does not exist")
+
+
+def plan_build(request: BuildRequest) -> list[PlannedStage]:
+    """Stages in execution order: convert, simplify, low-rank, then compile + measure per variant."""
+    _require_inputs(request)
+    verify = _verify_inputs(request)
+    stages = [_convert_stage(request, verify)]
+    if request.simplify:
+        stages.append(PlannedStage("simplify", "simplify",
+                                   stage_key("simplify", ("simplify",), {"upstream": stages[-1].key, "verify": verify}),
+                                   "constant folding and redundant-node removal, re-verified"))
+    reference = stages[-1].key  # the FP32 model every variant is compared with
+    stages.append(_measure_stage(request, None, reference, reference))
+    model = reference
+    if request.lowrank:
+        stages.append(_lowrank_stage(request, model, verify))
+        model = stages[-1].key
+    for variant in request.variants:
+        compiled = _compile_stage(request, variant, model, verify)
+        stages += [compiled, _measure_stage(request, variant, compiled.key, reference)]
+    return stages
