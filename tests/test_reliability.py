@@ -89,6 +89,17 @@ def hostile(tmp_path: Path, bad_inputs: dict[str, Path], tiny_onnx: Path) -> dic
     files["flat_labels"] = write_images(tmp_path / "calib" / "flat", count=4)  # images but no class folders
     np.save(tmp_path / "x.npy", np.zeros((1, 1, 8, 8), np.float32))
     files["npy"] = tmp_path / "x.npy"
+    recipes = {"recipe_unknown.yaml": "targets: [x86]\ncalib_sise: 3\n",
+               "recipe_type.toml": "targets = ['x86']\nmax-drop = 'lots'\n",
+               "recipe_duplicate.yaml": "targets: [x86]\nholdout: 3\nholdout: 4\n",
+               "recipe_syntax.yaml": "targets: [x86\n",
+               "recipe_empty.yaml": "# nothing\n",
+               "recipe_code.yaml": f"targets: !!python/object/apply:pathlib.Path.touch ['{files['marker']}']\n",
+               "recipe_target.yaml": "targets: [x86, toaster]\n",
+               "recipe.ini": "[build]\ntargets = x86\n"}
+    for name, text in recipes.items():
+        (tmp_path / name).write_text(text)
+        files[name.replace(".", "_")] = tmp_path / name
     names = {k: str(v) for k, v in files.items()}
     names.update(missing=str(tmp_path / "missing.onnx"), tiny=str(tiny_onnx), out=str(tmp_path / "out"),
                  cache=str(tmp_path / "cache"))
@@ -177,6 +188,21 @@ CASES = [
     (["eval", "{tiny}", "--labels", "{flat_labels}"], []),
     (["compare", "{tiny}"], ["at least two"]),
     (["build", "{tiny}", "-o", "{out}/b", "--target", "toaster"], ["unknown target"]),
+    (["build", "{tiny}", "-o", "{out}/b", "--target", "x86:int4"], ["unknown precision 'int4'"]),
+    (["build", "{tiny}", "-o", "{out}/b", "--target", "x86", "--target", "x86:fp32"], ["listed twice"]),
+    (["build", "{tiny}", "-o", "{out}/b", "--calib", "{missing}", "--cache-dir", "{cache}"], ["does not exist"]),
+    (["build", "{tiny}", "-o", "{out}/b", "--labels", "{flat_labels}", "--cache-dir", "{cache}"], ["class"]),
+    (["build", "{tiny}", "-o", "{out}/b", "--bench-iterations", "-1"], ["--bench-iterations"]),
+    (["build", "{missing}", "-o", "{out}/b", "--dry-run", "--cache-dir", "{cache}"], ["does not exist"]),
+    (["build", "-c", "{recipe_unknown_yaml}", "-o", "{out}/b"], ["recipe_unknown.yaml:2:", "calib_sise", "calib-size"]),
+    (["build", "-c", "{recipe_type_toml}", "-o", "{out}/b"], ["recipe_type.toml:2:", "max-drop"]),
+    (["build", "-c", "{recipe_duplicate_yaml}", "-o", "{out}/b"], ["recipe_duplicate.yaml:3:", "holdout"]),
+    (["build", "-c", "{recipe_syntax_yaml}", "-o", "{out}/b"], ["recipe_syntax.yaml:"]),
+    (["build", "-c", "{recipe_empty_yaml}", "-o", "{out}/b"], ["empty"]),
+    (["build", "-c", "{recipe_code_yaml}", "-o", "{out}/b"], ["recipe_code.yaml:1:"]),
+    (["build", "-c", "{recipe_target_yaml}", "-o", "{out}/b"], ["recipe_target.yaml:1:", "toaster"]),
+    (["build", "-c", "{recipe_ini}", "-o", "{out}/b"], [".yaml", ".toml"]),
+    (["build", "-c", "{missing}", "-o", "{out}/b"], ["no such recipe file"]),
 ]
 
 

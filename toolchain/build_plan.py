@@ -127,7 +127,8 @@ def _measure_stage(request: BuildRequest, variant: Variant | None, upstream: str
     key = stage_key("measure", (variant.target.backend,) if variant else ("onnxruntime",), {
         "upstream": upstream, "reference": reference, "labels": content_digest(request.labels),
         "bench_iterations": request.bench_iterations, "runnable": runnable,
-        "agreement_images": verification_images_digest(request.calib, AGREEMENT_SAMPLES, request.verify.seed),
+        "agreement_images": verification_images_digest(request.calib, AGREEMENT_SAMPLES, request.verify.seed)
+        if variant else None,
         "preprocess": request.verify.preprocess})
     name = f"measure {variant.name}" if variant else "measure reference"
     return PlannedStage(name, "measure", key, ", ".join(parts) or "size only", variant)
@@ -142,6 +143,10 @@ def _require_inputs(request: BuildRequest) -> None:
     for what, path in named.items():
         if path is not None and not Path(path).exists():
             raise InputFileError(f"{what} '{path}' does not exist")
+    if request.labels is not None:
+        from calibration.folder import labelled_folder
+
+        labelled_folder(request.labels)  # a folder without class sub-folders fails now, not after compiling
 
 
 def plan_build(request: BuildRequest) -> list[PlannedStage]:

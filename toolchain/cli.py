@@ -623,8 +623,10 @@ def targets() -> None:
 def _register_compression_commands() -> None:
     """prune/distill/qat live in toolchain.compress (their modules import only click at load time)."""
     from toolchain.compress.prune_command import prune
+    from toolchain.compress.train_commands import distill, qat
 
-    cli.add_command(prune)
+    for command in (prune, distill, qat):
+        cli.add_command(command)
 
 
 _register_compression_commands()
