@@ -203,3 +203,18 @@ def test_a_real_build_report_renders_in_chromium(first_build, tmp_path):
     assert found.charts["chart-layers"] == 1  # the INT8 variant's per-layer error
     assert found.marks["chart-scatter circle"] == 3  # reference + two variants
     assert found.rows["stages"] == len(first.stages)
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux 'script' for a pseudo-terminal")
+def test_a_terminal_gets_a_progress_bar(tmp_path):
+    """On a terminal the running stage is shown in a live bar (redrawn lines), not only in log lines."""
+    command = (f"{sys.executable} -m toolchain build --target x86 --bench-iterations 0 "
+               f"--cache-dir {tmp_path / 'cache'} -o {tmp_path / 'out'}")
+    log = tmp_path / "tty.log"
+    done = subprocess.run(["script", "-qec", command, str(log)], capture_output=True, timeout=600,
+                          env={**os.environ, "COLUMNS": "160"})
+    assert done.returncode == 0, done.stdout[-2000:]
+    text = log.read_bytes().decode("utf-8", "replace")
+    assert "[1/5] convert: ingest the bundled" in text  # the bar's description of the running stage
+    assert "\x1b[" in text and "━" in text  # drawn with terminal control sequences
+    assert "[5/5] measure x86:" in text and (tmp_path / "out" / "report.html").exists()
