@@ -129,7 +129,8 @@ class StageCache:
                 entry = {"key": key, "record": record, "files": listed}
                 (staging / ENTRY).write_text(json.dumps(entry, indent=1, sort_keys=True) + "\n")
         except Exception as exc:  # noqa: BLE001 - any failure here only costs a future rebuild
-            self.notes.append(f"stage not cached ({type(exc).__name__}: {exc})")
+            if not any(note.startswith("stage not cached") for note in self.notes):  # once, not per stage
+                self.notes.append(f"stage not cached ({type(exc).__name__}: {exc}); later stages may not be either")
 
     def summary(self) -> dict[str, Any]:
         return {"dir": str(self.root), "enabled": self.enabled, "hits": self.hits, "misses": self.misses}
