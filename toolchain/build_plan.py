@@ -120,13 +120,13 @@ def _measure_stage(request: BuildRequest, variant: Variant | None, upstream: str
     parts = [] if runnable else [f"not run here ({why_not.split(' (')[0]}): size only"]
     if runnable and request.labels is not None:
         parts.append(f"accuracy on {request.labels.name}/")
-    if runnable and variant is not None:
+    if runnable and variant is not None and request.verify.enabled:
         parts.append("agreement with the FP32 model")
     if runnable and request.bench_iterations > 0:
         parts.append(f"latency ({request.bench_iterations} runs)")
     key = stage_key("measure", (variant.target.backend,) if variant else ("onnxruntime",), {
         "upstream": upstream, "reference": reference, "labels": content_digest(request.labels),
-        "bench_iterations": request.bench_iterations, "runnable": runnable,
+        "bench_iterations": request.bench_iterations, "runnable": runnable, "checks": request.verify.enabled,
         "agreement_images": verification_images_digest(request.calib, AGREEMENT_SAMPLES, request.verify.seed)
         if variant else None,
         "preprocess": request.verify.preprocess})

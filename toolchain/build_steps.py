@@ -165,7 +165,7 @@ def measure_step(stage: PlannedStage, context: StepContext) -> Record:
         if request.labels is not None:
             measured["accuracy"] = evaluate(artifact, request.labels, request.verify.preprocess).to_dict()
         measured["latency"] = _latency(artifact, request.bench_iterations)
-        if variant is not None:
+        if variant is not None and request.verify.enabled:  # agreement and per-layer error are checks too
             measured["agreement"] = _agreement(context, artifact)
             if variant.precision != "fp32" or context.model != context.reference:
                 measured["per_layer"] = _per_layer(context, artifact, measured["notes"])
