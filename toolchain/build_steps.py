@@ -103,7 +103,8 @@ def compile_step(stage: PlannedStage, context: StepContext) -> Record:
     record.pop("model")
     record["target"] = {"target": variant.target.name, "backend": variant.target.backend, "artifact": variant.name,
                         "precision": details.get("precision", variant.precision),
-                        "size_bytes": record["size_bytes"], "notes": list(details.get("notes", []))}
+                        "size_bytes": record["size_bytes"], "model_bytes": size_of(compiled.artifact.model_path),
+                        "notes": list(details.get("notes", []))}
     return record
 
 

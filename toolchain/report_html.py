@@ -44,7 +44,8 @@ thead th { background: #F6F8FA; border-bottom: 2px solid #8C959F; white-space: n
 td:first-child { white-space: nowrap; }
 .missing { color: #8C959F; }
 tr.reference td { background: #F6F8FA; font-style: italic; }
-ul.notes { margin: 0; padding-left: 1.1em; max-width: 44em; }
+ul.variant-notes { max-width: 60em; color: #3D444D; }
+ul.notes { margin: 0; padding-left: 1.1em; min-width: 16em; max-width: 30em; overflow-wrap: anywhere; }
 figure { margin: 0 0 1.6em; break-inside: avoid; }
 figcaption { color: #57606A; font-size: .9em; max-width: 640px; margin-top: .3em; }
 svg.chart { display: block; max-width: 100%; height: auto; }
@@ -85,8 +86,17 @@ def _notes(record: dict[str, Any]) -> list[str]:
     return [str(n) for n in notes] if isinstance(notes, list) else []
 
 
+def _variant_name(target: dict[str, Any]) -> str:
+    """The artifact folder's name (``x86-int8``) tells two variants of one target apart; else the target."""
+    return _text(target.get("artifact") or target.get("target"))
+
+
 def _target_size(target: dict[str, Any], stages: Sequence[dict[str, Any]]) -> float | None:
-    """The artifact size; reports older than schema 2 only have it on the "compile <target>" stage."""
+    """The model file's size (what the device loads), else the artifact folder's; reports older than
+    schema 2 only have the folder size, on the "compile <target>" stage."""
+    size = _number(target.get("model_bytes"))
+    if size is not None:
+        return size
     size = _number(target.get("size_bytes"))
     if size is not None:
         return size
@@ -184,9 +194,9 @@ def _summary(report: dict[str, Any], targets: Sequence[dict[str, Any]]) -> str:
     return f'<p class="summary">{escape(line[:1].upper() + line[1:])}</p>'
 
 
-_VARIANT_COLUMNS = [("target", False), ("backend", False), ("precision", False), ("size KiB", True),
+_VARIANT_COLUMNS = [("variant", False), ("backend", False), ("precision", False), ("model KiB", True),
                     ("top-1", True), ("top-5", True), ("top-1 agreement", True), ("min cosine", True),
-                    ("p50 ms", True), ("p90 ms", True), ("notes", False)]
+                    ("p50 ms", True), ("p90 ms", True)]
 
 
 def _variant_row(name: str, record: dict[str, Any], size: float | None, *, reference: bool) -> str:
@@ -197,22 +207,28 @@ def _variant_row(name: str, record: dict[str, Any], size: float | None, *, refer
              _cell(_percent(accuracy.get("top5")), numeric=True),
              _cell(_percent(agreement.get("top1_agreement")), numeric=True),
              _cell(_general(agreement.get("min_cosine"), ".4f"), numeric=True),
-             _cell(_ms(latency.get("p50_ms")), numeric=True), _cell(_ms(latency.get("p90_ms")), numeric=True),
-             _notes_cell(_notes(record))]
+             _cell(_ms(latency.get("p50_ms")), numeric=True), _cell(_ms(latency.get("p90_ms")), numeric=True)]
     attr = ' class="reference"' if reference else f' data-target="{escape(name)}"'
     return f"<tr{attr}>{''.join(cells)}</tr>"
 
 
 def _variants_section(targets: Sequence[dict[str, Any]], reference: dict[str, Any] | None,
                       stages: Sequence[dict[str, Any]]) -> str:
-    rows = [_variant_row(_text(t.get("target")), t, _target_size(t, stages), reference=False) for t in targets]
+    rows = [_variant_row(_variant_name(t), t, _target_size(t, stages), reference=False) for t in targets]
     if reference is not None:
         # The FP32 model every variant is compared with: the baseline for size, accuracy and speed.
         ref = {"precision": "fp32", **reference}
         rows.insert(0, _variant_row(REFERENCE_LABEL, ref, _number(reference.get("size_bytes")), reference=True))
     if not rows:
         return '<h2 id="variants">Variants</h2><p class="missing">No targets in this report.</p>'
-    return '<h2 id="variants">Variants</h2>' + _table("variants", _VARIANT_COLUMNS, rows)
+    return ('<h2 id="variants">Variants</h2>' + _table("variants", _VARIANT_COLUMNS, rows)
+            + _variant_notes(targets))
+
+
+def _variant_notes(targets: Sequence[dict[str, Any]]) -> str:
+    """Notes go below the table, not in a column: they are sentences and would squeeze the numbers."""
+    items = [f"<li><b>{escape(_variant_name(t))}</b>: {escape(note)}</li>" for t in targets for note in _notes(t)]
+    return f'<ul class="variant-notes">{"".join(items)}</ul>' if items else ""
 
 
 def _scatter_point(name: str, record: dict[str, Any], size: float | None, *,
@@ -234,7 +250,7 @@ def _scatter_point(name: str, record: dict[str, Any], size: float | None, *,
 
 def _scatter_figure(targets: Sequence[dict[str, Any]], reference: dict[str, Any] | None,
                     stages: Sequence[dict[str, Any]]) -> str:
-    candidates = [_scatter_point(_text(t.get("target")), t, _target_size(t, stages), reference=False)
+    candidates = [_scatter_point(_variant_name(t), t, _target_size(t, stages), reference=False)
                   for t in targets]
     if reference is not None:
         candidates.insert(0, _scatter_point(REFERENCE_LABEL, reference, _number(reference.get("size_bytes")),
@@ -274,12 +290,13 @@ def _size_figure(targets: Sequence[dict[str, Any]], reference: dict[str, Any] | 
     for target in targets:
         size = _target_size(target, stages)
         if size is not None:
-            bars.append(_size_bar(_text(target.get("target")), target, size, reference=False))
+            bars.append(_size_bar(_variant_name(target), target, size, reference=False))
     if not bars:
         return '<h3>Artifact size</h3><p class="missing">No sizes in this report.</p>'
     svg = svg_plots.hbar_svg(bars, axis_label="size (KiB)", aria_label=f"Artifact size of {len(bars)} variants",
                              css_class="chart chart-size", log=False)
-    caption = ("Size of each artifact folder on disk (model plus manifest and any device bundle). "
+    caption = ("Size of each variant's model file, what the device loads (the whole artifact folder, with its "
+               "manifest and any device bundle, is in the stages table). "
                "Pale bars: built but not run on this machine.")
     return "<h3>Artifact size</h3>" + _figure(svg, caption)
 
@@ -299,7 +316,7 @@ def _layers_figure(target: dict[str, Any]) -> str:
     """Worst layers first: the question the chart answers is which layer to keep in float."""
     rows = [(r, _number(r.get("relative_error"))) for r in _dicts(target.get("per_layer"))]
     measured = sorted(((r, e) for r, e in rows if e is not None), key=lambda pair: -pair[1])
-    name = _text(target.get("target"))
+    name = _variant_name(target)
     if not measured:
         return ""
     shown = measured[:MAX_LAYERS]
