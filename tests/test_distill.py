@@ -132,6 +132,7 @@ def test_api_distill_trains_measures_and_saves_a_checked_torchscript(tmp_path, t
     assert result.report.agreement_after > result.report.agreement_before
     assert result.teacher.agreement == 1.0 and result.teacher.accuracy >= 0.9
     assert result.student.parameters < result.teacher.parameters / 10
+    assert result.teacher.macs > result.student.macs > 0  # MACs of a TorchScript teacher too
     assert result.student.onnx_bytes < result.teacher.onnx_bytes / 5
     assert result.student.agreement == pytest.approx(result.report.agreement_after)
     loaded = torch.jit.load(str(out))

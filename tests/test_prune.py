@@ -196,6 +196,34 @@ def test_untraceable_model_is_refused_before_pruning(tmp_path):
     assert not (tmp_path / "p.pt").exists()
 
 
+FIXED_BATCH = textwrap.dedent('''
+    import torch
+
+    class FixedBatch(torch.nn.Module):
+        """Reads the batch size as a Python int: a trace bakes in the example's batch of 1."""
+
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(28 * 28, 10)
+
+        def forward(self, x):
+            return self.fc(x.reshape(int(x.shape[0]), -1))
+''')
+
+
+def test_trace_that_fixes_the_batch_size_is_refused_before_pruning(tmp_path):
+    source = tmp_path / "fixed_batch.py"
+    source.write_text(FIXED_BATCH)
+    from toolchain.frontends.torch_frontend import import_model_class
+
+    torch.save(import_model_class(f"{source}:FixedBatch")().state_dict(), str(tmp_path / "fixed.pth"))
+    with pytest.raises(UsageError) as caught:
+        api_prune(None, tmp_path / "p.pt", ratio=0.5, model_class=f"{source}:FixedBatch",
+                  weights=tmp_path / "fixed.pth", inputs=["1x1x28x28"], calib=SAMPLES, no_cache=True)
+    assert "cannot be traced faithfully" in _one_line(caught) and "batch of 4" in str(caught.value)
+    assert not (tmp_path / "p.pt").exists()
+
+
 def test_state_dict_output_is_refused_with_the_reason(tmp_path):
     with pytest.raises(UsageError) as caught:
         api_prune(None, tmp_path / "p.pth", ratio=0.5, model_class=MODEL_CLASS, weights=WEIGHTS,

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,18 +29,6 @@ def _verify_options(verify: bool, atol: float, rtol: float, calib: PathLike | No
                          preprocess=preprocess)
 
 
-def _model_kwargs(value: str | dict | None) -> dict:
-    if value is None or isinstance(value, dict):
-        return dict(value or {})
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"--model-kwargs is not valid JSON: {exc.msg} at position {exc.pos}") from exc
-    if not isinstance(parsed, dict):
-        raise UsageError("--model-kwargs must be a JSON object such as '{\"num_classes\": 10}'")
-    return parsed
-
-
 def convert(source: PathLike | None, output: PathLike, *, inputs: Sequence[str] = (), dynamic_batch: bool = False,
             opset: int | None = None, target: str | None = None, model_class: str | None = None,
             weights: PathLike | None = None, model_kwargs: str | dict | None = None, trust_pickle: bool = False,
@@ -50,7 +37,7 @@ def convert(source: PathLike | None, output: PathLike, *, inputs: Sequence[str] 
             preprocess: str | dict | None = None):
     """``edgekiln convert``: ingest a PyTorch, TensorFlow or ONNX model into verified ONNX."""
     from toolchain.frontends.base import ConvertOptions
-    from toolchain.inputs import parse_input_specs
+    from toolchain.inputs import parse_input_specs, parse_kwargs
     from toolchain.stages import convert as run_convert
     from toolchain.targets import get_target
 
@@ -62,7 +49,7 @@ def convert(source: PathLike | None, output: PathLike, *, inputs: Sequence[str] 
         opset = get_target(target).opset
     options = ConvertOptions(inputs=tuple(parse_input_specs(list(inputs))), dynamic_batch=dynamic_batch, opset=opset,
                              model_class=model_class, weights=Path(weights) if weights else None,
-                             model_kwargs=_model_kwargs(model_kwargs), trust_pickle=trust_pickle,
+                             model_kwargs=parse_kwargs(model_kwargs), trust_pickle=trust_pickle,
                              exporter=exporter, keras_safe_mode=keras_safe_mode)  # type: ignore[arg-type]
     return run_convert(Path(source) if source else None, Path(output), options,
                        _verify_options(verify, atol, rtol, calib, seed, preprocess))

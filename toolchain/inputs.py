@@ -8,6 +8,7 @@ positive integer (``N``, ``batch``, ``?``, ``-1``) is dynamic.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -106,4 +107,17 @@ def parse_input_specs(specs: list[str] | tuple[str, ...]) -> list[InputSpec]:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise UsageError(f"--input given twice for {', '.join(duplicates)}")
+    return parsed
+
+
+def parse_kwargs(value: str | dict | None, flag: str = "--model-kwargs") -> dict:
+    """Constructor keyword arguments given as a dict or a JSON object string."""
+    if value is None or isinstance(value, dict):
+        return dict(value or {})
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{flag} is not valid JSON: {exc.msg} at position {exc.pos}") from exc
+    if not isinstance(parsed, dict):
+        raise UsageError(f"{flag} must be a JSON object such as '{{\"num_classes\": 10}}'")
     return parsed

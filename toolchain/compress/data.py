@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from toolchain.compress.checks import is_whole_number
 from toolchain.errors import InputFileError, UsageError
 
 
@@ -69,10 +70,10 @@ def _train_count(folder: Path, holdout: int, count: int | None) -> int:
     """How many training images to take; a folder too small for the split is a one-line error."""
     from calibration.folder import list_images
 
-    if isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 1:
+    if not is_whole_number(holdout, 1):
         raise UsageError(f"the held-out split must hold at least 1 image, got {holdout!r}",
                          hint="Measuring accuracy or agreement needs held-out images; raise --holdout.")
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+    if count is not None and not is_whole_number(count, 1):
         raise UsageError(f"the number of training images must be at least 1, got {count!r}")
     available = len(list_images(folder).files)
     if available <= holdout:

@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from toolchain.errors import UsageError, first_line
+from toolchain.compress.checks import is_whole_number
+from toolchain.errors import UsageError
+from toolchain.inputs import parse_kwargs
 from toolchain.lazy import require
 
 _PURPOSE = "Distillation"
@@ -52,7 +54,7 @@ class DistillOptions:
 
     def check(self) -> None:
         """Plain-sentence errors for values that cannot work."""
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+        if not is_whole_number(self.epochs, 1):
             raise UsageError(f"--epochs must be a whole number of at least 1, got {self.epochs!r}")
         if not self.temperature > 0:
             raise UsageError(f"--temperature must be > 0, got {self.temperature}")
@@ -60,9 +62,9 @@ class DistillOptions:
             raise UsageError(f"--hard-label-weight must be between 0 and 1, got {self.hard_label_weight}")
         if not self.lr > 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+        if not is_whole_number(self.batch_size, 1):
             raise UsageError(f"--batch-size must be a whole number of at least 1, got {self.batch_size!r}")
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
+        if not is_whole_number(self.patience, 0):
             raise UsageError(f"--patience must be a whole number of at least 0, got {self.patience!r}")
 
 
@@ -121,17 +123,9 @@ def distill(teacher: Any, student: Any, train: np.ndarray, held_out: np.ndarray,
 
 def check_output_shapes(teacher: Any, student: Any, example: np.ndarray) -> None:
     """A one-line error when teacher and student disagree on the output shape of one example."""
-    from toolchain.compress.measure import predict_logits
+    from toolchain.compress.measure import output_shape
 
-    shapes = []
-    for role, module in (("teacher", teacher), ("student", student)):
-        try:
-            shapes.append(predict_logits(module, example).shape)
-        except UsageError:
-            raise
-        except Exception as exc:  # the user's forward() failed
-            raise UsageError(f"the {role} fails on an input of shape {tuple(example.shape)}: "
-                             f"{first_line(exc)}") from exc
+    shapes = [output_shape(module, example, role) for role, module in (("teacher", teacher), ("student", student))]
     if shapes[0] != shapes[1]:
         raise UsageError(f"teacher and student outputs differ in shape: {tuple(shapes[0])} vs {tuple(shapes[1])}",
                          hint="The student must predict the same classes as the teacher (check its num_classes).")
@@ -183,6 +177,8 @@ class _Trainer:
                              accuracy_after=kept.accuracy if kept else accuracy_before)
 
     def _epoch(self, train: np.ndarray, targets: np.ndarray, labels: np.ndarray | None) -> float:
+        from toolchain.compress.measure import first_tensor
+
         torch, functional = self.torch, self.torch.nn.functional
         self.student.train()
         order = torch.randperm(len(train), generator=self.generator).numpy()
@@ -190,7 +186,7 @@ class _Trainer:
         for start in range(0, len(train), self.options.batch_size):
             index = order[start:start + self.options.batch_size]
             inputs = torch.from_numpy(np.ascontiguousarray(train[index]))
-            logits = _first_tensor(torch, self.student(inputs))
+            logits = first_tensor(torch, self.student(inputs))
             loss = self._loss(functional, logits, torch.from_numpy(targets[index]),
                               None if labels is None else torch.from_numpy(np.asarray(labels)[index]).long())
             self.optimizer.zero_grad(set_to_none=True)
@@ -227,16 +223,6 @@ def _classes_last(logits: Any) -> Any:
     if logits.dim() <= 2:
         return logits
     return logits.movedim(1, -1).reshape(-1, logits.shape[1])
-
-
-def _first_tensor(torch: Any, value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, dict) and value:
-        return _first_tensor(torch, next(iter(value.values())))
-    if isinstance(value, (list, tuple)) and value:
-        return _first_tensor(torch, value[0])
-    raise UsageError(f"the student returns a {type(value).__name__}; distillation needs a tensor of class scores")
 
 
 # --- edgekiln distill -----------------------------------------------------------------------------
@@ -285,12 +271,12 @@ def api_distill(teacher_source: str | Path | None, student_class: str, output: s
     teacher = torch_io.load_torch_module(
         Path(teacher_source) if teacher_source else None, model_class=teacher_class,
         weights=Path(teacher_weights) if teacher_weights else None,
-        model_kwargs=torch_io.parse_kwargs(teacher_kwargs, "--teacher-kwargs"), trust_pickle=trust_pickle)
+        model_kwargs=parse_kwargs(teacher_kwargs, "--teacher-kwargs"), trust_pickle=trust_pickle)
     torch = require("torch", _PURPOSE)
     with torch.random.fork_rng(devices=[]):  # a fresh student's initial weights come from the seed too
         torch.manual_seed(seed)
         student = torch_io.build_module(student_class, weights=Path(student_weights) if student_weights else None,
-                                        model_kwargs=torch_io.parse_kwargs(student_kwargs, "--student-kwargs"))
+                                        model_kwargs=parse_kwargs(student_kwargs, "--student-kwargs"))
     split = load_images(Path(images), shape, holdout=holdout, count=count, seed=seed, preprocess=preprocess,
                         labels=labels, cache_dir=Path(cache_dir) if cache_dir else None)
     example = split.held_out[:1]
@@ -306,34 +292,11 @@ def api_distill(teacher_source: str | Path | None, student_class: str, output: s
 
 def _measure_pair(teacher: Any, student: Any, split: Any, iterations: int) -> tuple[Any, Any]:
     """Teacher and student exported to ONNX and measured the same way, agreement against the teacher."""
-    from toolchain.compress.measure import predict_logits
+    torch = require("torch", _PURPOSE)
+    from toolchain.compress.measure import measure_module, predict_logits
 
     reference = predict_logits(teacher, split.held_out)
-    measures = [measure_any(module, split.held_out, labels=split.held_out_labels, reference_logits=reference,
-                            iterations=iterations) for module in (teacher, student)]
+    example = torch.from_numpy(np.ascontiguousarray(split.held_out[:1]))
+    measures = [measure_module(module, example, split.held_out, labels=split.held_out_labels,
+                               reference_logits=reference, iterations=iterations) for module in (teacher, student)]
     return measures[0], measures[1]
-
-
-def measure_any(module: Any, images: np.ndarray, *, labels: np.ndarray | None, reference_logits: np.ndarray | None,
-                iterations: int) -> Any:
-    """``measure_module``, also for TorchScript modules (a teacher loaded from a .pt file).
-
-    The MAC counter hooks submodules, which ScriptModules refuse; for those the MACs are counted
-    on the exported ONNX graph instead (``edgekiln inspect``'s counter).
-    """
-    torch = require("torch", _PURPOSE)
-    from toolchain.compress.measure import count_parameters, export_onnx, measure_module, measure_onnx
-
-    example = torch.from_numpy(np.ascontiguousarray(images[:1]))
-    if not isinstance(module, torch.jit.ScriptModule):
-        return measure_module(module, example, images, labels=labels, reference_logits=reference_logits,
-                              iterations=iterations)
-    import tempfile
-
-    from toolchain.model_info import summarize
-    from toolchain.onnx_io import load_onnx
-
-    with tempfile.TemporaryDirectory(prefix="edgekiln-measure-") as tmp:
-        path = export_onnx(module, example, Path(tmp) / "model.onnx")
-        return measure_onnx(path, images, labels=labels, reference_logits=reference_logits, iterations=iterations,
-                            parameters=count_parameters(module), macs=summarize(load_onnx(path)).macs)

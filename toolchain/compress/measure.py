@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from toolchain.errors import UsageError
+from toolchain.errors import UsageError, first_line
 from toolchain.lazy import require
 
 ONNX_OPSET = 17
@@ -51,9 +51,20 @@ def count_nonzero(module: Any) -> int:
     return int(sum(int((p != 0).sum()) for p in module.parameters()))
 
 
-def count_macs(module: Any, example: Any) -> int:
-    """Multiply-accumulates of one forward pass on ``example`` (torch-pruning's counter)."""
-    require("torch", "Counting MACs")
+def count_macs(module: Any, example: Any, *, onnx_path: Path | None = None) -> int:
+    """Multiply-accumulates of one forward pass on ``example``.
+
+    An ``nn.Module`` is counted by torch-pruning's counter. That counter hooks submodules, which
+    TorchScript modules refuse, so those are counted on their exported ONNX graph instead
+    (``onnx_macs``; ``onnx_path`` is that export when the caller already has it). The two counters
+    differ a little: torch-pruning also counts BatchNorm and pooling, the ONNX count does not.
+    """
+    torch = require("torch", "Counting MACs")
+    if isinstance(module, torch.jit.ScriptModule):
+        if onnx_path is not None:
+            return onnx_macs(onnx_path)
+        with tempfile.TemporaryDirectory(prefix="edgekiln-macs-") as tmp:
+            return onnx_macs(export_onnx(module, example, Path(tmp) / "model.onnx"))
     import torch_pruning as tp
 
     from toolchain.quiet import quiet
@@ -61,6 +72,14 @@ def count_macs(module: Any, example: Any) -> int:
     with quiet():  # the counter may print unsupported-module notes
         macs, _params = tp.utils.count_ops_and_params(module, example)
     return int(macs)
+
+
+def onnx_macs(path: Path) -> int:
+    """Multiply-accumulates of an ONNX model at batch 1 (``edgekiln inspect``'s counter)."""
+    from toolchain.model_info import summarize
+    from toolchain.onnx_io import load_onnx
+
+    return summarize(load_onnx(Path(path))).macs
 
 
 def predict_logits(module: Any, images: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -73,24 +92,40 @@ def predict_logits(module: Any, images: np.ndarray, batch: int = 256) -> np.ndar
         with torch.no_grad():
             for start in range(0, len(images), batch):
                 chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch]))
-                outputs.append(_first_tensor(torch, module(chunk)).float().numpy())
+                outputs.append(first_tensor(torch, module(chunk)).float().numpy())
     finally:
         module.train(was_training)
     return np.concatenate(outputs) if outputs else np.zeros((0,), dtype=np.float32)
 
 
-def export_onnx(module: Any, example: Any, path: Path) -> Path:
-    """Export with the TorchScript-based exporter (opset 17) and a dynamic batch axis, as ``convert`` does."""
+def output_shape(module: Any, example: np.ndarray, role: str = "model", hint: str | None = None) -> tuple[int, ...]:
+    """The shape of ``module``'s first output on ``example``; a one-line error naming ``role`` if forward() fails."""
+    try:
+        return tuple(predict_logits(module, example).shape)
+    except UsageError:
+        raise
+    except Exception as exc:  # the user's forward() failed
+        raise UsageError(f"the {role} fails on an input of shape {tuple(example.shape)}: {first_line(exc)}",
+                         hint=hint) from exc
+
+
+def export_onnx(module: Any, example: Any, path: Path, opset: int = ONNX_OPSET) -> Path:
+    """Export with the TorchScript-based exporter and a dynamic batch axis, as ``convert`` does (opset 17 by default).
+
+    The input is named ``input`` and the first output ``output``, for every model measured here.
+    """
     torch = require("torch", "Exporting a PyTorch model")
-    from toolchain.frontends.torch_frontend import _export_to_proto
+    from toolchain.frontends.torch_frontend import export_to_proto
     from toolchain.onnx_io import save_onnx
 
-    kwargs = dict(input_names=[_INPUT], output_names=[_OUTPUT], opset_version=ONNX_OPSET, dynamo=False,
+    if not isinstance(example, torch.Tensor):
+        example = torch.from_numpy(np.ascontiguousarray(example))
+    kwargs = dict(input_names=[_INPUT], output_names=[_OUTPUT], opset_version=opset, dynamo=False,
                   do_constant_folding=True, dynamic_axes={_INPUT: {0: "batch"}, _OUTPUT: {0: "batch"}})
     was_training = module.training
     module.eval()
     try:
-        save_onnx(_export_to_proto(torch, module, (example,), kwargs), path)
+        save_onnx(export_to_proto(torch, module, (example,), kwargs), path)
     finally:
         module.train(was_training)
     return path
@@ -99,11 +134,15 @@ def export_onnx(module: Any, example: Any, path: Path) -> Path:
 def measure_module(module: Any, example: Any, images: np.ndarray, *, labels: np.ndarray | None = None,
                    reference_logits: np.ndarray | None = None, iterations: int = 50,
                    workdir: Path | None = None, threads: int | None = None) -> ModelMeasure:
-    """Export ``module`` to ONNX (kept in ``workdir`` if given, else a temp folder) and measure it there."""
-    parameters, macs = count_parameters(module), count_macs(module, example)
+    """Export ``module`` to ONNX (kept in ``workdir`` if given, else a temp folder) and measure it there.
+
+    ``module`` may be an ``nn.Module`` or TorchScript (see ``count_macs``).
+    """
+    parameters = count_parameters(module)
     with tempfile.TemporaryDirectory(prefix="edgekiln-measure-") as tmp:
         folder = Path(workdir) if workdir is not None else Path(tmp)
         path = export_onnx(module, example, folder / "model.onnx")
+        macs = count_macs(module, example, onnx_path=path)
         measured = measure_onnx(path, images, labels=labels, reference_logits=reference_logits,
                                 iterations=iterations, parameters=parameters, macs=macs, threads=threads)
     measured.nonzero_parameters = count_nonzero(module)
@@ -131,7 +170,7 @@ def measure_onnx(path: Path, images: np.ndarray, *, labels: np.ndarray | None = 
     info = runner.inputs[0]
     p50, p90 = _latency(runner, {info.name: images[:1].astype(info.dtype, copy=False)}, iterations)
     batch = info.shape[0] if isinstance(info.shape[0], int) else _EVAL_BATCH
-    logits = _onnx_logits(runner, images.astype(info.dtype, copy=False), batch)
+    logits = onnx_logits(runner, images.astype(info.dtype, copy=False), batch)
     return ModelMeasure(parameters=parameters or 0, macs=macs or 0, onnx_bytes=_onnx_bytes(Path(path)),
                         latency_p50_ms=p50, latency_p90_ms=p90,
                         accuracy=None if labels is None else top1_match(logits, labels),
@@ -167,7 +206,7 @@ def _latency(runner: Any, feed: dict[str, np.ndarray], iterations: int) -> tuple
     return statistics.median(times), float(np.percentile(times, 90))
 
 
-def _onnx_logits(runner: Any, images: np.ndarray, batch: int) -> np.ndarray:
+def onnx_logits(runner: Any, images: np.ndarray, batch: int) -> np.ndarray:
     """The first output on all ``images``, ``batch`` at a time (a fixed-batch model gets a padded last batch)."""
     name, output = runner.inputs[0].name, runner.outputs[0].name
     chunks = []
@@ -184,11 +223,13 @@ def _onnx_bytes(path: Path) -> int:
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
-def _first_tensor(torch: Any, value: Any) -> Any:
+def first_tensor(torch: Any, value: Any) -> Any:
+    """The first tensor of a forward() result (the class scores), through nested tuples, lists and dicts."""
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, dict) and value:
-        return _first_tensor(torch, next(iter(value.values())))
+        return first_tensor(torch, next(iter(value.values())))
     if isinstance(value, (list, tuple)) and value:
-        return _first_tensor(torch, value[0])
-    raise UsageError(f"the model returns a {type(value).__name__}; measuring needs a tensor of class scores")
+        return first_tensor(torch, value[0])
+    raise UsageError(f"the model returns a {type(value).__name__}; measuring and training need a tensor of "
+                     "class scores")

@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from toolchain.compress import pruners, torch_io
+from toolchain.compress.checks import is_whole_number
 from toolchain.compress.data import ImageSplit, load_images
 from toolchain.compress.measure import ModelMeasure, measure_module, predict_logits
-from toolchain.compress.model_io import check_output_path, load_module, save_pruned, serializable
-from toolchain.compress import pruners
 from toolchain.errors import UsageError
+from toolchain.inputs import parse_kwargs
 from toolchain.lazy import require
 
 __all__ = ["PruneOptions", "PruneReport", "PruneResult", "StepRecord", "api_prune", "prune_module", "save_pruned"]
@@ -69,9 +70,9 @@ class PruneOptions:
                              "pruning only")
         for name in ("steps", "taylor_batches", "latency_iterations"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_whole_number(value, 1):
                 raise UsageError(f"{name.replace('_', ' ')} must be a whole number of at least 1, got {value!r}")
-        if isinstance(self.recover_epochs, bool) or not isinstance(self.recover_epochs, int) or self.recover_epochs < 0:
+        if not is_whole_number(self.recover_epochs, 0):
             raise UsageError(f"--recover-epochs must be 0 or more, got {self.recover_epochs!r}")
 
 
@@ -267,7 +268,6 @@ def api_prune(source: Path | None, output: Path, *, ratio: float, importance: st
     ``calib`` is an unlabelled image folder; ``labels`` a class-per-sub-folder one (it then supplies the
     images too, and accuracy is reported). ``cache_dir`` is edgekiln's cache root, as for ``calibrate``.
     """
-    from toolchain.api import _model_kwargs
     from toolchain.calibrate import calibration_cache_dir
 
     started = time.perf_counter()
@@ -276,15 +276,25 @@ def api_prune(source: Path | None, output: Path, *, ratio: float, importance: st
                            latency_iterations=latency_iterations)
     options.validate()  # option mistakes fail before the model and the images are loaded
     output = Path(output)
-    check_output_path(output)
-    loaded = load_module(Path(source) if source else None, inputs=inputs, model_class=model_class,
-                         weights=weights, model_kwargs=_model_kwargs(model_kwargs), trust_pickle=trust_pickle)
-    serializable(loaded.module, loaded.example, output.suffix.lower())  # untraceable models fail now, not at the end
+    torch_io.check_save_suffix(output, allow_state_dict=False)
+    loaded = torch_io.load_module(Path(source) if source else None, inputs=inputs, model_class=model_class,
+                                  weights=weights, model_kwargs=parse_kwargs(model_kwargs, "--model-kwargs"),
+                                  trust_pickle=trust_pickle)
+    # Untraceable models fail now, not at the end.
+    torch_io.check_saveable(loaded.module, loaded.example, None, output, allow_state_dict=False)
     data = _data(calib, labels, loaded.input_shape, holdout, train_count, seed, preprocess,
                  calibration_cache_dir(cache_dir, no_cache))
     pruned, report = prune_module(loaded.module, loaded.example, options, data=data)
     save_pruned(pruned, loaded.example, output)
     return PruneResult(output, loaded.source_format, data.summary, report, time.perf_counter() - started)
+
+
+def save_pruned(module: Any, example: Any, output: Path) -> Path:
+    """Write a pruned ``module`` as TorchScript (``.pt``, trace checked) or a ``torch.export`` program (``.pt2``).
+
+    A state dict is refused: the pruned layers no longer fit the original class's shapes.
+    """
+    return torch_io.save_module(module, example, None, output, allow_state_dict=False)
 
 
 def _data(calib: Path | None, labels: Path | None, input_shape: tuple[int, ...], holdout: int,

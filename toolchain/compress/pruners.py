@@ -62,9 +62,9 @@ def final_layers(torch: Any, module: Any, example: Any) -> list[tuple[str, Any]]
             handle.remove()
     if not order:
         raise UsageError("the model has no convolution or linear layer to prune")
-    from toolchain.frontends.torch_frontend import _flatten_outputs
+    from toolchain.frontends.torch_frontend import flatten_outputs
 
-    returned = {id(t) for t in _flatten_outputs(torch, outputs)}
+    returned = {id(t) for t in flatten_outputs(torch, outputs)}
     found = {name: layer for name, layer, out in order if id(out) in returned}
     found.setdefault(order[-1][0], order[-1][1])
     return list(found.items())

@@ -40,9 +40,8 @@ from typing import Any
 import numpy as np
 
 from toolchain.errors import ConversionError, UsageError, VerificationError
-from toolchain.lazy import require
+from toolchain.inputs import parse_kwargs
 
-_PURPOSE = "Quantization-aware training"
 # The exported QDQ model must reproduce the fake-quant model it came from at least this well.
 MIN_EXPORT_COSINE = 0.98
 INT4_OPSET = 21
@@ -122,8 +121,8 @@ def api_qat(source: str | Path | None, output: str | Path, *, calib: str | Path,
     check_writable_destination(output)
     model = torch_io.load_torch_module(Path(source) if source else None, model_class=model_class,
                                        weights=Path(weights) if weights else None,
-                                       model_kwargs=torch_io.parse_kwargs(model_kwargs, "--model-kwargs"),
-                                       trust_pickle=trust_pickle)
+                                       model_kwargs=parse_kwargs(model_kwargs, "--model-kwargs"),
+                                       trust_pickle=trust_pickle, allow_torchscript=False)
     split = load_images(Path(calib), torch_io.input_shape(inputs), holdout=holdout, count=count, seed=seed,
                         preprocess=preprocess, labels=labels, cache_dir=Path(cache_dir) if cache_dir else None)
     with tempfile.TemporaryDirectory(prefix="edgekiln-qat-") as tmp:
@@ -211,9 +210,9 @@ class _Run:
         ranges = ActivationRanges.load(path.with_suffix(".ranges.json"))
         if self.options.weight_bits == 4:  # same ranges, 4-bit weights: PTQ at the settings QAT uses
             from toolchain.onnx_io import load_onnx, save_onnx
-            from toolchain.passes.quantize import named_copy
+            from toolchain.passes.quantize import named_copy, quantize_static
 
-            save_onnx(quantize_int4(named_copy(load_onnx(fp32_path)), ranges, self.config), path)
+            save_onnx(quantize_static(named_copy(load_onnx(fp32_path)), ranges, self.config, weight_bits=4), path)
         if self.is_tensorrt:  # measure PTQ in the same form as the QAT output, so sizes compare like with like
             from toolchain.onnx_io import load_onnx, save_onnx
 
@@ -232,8 +231,7 @@ class _Run:
                          - {i.name for i in model.graph.input})
         if missing:  # same module class and exporter, so this would be a bug, not a user error
             raise ConversionError(f"the fine-tuned model's ONNX lacks tensors the PTQ ranges name: {missing[:3]}")
-        quantized = (quantize_int4(model, ranges, self.config) if self.options.weight_bits == 4
-                     else quantize_static(model, ranges, self.config))
+        quantized = quantize_static(model, ranges, self.config, weight_bits=self.options.weight_bits)
         if self.is_tensorrt:
             quantized = _tensorrt_form(quantized)
         path = self.workdir / "qat.onnx"
@@ -241,63 +239,30 @@ class _Run:
         return path
 
     def _measure(self, fp32_path: Path, ptq_path: Path, qat_path: Path) -> tuple[Any, Any, Any]:
-        from toolchain.compress.measure import count_parameters, measure_onnx, predict_logits
-        from toolchain.model_info import summarize
-        from toolchain.onnx_io import load_onnx
+        from toolchain.compress.measure import count_parameters, measure_onnx, onnx_macs, predict_logits
 
         reference = predict_logits(self.model, self.split.held_out)
-        parameters, macs = count_parameters(self.model), summarize(load_onnx(fp32_path)).macs
+        parameters, macs = count_parameters(self.model), onnx_macs(fp32_path)
         return tuple(measure_onnx(path, self.split.held_out, labels=self.split.held_out_labels,
                                   reference_logits=reference, iterations=self.iterations, parameters=parameters,
                                   macs=macs) for path in (fp32_path, ptq_path, qat_path))
 
 
 def export_onnx(module: Any, example: np.ndarray, path: Path, opset: int) -> Path:
-    """The TorchScript-based exporter with a dynamic batch axis, at the target's opset (as ``convert``)."""
-    torch = require("torch", _PURPOSE)
-    from toolchain.compress.measure import export_onnx as export_default
-    from toolchain.frontends.torch_frontend import _export_to_proto
-    from toolchain.onnx_io import save_onnx
+    """The TorchScript-based exporter with a dynamic batch axis, at the target's opset (as ``convert``).
 
-    tensor = torch.from_numpy(np.ascontiguousarray(example))
-    if opset == 17:
-        return export_default(module, tensor, path)  # measure's exporter: same names as every measured model
-    kwargs = dict(input_names=["input"], output_names=["output"], opset_version=opset, dynamo=False,
-                  do_constant_folding=True, dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-    save_onnx(_export_to_proto(torch, module.eval(), (tensor,), kwargs), path)
-    return path
+    ``measure.export_onnx`` at another opset: the same tensor names as every measured model.
+    """
+    from toolchain.compress.measure import export_onnx as export_at
+
+    return export_at(module, example, path, opset)
 
 
 def quantize_int4(model: Any, ranges: Any, config: Any) -> Any:
-    """``toolchain.passes.quantize.quantize_static`` with int4 per-channel weights (opset 21).
+    """``quantize_static`` with int4 per-channel weights (needs opset 21); activations keep the config's type."""
+    from toolchain.passes.quantize import quantize_static
 
-    ``QuantizeConfig`` only knows 8-bit weight types, so ORT's quantizer is called here with the
-    same arguments that pass uses, and ``QInt4`` weights; activations keep the target's 8-bit type.
-    """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static as ort_quantize_static
-
-    from toolchain.errors import first_line
-    from toolchain.passes.quantize import _METHODS, _QUANT_LOGGERS, _TYPES, _ort_cache, _save_temp
-    from toolchain.quiet import quiet
-
-    import onnx
-
-    with tempfile.TemporaryDirectory(prefix="edgekiln-int4-") as tmp, quiet(*_QUANT_LOGGERS):
-        cache, out = Path(tmp) / "ranges.json", Path(tmp) / "quantized.onnx"
-        _ort_cache(ranges, cache)
-        try:
-            ort_quantize_static(
-                _save_temp(model, Path(tmp), "model.onnx"), out, None, quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(config.op_types), per_channel=True,
-                activation_type=getattr(QuantType, _TYPES[config.activation_type]), weight_type=QuantType.QInt4,
-                nodes_to_exclude=list(config.nodes_to_exclude),
-                calibrate_method=getattr(CalibrationMethod, _METHODS[ranges.method]),
-                extra_options={"ActivationSymmetric": config.activation_symmetric, "WeightSymmetric": True},
-                calibration_cache_path=cache)
-        except Exception as exc:  # ORT's quantizer raises many exception types
-            raise ConversionError(f"4-bit quantization failed: {first_line(exc)}") from exc
-        return onnx.load(str(out))
+    return quantize_static(model, ranges, config, weight_bits=4)
 
 
 def _tensorrt_form(model: Any) -> Any:
@@ -315,10 +280,10 @@ def _tensorrt_form(model: Any) -> Any:
 def export_check(path: Path, fake_quant_logits: np.ndarray, images: np.ndarray) -> ExportCheck:
     """Run the exported model in ONNX Runtime and compare it with the fake-quant torch model."""
     from backends.onnxruntime.runner import OnnxRuntimeRunner
-    from toolchain.compress.measure import _onnx_logits, top1_agreement
+    from toolchain.compress.measure import onnx_logits, top1_agreement
 
     runner = OnnxRuntimeRunner.from_path(path)
-    logits = _onnx_logits(runner, images.astype(np.float32, copy=False), 64)
+    logits = onnx_logits(runner, images.astype(np.float32, copy=False), 64)
     a = logits.reshape(len(logits), -1).astype(np.float64)
     b = fake_quant_logits.reshape(len(fake_quant_logits), -1).astype(np.float64)
     cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)

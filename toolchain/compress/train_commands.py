@@ -83,6 +83,19 @@ def _training_options(command: Any) -> Any:
     return command
 
 
+def _print_result(result: Any, as_json: bool, title: str, measures: list[tuple[str, Any]]) -> bool:
+    """``result`` as JSON, or its images, epochs and measures tables; True when the tables were printed."""
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=1))
+        return False
+    from toolchain.report import say
+
+    say(f"images: {result.images}")
+    print_epochs(result.report)
+    print_measures(title, measures)
+    return True
+
+
 def _given(**values: Any) -> dict:
     """Only the flags the user set, so the API's defaults (which differ between commands) apply otherwise."""
     return {k: v for k, v in values.items() if v is not None}
@@ -121,15 +134,11 @@ def distill(teacher_source: Path | None, teacher_class: str | None, teacher_weig
                          progress=None if as_json else _log_epoch,
                          **_given(batch_size=batch_size, lr=lr, temperature=temperature,
                                   hard_label_weight=hard_label_weight), **options)
-    if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=1))
+    title = "teacher vs student (ONNX Runtime on this CPU, held-out images; agreement with the teacher)"
+    if not _print_result(result, as_json, title, [("teacher", result.teacher), ("student", result.student)]):
         return
     from toolchain.report import say
 
-    say(f"images: {result.images}")
-    print_epochs(result.report)
-    print_measures("teacher vs student (ONNX Runtime on this CPU, held-out images; agreement with the teacher)",
-                   [("teacher", result.teacher), ("student", result.student)])
     say(f"wrote {result.output} ({result.seconds:.1f} s)")
 
 
@@ -166,16 +175,13 @@ def qat(source: Path | None, calib: Path, epochs: int, target: str, weight_bits:
                      progress=None if as_json else _log_epoch,
                      **_given(batch_size=batch_size, lr=lr, temperature=temperature,
                               hard_label_weight=hard_label_weight), **options)
-    if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=1))
+    title = (f"FP32 vs post-training INT8 vs QAT INT8 for {target} (ONNX Runtime on this CPU, held-out images; "
+             "agreement with FP32)")
+    if not _print_result(result, as_json, title, [("fp32", result.fp32), ("ptq int8", result.ptq),
+                                                  ("qat int8", result.qat)]):
         return
     from toolchain.report import say
 
-    say(f"images: {result.images}")
-    print_epochs(result.report)
-    print_measures(f"FP32 vs post-training INT8 vs QAT INT8 for {target} (ONNX Runtime on this CPU, held-out "
-                   "images; agreement with FP32)", [("fp32", result.fp32), ("ptq int8", result.ptq),
-                                                    ("qat int8", result.qat)])
     check = result.export_check
     say(f"exported QDQ vs fake-quant PyTorch: top-1 agreement {check.agreement:.2%}, "
         f"cosine min {check.min_cosine:.5f} / mean {check.mean_cosine:.5f}")

@@ -38,12 +38,12 @@ def ingest_torch(source: Path | None, kind: str, options: ConvertOptions) -> Ing
     if kind == "torch-export":
         return _ingest_exported_program(torch, source, options)
     if kind == "state-dict":
-        module, source_format = _module_from_state_dict(torch, options.weights or source, options), "state-dict"
+        module, source_format = module_from_state_dict(torch, options.weights or source, options), "state-dict"
     else:
-        module, source_format = _load_torch_file(torch, source, options)
+        module, source_format = load_torch_file(torch, source, options)
     module.eval()
     specs = _named_input_specs(options)
-    example = tuple(_example_tensor(torch, spec) for spec in specs)
+    example = tuple(example_tensor(torch, spec) for spec in specs)
     output_names = _output_names(torch, module, example)
     exporter = "torchscript" if options.exporter == "auto" else options.exporter
     if exporter == "dynamo" and isinstance(module, torch.jit.ScriptModule):
@@ -57,7 +57,11 @@ def ingest_torch(source: Path | None, kind: str, options: ConvertOptions) -> Ing
 # --- loading -----------------------------------------------------------------------------------
 
 
-def _load_torch_file(torch: Any, source: Path, options: ConvertOptions) -> tuple[Any, str]:
+def load_torch_file(torch: Any, source: Path, options: ConvertOptions) -> tuple[Any, str]:
+    """A TorchScript module or (with ``--trust-pickle`` only) a pickled ``nn.Module``, and its format name.
+
+    A state dict is refused with a hint to give its class; nothing else is unpickled unsafely.
+    """
     require_file(source, "PyTorch model")
     if source.stat().st_size == 0:
         raise InputFileError(f"PyTorch model '{source}' is empty")
@@ -116,7 +120,7 @@ def _is_refused_pickle(torch: Any, exc: Exception, source: Path) -> bool:
     if not isinstance(exc, torch.serialization.pickle.UnpicklingError):
         return False
     if zipfile.is_zipfile(source):
-        return True  # _load_torch_file already checked it holds data.pkl
+        return True  # load_torch_file already checked it holds data.pkl
     with open(source, "rb") as handle:
         return handle.read(1) == b"\x80"
 
@@ -129,7 +133,8 @@ def _load_trusted_pickle(torch: Any, source: Path) -> Any:
                              hint="The model's class must be importable (check PYTHONPATH).") from exc
 
 
-def _module_from_state_dict(torch: Any, weights: Path, options: ConvertOptions) -> Any:
+def module_from_state_dict(torch: Any, weights: Path, options: ConvertOptions) -> Any:
+    """``options.model_class(**options.model_kwargs)`` with the state dict ``weights`` loaded (every key must match)."""
     require_file(weights, "weights file")
     model_cls = import_model_class(options.model_class or "")
     try:
@@ -195,7 +200,8 @@ def _named_input_specs(options: ConvertOptions) -> list[InputSpec]:
     return list(options.inputs)
 
 
-def _example_tensor(torch: Any, spec: InputSpec) -> Any:
+def example_tensor(torch: Any, spec: InputSpec) -> Any:
+    """A seeded example input for ``spec`` at batch 1: standard-normal floats, zeros for integer inputs."""
     shape = spec.concrete_shape(batch=1)
     rng = np.random.default_rng(0)
     if np.issubdtype(spec.numpy_dtype, np.floating):
@@ -203,13 +209,14 @@ def _example_tensor(torch: Any, spec: InputSpec) -> Any:
     return torch.from_numpy(np.zeros(shape, dtype=spec.numpy_dtype))
 
 
-def _flatten_outputs(torch: Any, value: Any) -> list[Any]:
+def flatten_outputs(torch: Any, value: Any) -> list[Any]:
+    """The tensors of a forward() result (nested tuples, lists and dicts) in order; anything else is an error."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, dict):
-        return [t for v in value.values() for t in _flatten_outputs(torch, v)]
+        return [t for v in value.values() for t in flatten_outputs(torch, v)]
     if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _flatten_outputs(torch, v)]
+        return [t for v in value for t in flatten_outputs(torch, v)]
     raise ConversionError(f"the model returns a {type(value).__name__}; only tensors, tuples, lists and dicts export")
 
 
@@ -222,7 +229,7 @@ def _output_names(torch: Any, module: Any, example: tuple) -> list[str]:
                          hint="Check the --input shapes and dtypes.") from exc
     if isinstance(value, dict) and all(isinstance(v, torch.Tensor) for v in value.values()):
         return [str(k) for k in value]
-    count = len(_flatten_outputs(torch, value))
+    count = len(flatten_outputs(torch, value))
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
 
@@ -245,7 +252,7 @@ def _reference(torch: Any, module: Any, input_names: list[str], output_names: li
     def run(feed: Feed) -> Feed:
         with torch.no_grad():
             value = module(*[torch.from_numpy(np.ascontiguousarray(feed[n])) for n in input_names])
-        tensors = _flatten_outputs(torch, value)
+        tensors = flatten_outputs(torch, value)
         return {name: t.detach().cpu().numpy() for name, t in zip(output_names, tensors)}
 
     return run
@@ -264,10 +271,14 @@ def _export(torch: Any, module: Any, example: tuple, input_names: list[str], out
         kwargs.update(dynamo=True, optimize=True, verbose=False)
     else:
         kwargs.update(dynamo=False, do_constant_folding=True)
-    return _export_to_proto(torch, module, example, kwargs)
+    return export_to_proto(torch, module, example, kwargs)
 
 
-def _export_to_proto(torch: Any, module: Any, example: tuple, kwargs: dict[str, Any]) -> onnx.ModelProto:
+def export_to_proto(torch: Any, module: Any, example: tuple, kwargs: dict[str, Any]) -> onnx.ModelProto:
+    """``torch.onnx.export(module, example, **kwargs)`` to a checked, shape-inferred ``ModelProto``.
+
+    Exporter failures become one-line ``ConversionError``s; the exporters' log noise is silenced.
+    """
     with tempfile.TemporaryDirectory(prefix="edgekiln-export-") as tmp:
         path = Path(tmp) / "model.onnx"
         try:
@@ -304,7 +315,7 @@ def _ingest_exported_program(torch: Any, source: Path, options: ConvertOptions) 
     require("onnxscript", "The dynamo ONNX exporter")
     kwargs = dict(input_names=input_names, output_names=output_names, opset_version=options.opset_or_default,
                   dynamo=True, optimize=True, verbose=False)
-    model = _export_to_proto(torch, program, tuple(args), kwargs)
+    model = export_to_proto(torch, program, tuple(args), kwargs)
     return IngestedModel(model=model, reference=_reference(torch, module, input_names, output_names),
                          source_format="torch-export", framework="torch", framework_version=torch.__version__,
                          notes=["exported with the dynamo exporter"])

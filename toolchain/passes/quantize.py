@@ -157,11 +157,21 @@ def _ort_cache(ranges: ActivationRanges, path: Path) -> None:
     save_tensors_data(TensorsData(method, data), path)
 
 
-def quantize_static(model: onnx.ModelProto, ranges: ActivationRanges, config: QuantizeConfig) -> onnx.ModelProto:
-    """A QDQ INT8 model from ``model`` and precomputed activation ``ranges``."""
+def quantize_static(model: onnx.ModelProto, ranges: ActivationRanges, config: QuantizeConfig, *,
+                    weight_bits: Literal[8, 4] = 8) -> onnx.ModelProto:
+    """A QDQ INT8 model from ``model`` and precomputed activation ``ranges``.
+
+    ``weight_bits=4`` stores the weights as ORT's ``QInt4`` instead of ``config.weight_type``
+    (activations keep the config's 8-bit type). Such a model needs opset 21 and runs only on ONNX
+    Runtime, which has no int4 kernels: QAT asks for it explicitly, and it is not a ``QuantizeConfig``
+    choice that targets and recipes could make.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
+    if weight_bits not in (8, 4):
+        raise UsageError(f"weights are quantized to 8 or 4 bits, not {weight_bits!r}")
+    weight_type = QuantType.QInt4 if weight_bits == 4 else getattr(QuantType, _TYPES[config.weight_type])
     with tempfile.TemporaryDirectory(prefix="edgekiln-quant-") as tmp, quiet(*_QUANT_LOGGERS):
         cache = Path(tmp) / "ranges.json"
         _ort_cache(ranges, cache)
@@ -171,7 +181,7 @@ def quantize_static(model: onnx.ModelProto, ranges: ActivationRanges, config: Qu
                 _save_temp(model, Path(tmp), "model.onnx"), out, None, quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(config.op_types), per_channel=config.per_channel,
                 reduce_range=config.reduce_range, activation_type=getattr(QuantType, _TYPES[config.activation_type]),
-                weight_type=getattr(QuantType, _TYPES[config.weight_type]),
+                weight_type=weight_type,
                 nodes_to_exclude=list(config.nodes_to_exclude),
                 nodes_to_quantize=list(config.nodes_to_quantize) or None,
                 calibrate_method=getattr(CalibrationMethod, _METHODS[ranges.method]),
@@ -179,7 +189,8 @@ def quantize_static(model: onnx.ModelProto, ranges: ActivationRanges, config: Qu
                                "WeightSymmetric": config.weight_symmetric},
                 calibration_cache_path=cache)
         except Exception as exc:  # ORT's quantizer raises many exception types
-            raise ConversionError(f"static quantization failed: {first_line(exc)}") from exc
+            what = "4-bit quantization" if weight_bits == 4 else "static quantization"
+            raise ConversionError(f"{what} failed: {first_line(exc)}") from exc
         return onnx.load(str(out))
 
 
