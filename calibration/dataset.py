@@ -21,6 +21,7 @@ import json
 import os
 import random
 import zipfile
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,7 +132,7 @@ def build_calibration_set(
     if found.kind != "images":
         built, state = _load_arrays(found, cal_items, hold_items), "off"
     elif cache_dir is None:
-        built, state = _decode_images(found, cal_items, hold_items), "off"
+        built, state = _decoded_in_this_process(key, found, cal_items, hold_items), "off"
     else:
         built, state, cache_notes = _cached_images(Path(cache_dir), key, found, cal_items, hold_items)
         notes += cache_notes
@@ -429,6 +430,25 @@ class _Built:
     holdout_files: list[str]
     holdout_labels: np.ndarray | None
     skipped: list[tuple[str, str]]  # chosen samples that could not be read
+
+
+# Decoded image sets of this process by key (content hashes included), so one build's targets share
+# one decode even without a disk cache (--no-cache). The arrays are read-only, so sharing is safe.
+_DECODED: OrderedDict[str, _Built] = OrderedDict()
+_DECODED_LIMIT = 4
+
+
+def _decoded_in_this_process(key: str, found: _Found, cal: list[_Item], hold: list[_Item]) -> _Built:
+    if key in _DECODED:
+        _DECODED.move_to_end(key)
+        return _DECODED[key]
+    built = _decode_images(found, cal, hold)
+    for array in (built.calibration, built.holdout):
+        array.flags.writeable = False
+    _DECODED[key] = built
+    while len(_DECODED) > _DECODED_LIMIT:
+        _DECODED.popitem(last=False)
+    return built
 
 
 def _decode_images(found: _Found, cal: list[_Item], hold: list[_Item]) -> _Built:

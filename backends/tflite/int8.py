@@ -141,15 +141,13 @@ def quantize_int8(saved_model: Path, model: onnx.ModelProto, bindings: IOBinding
     log.info("TFLite INT8: calibrating on %d samples", len(samples.calibration))
     model_bytes = lower(saved_model, config, _feeder(samples.calibration, bindings))
     details: dict[str, Any] = {"calibration": samples.summary, "per_channel": per_channel, "io_dtype": io_dtype}
-    if len(samples.holdout) == 0:
-        if quant.budget is not None:
-            raise UsageError("the accuracy guard needs held-out samples; raise --holdout or pass --no-guard")
+    if quant.budget is None:  # --no-guard: no held-out comparison either (as on the ONNX Runtime path)
         return Int8Result(model_bytes, None, details)
+    if len(samples.holdout) == 0:
+        raise UsageError("the accuracy guard needs held-out samples; raise --holdout or pass --no-guard")
     reference = _reference_outputs(model, samples)
     quality = measure(model_bytes, bindings, samples, reference)
     details["quality"] = quality.to_dict()
-    if quant.budget is None:
-        return Int8Result(model_bytes, quality, details)
     guard = GuardLog(quant.budget)
     try:
         if guard.add([], quality):
