@@ -159,6 +159,7 @@ class Built:
 
 
 def _build(model: onnx.ModelProto, plan: BuildPlan, quant: Any, work: Path, log_path: Path) -> Built:
+    from backends.tflite.converter import preload_tensorflow
     from backends.tflite.onnx2tf_run import convert_to_saved_model
 
     from backends.tflite.prepare import zero_pad_maxpools
@@ -167,7 +168,7 @@ def _build(model: onnx.ModelProto, plan: BuildPlan, quant: Any, work: Path, log_
     prepared, rewritten = zero_pad_maxpools(_simplified(model))
     if rewritten:
         log.info("TFLite: %d padded MaxPool(s) after ReLU made explicit zero pads (exact)", rewritten)
-    saved = convert_to_saved_model(prepared, work, log_path)
+    saved = convert_to_saved_model(prepared, work, log_path, while_waiting=preload_tensorflow)
     float_model = lower(saved.path, LowerConfig("fp32"))
     bindings = bind(model, float_model)
     log.info("TFLite: onnx2tf %s in %.1f s", "reused" if saved.reused else "converted", saved.seconds)

@@ -44,6 +44,13 @@ def _tf():
     return require("tensorflow", "Lowering to TFLite")
 
 
+def preload_tensorflow() -> None:
+    """Import TensorFlow now, its native start-up logs captured: the build calls this while onnx2tf
+    runs in its child process, so the two imports overlap instead of adding up (about 3 s each)."""
+    with quiet(*_TF_LOGGERS), native_stderr_captured():
+        _tf()
+
+
 def _converter(saved_model: Path, config: LowerConfig, representative: Representative | None):
     tf = _tf()
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import subprocess
@@ -36,6 +37,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -137,8 +139,11 @@ def _job(model_file: str) -> dict:
 
 def convert_to_saved_model(model: onnx.ModelProto, workdir: Path, log_path: Path, *,
                            timeout_s: float = DEFAULT_TIMEOUT_S, cache: ConversionCache | None = _CACHE,
-                           progress: Callable[[str], None] | None = None) -> SavedModel:
+                           progress: Callable[[str], None] | None = None,
+                           while_waiting: Callable[[], None] | None = None) -> SavedModel:
     """Convert ``model`` to a SavedModel; the full onnx2tf output goes to ``log_path``.
+
+    ``while_waiting`` runs in this process while the child converts (not when the result is reused).
 
     ``workdir`` is the child's private working folder. The SavedModel path returned stays valid for
     the life of the process when ``cache`` is used, else as long as ``workdir``.
@@ -155,7 +160,7 @@ def convert_to_saved_model(model: onnx.ModelProto, workdir: Path, log_path: Path
     onnx.save(model, str(workdir / "model.onnx"))
     _write_sample_images(workdir)
     command = [sys.executable, "-c", _SCRIPT, json.dumps(job)]
-    returncode = _run_logged(command, workdir, log_path, timeout_s, progress or log.info)
+    returncode = _run_logged(command, workdir, log_path, timeout_s, progress or log.info, while_waiting)
     saved = workdir / SAVED_MODEL_DIR
     text = log_path.read_text(errors="replace")
     if returncode != 0 or not (saved / "saved_model.pb").is_file():
@@ -169,27 +174,50 @@ def convert_to_saved_model(model: onnx.ModelProto, workdir: Path, log_path: Path
 
 
 def _run_logged(command: list[str], cwd: Path, log_path: Path, timeout_s: float,
-                progress: Callable[[str], None]) -> int:
+                progress: Callable[[str], None], while_waiting: Callable[[], None] | None = None) -> int:
+    """Run the child, copying its output to ``log_path``; ``while_waiting`` runs here meanwhile.
+
+    A reader thread drains the child's output, so this thread is free for ``while_waiting`` (the
+    build imports TensorFlow then, in parallel with the child's own import). Phase messages wait in
+    a queue and are reported from this thread, never while ``while_waiting`` captures stderr.
+    """
+    phases: queue.Queue[str | None] = queue.Queue()
     with open(log_path, "w", encoding="utf-8") as sink:
         process = subprocess.Popen(command, cwd=cwd, env=_offline_env(), stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace")
         # A watchdog, not a per-line check: a hung converter may print nothing at all.
         watchdog = threading.Timer(timeout_s, process.kill)
         watchdog.start()
+        reader = threading.Thread(target=_copy_output, args=(process, sink, phases), daemon=True)
+        reader.start()
         try:
-            for line in process.stdout or ():
-                plain = _ANSI.sub("", line)
-                sink.write(plain)
-                phase = next((msg for marker, msg in _PHASES.items() if marker in plain), None)
-                if phase:
-                    progress(phase)
+            if while_waiting is not None:
+                while_waiting()
+            while (phase := phases.get()) is not None:
+                progress(phase)
+        except BaseException:
+            process.kill()
+            raise
         finally:
+            reader.join()
             returncode = process.wait()
             timed_out = not watchdog.is_alive() and returncode < 0
             watchdog.cancel()
         if timed_out:
             sink.write(f"\nERROR: edgekiln stopped onnx2tf after {timeout_s:.0f} s\n")
     return returncode
+
+
+def _copy_output(process: subprocess.Popen, sink: Any, phases: queue.Queue) -> None:
+    try:
+        for line in process.stdout or ():
+            plain = _ANSI.sub("", line)
+            sink.write(plain)
+            phase = next((msg for marker, msg in _PHASES.items() if marker in plain), None)
+            if phase:
+                phases.put(phase)
+    finally:
+        phases.put(None)
 
 
 def _keep_failed_log(log_path: Path) -> Path:
