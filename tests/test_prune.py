@@ -259,3 +259,17 @@ def test_entry_point_prunes_and_reports_bad_input_in_one_line(tmp_path):
                             text=True, timeout=120)
     assert failed.returncode == 2, failed.stderr
     assert failed.stderr.startswith("error: --ratio must be between 0 and 1") and failed.stderr.count("\n") == 1
+
+
+def test_python_api_mirrors_the_command_and_its_output_feeds_build(tmp_path):
+    from toolchain import api
+    from toolchain.examples import fashion_mnist as example_package
+
+    result = api.prune(None, tmp_path / "pruned.pt", ratio=0.5, model_class=example_package.MODEL_CLASS,
+                       weights=example_package.weights_path(), inputs=["1x1x28x28"],
+                       calib=example_package.samples_dir(), recover_epochs=0, holdout=64)
+    assert result.report.after_pruning.parameters < 0.5 * result.report.before.parameters
+    built = api.build(tmp_path / "pruned.pt", tmp_path / "build", targets=["x86"], inputs=["input:1x1x28x28"],
+                      bench_iterations=0, labels=example_package.samples_dir(), preprocess="gray01",
+                      cache_dir=tmp_path / "cache")
+    assert built.targets[0]["accuracy"]["images"] == 300

@@ -324,3 +324,28 @@ def backends() -> list[dict[str, Any]]:
         rows.append({"name": backend.name, "available": available, "status": reason,
                      "precisions": list(backend.capabilities.precisions), "description": backend.description})
     return rows
+
+
+# Compression before export (PyTorch): the options are those of the functions named, one per CLI flag.
+def prune(source: PathLike | None, output: PathLike, *, ratio: float, **options: Any):
+    """``edgekiln prune``: structured (or unstructured) pruning, distillation recovery, measured after export.
+    Options: ``toolchain.compress.prune.api_prune``."""
+    from toolchain.compress.prune import api_prune
+
+    return api_prune(Path(source) if source else None, Path(output), ratio=ratio, **options)
+
+
+def distill(teacher: PathLike | None, student_class: str, output: PathLike, *, images: PathLike, **options: Any):
+    """``edgekiln distill``: train a smaller student on a teacher's outputs on unlabelled images.
+    Options: ``toolchain.compress.distill.api_distill``."""
+    from toolchain.compress.distill import api_distill
+
+    return api_distill(teacher, student_class, output, images=images, **options)
+
+
+def qat(source: PathLike | None, output: PathLike, *, calib: PathLike, **options: Any):
+    """``edgekiln qat``: quantization-aware fine-tuning to QDQ INT8 ONNX, compared with FP32 and PTQ.
+    Options: ``toolchain.compress.qat.api_qat``."""
+    from toolchain.compress.qat import api_qat
+
+    return api_qat(source, output, calib=calib, **options)
