@@ -158,6 +158,129 @@ def test_tensorrt_target_via_the_command_is_symmetric_int8_in_tensorrt_form(tmp_
     assert data["export_check"]["min_cosine"] > 0.99
 
 
+def dequantized_weights(model: onnx.ModelProto) -> list[np.ndarray]:
+    """The weights of every Conv/Gemm of a QDQ model as its DequantizeLinear nodes give them, in node order."""
+    inits = initializers(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    found = []
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm") and node.input[1] in producers:
+            dq = producers[node.input[1]]
+            values, scales = inits[dq.input[0]].astype(np.float32), inits[dq.input[1]]
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+            shape = [1] * values.ndim
+            shape[axis] = -1
+            found.append(values * scales.reshape(shape))
+    return found
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_fake_quant_model_is_the_exported_model_before_fine_tuning(split, tmp_path, bits):
+    """Untrained, the fake-quant model QAT fine-tunes and the QDQ ONNX it exports (same path as ``api_qat``) agree.
+
+    The export folds BatchNorm into the convolutions and ORT quantizes the folded weights; the fake-quant
+    model must quantize those same weights on the same grid, int4's -7.5 ties included.
+    """
+    from backends.onnxruntime.runner import OnnxRuntimeRunner
+    from toolchain.compress.measure import onnx_logits, predict_logits, top1_agreement
+    from toolchain.compress.qat import QatOptions, _Run, unmatched_weights
+
+    model = load_torch_module(None, model_class=fm.MODEL_CLASS, weights=fm.weights_path())
+    run = _Run(model, split, "x86", QatOptions(weight_bits=bits), tmp_path, 1)
+    _ptq, ranges = run._ptq(run._export(model, "fp32.onnx"))
+    student = fakequant.fake_quant_model(model, run.scheme)
+    fakequant.calibrate(student, split.train, run.scheme)
+    assert student.folded == [(f"features.{i}.0", f"features.{i}.1") for i in range(3)]
+    tuned = run._export(fakequant.float_model(student, model), "tuned.onnx")
+    assert unmatched_weights(student, tuned) == []
+    qdq = run._quantize(tuned, ranges)
+
+    exported = dequantized_weights(onnx.load(str(qdq)))
+    simulated = [w for _name, w in fakequant.quantized_weights(student)]
+    assert len(exported) == len(simulated) == 5
+    np.testing.assert_array_equal(simulated[0], exported[0])  # the first conv: BN folded, same integers, same scales
+    for ours, theirs in zip(simulated[1:], exported[1:]):
+        np.testing.assert_array_equal(ours, theirs)
+
+    torch_logits = predict_logits(student, split.held_out)
+    ort_logits = onnx_logits(OnnxRuntimeRunner.from_path(qdq), split.held_out, 64)
+    assert top1_agreement(ort_logits, torch_logits) >= 0.99
+    assert cosines(ort_logits, torch_logits).min() >= 0.999
+
+
+class _ConvBiasBN(torch.nn.Module):
+    """Conv with its own bias, then BatchNorm (folded by the export), called from forward() rather than a Sequential."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+class _ConvReadTwice(_ConvBiasBN):
+    """The conv output also feeds an Add: the export cannot fold the BatchNorm."""
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc((self.bn(y) + y).mean((2, 3)))
+
+
+class _SharedConv(torch.nn.Module):
+    """One conv called twice, each time before another BatchNorm: the export folds both, one module cannot."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Linear(3, 4)
+        self.bn1, self.bn2 = torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.fc(self.bn2(self.conv(torch.relu(self.bn1(self.conv(x))))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("module, folded", [(_ConvBiasBN, [("conv", "bn")]), (_ConvReadTwice, []),
+                                            (_SharedConv, [])])
+def test_batchnorm_is_folded_exactly_where_the_export_folds_it(tmp_path, module, folded):
+    """Negative gammas, a conv bias, a channel whose folded bias would overflow int32 (ORT then widens its int8
+    weight scale): the fake-quant weights are ORT's bit for bit, except where the export folds what one module
+    cannot (a conv called twice), which ``unmatched_weights`` names."""
+    from toolchain.compress.qat import export_onnx, unmatched_weights
+    from toolchain.passes.quantize import compute_ranges, named_copy, quantize_static
+
+    torch.manual_seed(0)
+    model = module().eval()
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            for tensor in (bn.weight, bn.bias, bn.running_mean):
+                tensor.copy_(torch.randn_like(tensor))  # about half the gammas negative
+            bn.running_var.copy_(torch.rand_like(bn.running_var) + 0.1)
+        model.conv.weight[0] *= 1e-8
+    images = np.random.default_rng(0).standard_normal((16, 3, 10, 10)).astype(np.float32)
+    config = QuantizeConfig.for_target("x86")
+    for bits in (8, 4):
+        scheme = fakequant.QuantScheme.from_config(config, bits)
+        student = fakequant.fake_quant_model(model, scheme)
+        fakequant.calibrate(student, images, scheme)
+        assert student.folded == folded
+        path = export_onnx(fakequant.float_model(student, model), images[:1], tmp_path / f"{bits}.onnx",
+                           21 if bits == 4 else 17)
+        unmatched = unmatched_weights(student, path)
+        assert unmatched == (["conv"] if module is _SharedConv else [])
+        exported = named_copy(onnx.load(str(path)))
+        ranges = compute_ranges(exported, ({"input": image[None]} for image in images), config)
+        ours = dict(fakequant.quantized_weights(student))
+        theirs = dequantized_weights(quantize_static(exported, ranges, config, weight_bits=bits))
+        assert np.array_equal(ours["fc"], theirs[-1])
+        if not unmatched:
+            np.testing.assert_array_equal(ours["conv"], theirs[0])
+
+
 @pytest.mark.parametrize("change, message", [
     ({"weight_bits": 4, "target": "jetson-orin"}, "--weight-bits 4 needs an ONNX Runtime target"),
     ({"weight_bits": 2}, "--weight-bits must be 8 or 4"),

@@ -12,16 +12,21 @@ pass itself:
    code (``toolchain.api.calibrate``, guard off) on the training images: the PTQ
    baseline, and its activation ranges;
 2. a fake-quant copy of the module (``fakequant``: ORT's int8 scheme for the
-   target, activation ranges measured on the same images, hence equal to PTQ's) is
-   fine-tuned by distillation from the FP32 model (``distill``), unlabelled images
-   suffice;
+   target, activation ranges measured on the same images with float weights, hence
+   equal to PTQ's; BatchNorm folded into the convolutions the export folds it into,
+   so the weights it quantizes are bit for bit the ones ORT quantizes, with ORT's
+   arithmetic) is fine-tuned by distillation from the FP32 model (``distill``),
+   unlabelled images suffice;
 3. the fine-tuned float weights are exported to ONNX again (same exporter, so the
    same tensor names) and quantized by ``quantize_static`` *with the PTQ ranges*:
    QAT and PTQ differ only in the weights, and the graph structure is the one
    every backend already accepts (TensorRT targets get ``to_tensorrt_qdq``'s form,
    checked by ``qdq_problems``);
-4. ONNX Runtime runs the result and it is compared with the fake-quant torch model
-   (top-1 agreement, cosine), and FP32, PTQ and QAT are measured side by side.
+4. the exported float weights are checked to be exactly the ones the fake-quant
+   model quantized (a note names any layer that is not: its folding differs from the
+   export's), ONNX Runtime runs the result and it is compared with the fake-quant
+   torch model (top-1 agreement, cosine), and FP32, PTQ and QAT are measured side by
+   side.
 
 ``weight_bits=4`` (ONNX Runtime targets only): the same flow with int4 per-channel
 weights, ORT's int4 QDQ at opset 21, applied to Conv and Gemm/MatMul alike. ORT has
@@ -184,6 +189,13 @@ class _Run:
                          labels=self.split.train_labels if self.options.hard_label_weight > 0 else None,
                          held_out_labels=self.split.held_out_labels, progress=progress)
         tuned = self._export(fakequant.float_model(student, self.model), "tuned.onnx")
+        unmatched = unmatched_weights(student, tuned)
+        if unmatched:
+            shown = ", ".join(unmatched[:3]) + (f" (+{len(unmatched) - 3} more)" if len(unmatched) > 3 else "")
+            self.notes.append(f"the fake-quant model trained {len(unmatched)} layer(s) on weights that are not the "
+                              f"exported ones ({shown}): the export transformed them (e.g. folded BatchNorm into a "
+                              "convolution called twice, which one module cannot simulate), so the QDQ model may "
+                              "not reproduce the fine-tuned one")
         qdq = self._quantize(tuned, ranges)
         check = export_check(qdq, predict_logits(student, self.split.held_out), self.split.held_out)
         measures = self._measure(fp32_path, ptq_path, qdq)
@@ -256,6 +268,28 @@ def export_onnx(module: Any, example: np.ndarray, path: Path, opset: int) -> Pat
     from toolchain.compress.measure import export_onnx as export_at
 
     return export_at(module, example, path, opset)
+
+
+def unmatched_weights(student: Any, path: Path) -> list[str]:
+    """Layers of the fake-quant ``student`` whose float weight (BatchNorm folded where it folds it) is not, bit for
+    bit, a weight of the exported FP32 ONNX at ``path``: the weights ORT quantizes would then not be the ones the
+    fake-quant model quantized."""
+    from onnx import numpy_helper
+
+    from toolchain.compress import fakequant
+    from toolchain.onnx_io import load_onnx
+
+    model = load_onnx(Path(path))
+    initializers = {t.name: t for t in model.graph.initializer}
+    exported = [numpy_helper.to_array(initializers[name]) for node in model.graph.node
+                if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+                for name in node.input[1:2] if name in initializers]
+    missing = []
+    for name, weight in fakequant.exported_weights(student):
+        candidates = (weight, weight.T) if weight.ndim == 2 else (weight,)
+        if not any(np.array_equal(w, e) for w in candidates for e in exported if e.shape == w.shape):
+            missing.append(name)
+    return missing
 
 
 def quantize_int4(model: Any, ranges: Any, config: Any) -> Any:
