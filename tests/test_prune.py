@@ -273,3 +273,13 @@ def test_python_api_mirrors_the_command_and_its_output_feeds_build(tmp_path):
                       bench_iterations=0, labels=example_package.samples_dir(), preprocess="gray01",
                       cache_dir=tmp_path / "cache")
     assert built.targets[0]["accuracy"]["images"] == 300
+
+
+def test_round_to_keeps_channel_counts_kernel_friendly(teacher, example, images):
+    """At 30%, 16/32/64 channels would become 12/23/45; --round-to 8 keeps multiples of 8 instead."""
+    plain, _ = prune_module(teacher, example, PruneOptions(0.3, recover_epochs=0, **FAST), data=images)
+    rounded, _ = prune_module(teacher, example, PruneOptions(0.3, recover_epochs=0, round_to=8, **FAST), data=images)
+    assert any(count % 8 for count in _out_channels(plain).values())
+    assert all(count % 8 == 0 for count in _out_channels(rounded).values())
+    with pytest.raises(UsageError, match="--round-to"):
+        PruneOptions(0.3, round_to=8, unstructured=True).validate()

@@ -49,6 +49,9 @@ class PruneOptions:
     """Module names never pruned, e.g. 'classifier.4' (``--keep``); the final layer is always kept."""
     unstructured: bool = False
     """Zero individual weights by L1 magnitude instead of removing channels (``--unstructured``)."""
+    round_to: int | None = None
+    """Keep channel counts a multiple of this (``--round-to``): CPU kernels work in blocks of 8/16 channels,
+    and the benchmark measured 44/89 channels at 1.07x but 32/80 at 2.09x (bench/compress.md)."""
     recover_epochs: int = 3
     """Epochs of distillation from the original after each step; 0 skips recovery (``--recover-epochs``)."""
     seed: int = 0
@@ -68,6 +71,10 @@ class PruneOptions:
         if self.unstructured and self.importance != "l1":
             raise UsageError("--unstructured masks weights by L1 magnitude; --importance applies to channel "
                              "pruning only")
+        if self.round_to is not None and not is_whole_number(self.round_to, 1):
+            raise UsageError(f"--round-to must be a whole number of at least 1, got {self.round_to!r}")
+        if self.round_to is not None and self.unstructured:
+            raise UsageError("--round-to applies to channel pruning, not --unstructured")
         for name in ("steps", "taylor_batches", "latency_iterations"):
             value = getattr(self, name)
             if not is_whole_number(value, 1):
@@ -165,7 +172,7 @@ def _make_pruner(torch: Any, student: Any, example: Any, options: PruneOptions, 
         return pruners.unstructured_pruner(torch, student, ratio=options.ratio, steps=options.steps,
                                            protected=protected)
     return pruners.structured_pruner(torch, student, example, ratio=options.ratio, steps=options.steps,
-                                     importance=options.importance, protected=protected)
+                                     importance=options.importance, protected=protected, round_to=options.round_to)
 
 
 def _prune_step(torch: Any, pruner: Any, student: Any, options: PruneOptions, data: ImageSplit | None,
@@ -257,7 +264,8 @@ def _summarise(torch: Any, report: PruneReport, student: Any, before: dict[str, 
 
 
 def api_prune(source: Path | None, output: Path, *, ratio: float, importance: str = "l1", steps: int = 1,
-              keep: tuple[str, ...] | list[str] = (), unstructured: bool = False, calib: Path | None = None,
+              keep: tuple[str, ...] | list[str] = (), unstructured: bool = False, round_to: int | None = None,
+              calib: Path | None = None,
               labels: Path | None = None, recover_epochs: int = 3, model_class: str | None = None,
               weights: Path | None = None, model_kwargs: str | dict | None = None, trust_pickle: bool = False,
               inputs: tuple[str, ...] | list[str] = (), preprocess: str | dict | None = None, holdout: int = 128,
@@ -271,7 +279,7 @@ def api_prune(source: Path | None, output: Path, *, ratio: float, importance: st
     from toolchain.calibrate import calibration_cache_dir
 
     started = time.perf_counter()
-    options = PruneOptions(ratio=ratio, importance=importance, steps=steps, keep=tuple(keep),
+    options = PruneOptions(ratio=ratio, importance=importance, steps=steps, keep=tuple(keep), round_to=round_to,
                            unstructured=unstructured, recover_epochs=recover_epochs, seed=seed,
                            latency_iterations=latency_iterations)
     options.validate()  # option mistakes fail before the model and the images are loaded

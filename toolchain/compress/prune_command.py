@@ -25,6 +25,8 @@ _path = click.Path(path_type=Path)
               help="Module never pruned, e.g. classifier.1 (repeatable); the final layer is always kept.")
 @click.option("--unstructured", is_flag=True,
               help="Zero single weights (L1) instead of removing channels: smaller only when compressed, not faster.")
+@click.option("--round-to", type=int, default=None, metavar="N",
+              help="Keep channel counts a multiple of N (8 or 16 suit CPU kernels; odd counts run slower).")
 @click.option("--calib", type=_path, default=None, help="Folder of images (unlabelled) to recover and measure on.")
 @click.option("--labels", type=_path, default=None,
               help="Labelled folder (one sub-folder per class) used instead of --calib: adds hard labels and accuracy.")
@@ -46,7 +48,8 @@ _path = click.Path(path_type=Path)
 @click.option("--cache-dir", type=_path, default=None, help="edgekiln's cache folder (preprocessed image sets).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the preprocessed-image cache.")
 def prune(source: Path | None, output: Path, ratio: float, importance: str, steps: int, keep: tuple[str, ...],
-          unstructured: bool, calib: Path | None, labels: Path | None, recover_epochs: int, holdout: int,
+          unstructured: bool, round_to: int | None, calib: Path | None, labels: Path | None, recover_epochs: int,
+          holdout: int,
           train_size: int | None, inputs: tuple[str, ...], model_class: str | None, weights: Path | None,
           model_kwargs: str | None, trust_pickle: bool, preprocess: str | None, iterations: int, seed: int,
           cache_dir: Path | None, no_cache: bool) -> None:
@@ -60,7 +63,8 @@ def prune(source: Path | None, output: Path, ratio: float, importance: str, step
     from toolchain.compress.prune import api_prune
 
     result = api_prune(source, output, ratio=ratio, importance=importance, steps=steps, keep=keep,
-                       unstructured=unstructured, calib=calib, labels=labels, recover_epochs=recover_epochs,
+                       unstructured=unstructured, round_to=round_to, calib=calib, labels=labels,
+                       recover_epochs=recover_epochs,
                        model_class=model_class, weights=weights, model_kwargs=model_kwargs, trust_pickle=trust_pickle,
                        inputs=inputs, preprocess=preprocess, holdout=holdout, train_count=train_size, seed=seed,
                        latency_iterations=iterations, cache_dir=cache_dir, no_cache=no_cache)

@@ -71,13 +71,13 @@ def final_layers(torch: Any, module: Any, example: Any) -> list[tuple[str, Any]]
 
 
 def structured_pruner(torch: Any, module: Any, example: Any, *, ratio: float, steps: int, importance: str,
-                      protected: list[Any]) -> Pruner:
+                      protected: list[Any], round_to: int | None = None) -> Pruner:
     import torch_pruning as tp
 
     scorer = _importance(torch, tp, module, importance)
     try:
         pruner = tp.pruner.BasePruner(module, example, importance=scorer, pruning_ratio=ratio, iterative_steps=steps,
-                                      ignored_layers=protected)
+                                      ignored_layers=protected, round_to=round_to)
     except Exception as exc:  # the dependency graph fails with many exception types on unusual models
         raise UsageError(f"torch-pruning cannot analyse the model's layer dependencies: {first_line(exc)}",
                          hint="Protect the layers it trips on with --keep, or use --unstructured.") from exc
