@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +61,18 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def time_runs(runner: Any, feed: dict[str, Any], *, warmup: int, iterations: int) -> list[float]:
+    """Milliseconds of each of ``iterations`` runs of ``feed``, after ``warmup`` untimed runs."""
+    for _ in range(warmup):
+        runner.run(feed)
+    latencies = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        runner.run(feed)
+        latencies.append((time.perf_counter() - start) * 1000.0)
+    return latencies
+
+
 def benchmark(artifact_path: Path, *, warmup: int = 10, iterations: int = 100, threads: int | None = None,
               batch: int = 1, seed: int = 0) -> BenchResult:
     """Time ``iterations`` runs on one seeded random feed after ``warmup`` untimed runs."""
@@ -79,13 +92,7 @@ def benchmark(artifact_path: Path, *, warmup: int = 10, iterations: int = 100, t
         if batch != 1 and not all(i.shape and isinstance(i.shape[0], str) for i in runner.inputs):
             raise UsageError(f"--batch {batch} needs a model with a dynamic batch axis (convert with --dynamic-batch)")
         feed = random_feed(runner.inputs, seed=seed, batch=batch)
-        for _ in range(warmup):
-            runner.run(feed)
-        latencies = []
-        for _ in range(iterations):
-            start = time.perf_counter()
-            runner.run(feed)
-            latencies.append((time.perf_counter() - start) * 1000.0)
+        latencies = time_runs(runner, feed, warmup=warmup, iterations=iterations)
     mean = statistics.fmean(latencies)
     return BenchResult(str(artifact_path), artifact.backend, batch, options.get("threads"), warmup, iterations,
                        percentile(latencies, 50), percentile(latencies, 90), percentile(latencies, 99), mean,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -196,13 +195,9 @@ def _argmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _latency(runner: Any, feed: dict[str, np.ndarray], iterations: int) -> tuple[float, float]:
-    for _ in range(_WARMUP):
-        runner.run(feed)
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        runner.run(feed)
-        times.append((time.perf_counter() - start) * 1000.0)
+    from toolchain.bench import time_runs
+
+    times = time_runs(runner, feed, warmup=_WARMUP, iterations=iterations)
     return statistics.median(times), float(np.percentile(times, 90))
 
 
