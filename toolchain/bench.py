@@ -20,6 +20,7 @@ import numpy as np
 from toolchain.artifact import Artifact
 from toolchain.errors import UsageError
 from toolchain.feeds import random_feed
+from toolchain.hostcpu import host_cpu
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class BenchResult:
     throughput_per_s: float
     peak_rss_mb: float
     rss_growth_mb: float
+    measured_on: str = ""
+    """The CPU that ran it (model, INT8 ISA class, features, CPU count): latencies are that machine's."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,4 +99,5 @@ def benchmark(artifact_path: Path, *, warmup: int = 10, iterations: int = 100, t
     mean = statistics.fmean(latencies)
     return BenchResult(str(artifact_path), artifact.backend, batch, options.get("threads"), warmup, iterations,
                        percentile(latencies, 50), percentile(latencies, 90), percentile(latencies, 99), mean,
-                       min(latencies), batch * 1000.0 / mean, _peak_rss_mb(), _current_rss_mb() - rss_before)
+                       min(latencies), batch * 1000.0 / mean, _peak_rss_mb(), _current_rss_mb() - rss_before,
+                       host_cpu().describe())

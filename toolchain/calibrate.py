@@ -13,11 +13,12 @@ from pathlib import Path
 
 import onnx
 
-from toolchain.errors import UsageError
+from toolchain.errors import UsageError, VerificationError
 from toolchain.feeds import concrete_shape, resolve_preprocess
 from toolchain.fileio import check_writable_destination
 from toolchain.onnx_io import graph_inputs, load_onnx, save_onnx
-from toolchain.passes.quantize import QuantizeConfig, compute_ranges, has_float_weights, named_copy, quantize_static
+from toolchain.passes.quantize import (QuantizeConfig, compute_ranges, has_float_weights, int8_weighted_nodes, is_quantized,
+                                       named_copy, quantize_static)
 from toolchain.quant_guard import Budget, GuardReport, guarded_quantize
 
 
@@ -26,8 +27,9 @@ class CalibrationOptions:
     """Where the samples come from and how many are used (``--calib``, ``--calib-size``, ``--holdout``...)."""
 
     source: Path
-    count: int = 256
-    holdout: int = 128
+    count: int | None = None
+    """None: chosen from the number of samples (``calibration.dataset.choose_split``)."""
+    holdout: int | None = None
     seed: int = 0
     preprocess: str | dict | None = None
     cache_dir: Path | None = None
@@ -60,7 +62,7 @@ def calibration_cache_dir(cache_dir: Path | str | None, no_cache: bool) -> Path 
 
 def load_calibration_set(model: onnx.ModelProto, options: CalibrationOptions):
     """The calibration/held-out samples for ``model``'s single input, preprocessed per the declared spec."""
-    from calibration.dataset import build_calibration_set, is_array_source
+    from calibration.dataset import build_calibration_set, check_varied, is_array_source
 
     inputs = graph_inputs(model)
     if len(inputs) != 1:
@@ -69,6 +71,7 @@ def load_calibration_set(model: onnx.ModelProto, options: CalibrationOptions):
     spec = None if is_array_source(options.source) else resolve_preprocess(options.preprocess, inputs[0])
     samples = build_calibration_set(options.source, spec, count=options.count, holdout=options.holdout,
                                     seed=options.seed, cache_dir=options.cache_dir)
+    check_varied(samples, options.source)
     expected = concrete_shape(inputs[0], batch=1)[1:]
     if tuple(samples.calibration.shape[1:]) != expected:
         raise UsageError(f"calibration samples have shape {tuple(samples.calibration.shape[1:])} but input "
@@ -94,6 +97,9 @@ def calibrate(model_path: Path, output: Path, calibration: CalibrationOptions, c
     if tensorrt_cache is not None:
         check_writable_destination(tensorrt_cache)
     model = named_copy(load_onnx(model_path))
+    if is_quantized(model):
+        raise UsageError(f"'{model_path.name}' is already quantized (it has QuantizeLinear/DequantizeLinear or "
+                         f"integer nodes), so it has no float weights to quantize; calibrate the FP32 model instead")
     if not has_float_weights(model):
         raise UsageError(f"'{model_path.name}' has no float weights to quantize (already quantized?)")
     info, samples = load_calibration_set(model, calibration)
@@ -108,6 +114,10 @@ def calibrate(model_path: Path, output: Path, calibration: CalibrationOptions, c
             raise UsageError("the accuracy guard needs held-out samples; raise --holdout or pass --no-guard")
         quantized, guard = guarded_quantize(model, ranges, config, _batched(samples, info.name, "holdout", fixed_batch),
                                             budget, samples.holdout_labels)
+    if not int8_weighted_nodes(quantized):
+        raise VerificationError(f"the INT8 model of '{model_path.name}' has no INT8 layer left (every weighted "
+                                f"layer is excluded or kept in float), so it is not an INT8 model",
+                                hint="No model was written. Exclude fewer nodes, or use fp16.")
     ranges_path = output.with_suffix(".ranges.json")
     save_onnx(quantized, output)
     ranges.save(ranges_path)

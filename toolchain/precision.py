@@ -58,13 +58,14 @@ def apply_precision(model_path: Path, precision: str, workdir: Path, *, target: 
 
 def _static_int8(model_path: Path, workdir: Path, target: str | None, quant: QuantOptions) -> LoweredModel:
     from toolchain.calibrate import calibrate
-    from toolchain.passes.quantize import QuantizeConfig
+    from toolchain.passes.quantize import QuantizeConfig, scheme_note
 
     if quant.calibration is None:
         raise UsageError("--precision int8 needs calibration samples",
                          hint="Pass --calib DIR (a folder of sample images, or .npy/.npz samples).")
     config = QuantizeConfig.for_target(target, **quant.overrides)
     result = calibrate(model_path, workdir / "model.int8.onnx", quant.calibration, config, quant.budget)
+    note = scheme_note(target, config)
     details = {"quantize": config.model_dump(mode="json"), "calibration": result.calibration_summary,
-               "guard": result.guard.to_dict() if result.guard else None}
+               "guard": result.guard.to_dict() if result.guard else None, "notes": [note] if note else []}
     return LoweredModel(result.output, details, [result.ranges_path])

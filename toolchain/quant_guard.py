@@ -98,10 +98,12 @@ class GuardReport:
                 "sensitivity": [{"node": n, "op_type": t, "score": s} for n, t, s in self.sensitivity]}
 
 
-def _run_all(model: onnx.ModelProto, feeds: Sequence[Feed]) -> dict[str, np.ndarray]:
+def _run_all(model: onnx.ModelProto, feeds: Sequence[Feed], config: QuantizeConfig | None = None) -> dict[str, np.ndarray]:
+    """Every output over ``feeds``; INT8 models run as ``config.guard_runtime`` says (host kernels or exact)."""
     from backends.onnxruntime.runner import OnnxRuntimeRunner
 
-    runner = OnnxRuntimeRunner.from_model(model)
+    exact = config is not None and config.guard_runtime == "reference"
+    runner = OnnxRuntimeRunner.from_model(model, integer_reference=exact)
     outputs = [runner.run(feed) for feed in feeds]
     return {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
 
@@ -149,7 +151,7 @@ def layer_sensitivity(model: onnx.ModelProto, ranges: ActivationRanges, config: 
     for node in quantizable_nodes(model):
         single = quantize_static(model, ranges, config.model_copy(update={"nodes_to_quantize": (node.name,),
                                                                           "nodes_to_exclude": ()}))
-        outputs = _run_all(single, subset)
+        outputs = _run_all(single, subset, config)
         worst = min(_cosine(subset_reference[n], outputs[n]) for n in outputs)
         scores.append((node.name, node.op_type, 1.0 - worst))
     return sorted(scores, key=lambda item: -item[2])
@@ -162,19 +164,21 @@ def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: Q
     reference = _run_all(model, holdout)
     report = GuardReport(budget)
     quantized = quantize_static(model, ranges, config)
-    report.attempts.append(Attempt(list(config.nodes_to_exclude), compare_quality(reference, _run_all(quantized, holdout),
-                                                                                  labels)))
+    report.attempts.append(Attempt(list(config.nodes_to_exclude), compare_quality(
+        reference, _run_all(quantized, holdout, config), labels)))
     if report.passed:
         return quantized, report
     report.sensitivity = layer_sensitivity(model, ranges, config, holdout)
     # At least two: an outlier tensor is quantized if either its producer or its consumer is,
-    # so rescuing it means keeping both of them in float.
-    limit = max(2, int(len(report.sensitivity) * max_float_fraction))
+    # so rescuing it means keeping both of them in float. Never all of them: a model with every
+    # weighted layer in float is an FP32 model, not the INT8 model that was asked for.
+    limit = min(max(2, int(len(report.sensitivity) * max_float_fraction)), len(report.sensitivity) - 1)
     for step in (s for s in _FALLBACK_STEPS if s <= limit):
         kept = [name for name, _, _ in report.sensitivity[:step]]
         candidate_config = config.model_copy(update={"nodes_to_exclude": tuple(config.nodes_to_exclude) + tuple(kept)})
         quantized = quantize_static(model, ranges, candidate_config)
-        report.attempts.append(Attempt(kept, compare_quality(reference, _run_all(quantized, holdout), labels)))
+        report.attempts.append(Attempt(kept, compare_quality(reference, _run_all(quantized, holdout, candidate_config),
+                                                             labels)))
         if report.passed:
             return quantized, report
     final = report.final.quality

@@ -19,10 +19,28 @@ class Target:
     opset: int
     """Default ONNX opset: the newest the device's converter/runtime version handles well."""
     notes: str = ""
+    cpu_isa: str | None = None
+    """For CPU targets whose INT8 scheme depends on the instruction set: ``host`` (the machine that
+    builds) or a named class (``x86-vnni``, ``x86-avx2``; see ``toolchain.hostcpu``)."""
+
+    def int8_isa(self) -> str | None:
+        """The ISA class this target's INT8 is made for: the host's for ``host`` targets."""
+        if self.cpu_isa != "host":
+            return self.cpu_isa
+        from toolchain.hostcpu import host_cpu
+
+        return host_cpu().int8_isa
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("x86", "x86-64 CPU server or PC, ONNX Runtime", "onnxruntime", "fp32", 17),
+    Target("x86", "x86-64 CPU server or PC, ONNX Runtime; INT8 made for the CPU of the machine that builds",
+           "onnxruntime", "fp32", 17, "INT8 scheme by this machine's ISA: see x86-vnni and x86-avx2", cpu_isa="host"),
+    Target("x86-vnni", "x86-64 CPU with AVX-512 VNNI or AVX-VNNI (Cascade Lake, Ice Lake, Alder Lake, Zen 4 and "
+           "newer), ONNX Runtime", "onnxruntime", "fp32", 17, "INT8: uint8 activations x int8 weights, full range",
+           cpu_isa="x86-vnni"),
+    Target("x86-avx2", "x86-64 CPU with AVX2 but no VNNI (Haswell to Skylake, Zen 1-3), ONNX Runtime",
+           "onnxruntime", "fp32", 17, "INT8: 7-bit weights (reduce_range): 8-bit u8 x s8 products saturate there",
+           cpu_isa="x86-avx2"),
     Target("cuda", "NVIDIA desktop/server GPU, TensorRT 10", "tensorrt", "fp16", 17),
     Target("jetson-nano", "Jetson Nano, JetPack 4.6: TensorRT 8.2, CUDA 10.2, Maxwell GPU", "tensorrt", "fp16", 13,
            "FP16 yes; no fast INT8 on Maxwell; TensorRT 8.2's ONNX parser is safest at opset 13"),

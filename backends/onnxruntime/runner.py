@@ -15,9 +15,14 @@ _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended"
            "all": "ORT_ENABLE_ALL"}
 
 
-def session_options(threads: int | None = None, graph_optimization: str = "all"):
+def session_options(threads: int | None = None, graph_optimization: str = "all", integer_reference: bool = False):
+    """ORT session options; ``integer_reference`` evaluates QuantizeLinear/DequantizeLinear as float ops
+    instead of fusing them into INT8 kernels, i.e. exact integer arithmetic (int32 accumulation) whatever
+    this CPU's INT8 kernels do (they saturate on x86 without VNNI)."""
     ort = require("onnxruntime", "Running an ONNX model")
     options = ort.SessionOptions()
+    if integer_reference:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[graph_optimization])
     if threads:
         options.intra_op_num_threads = threads
@@ -34,17 +39,18 @@ class OnnxRuntimeRunner(Runner):
         self._output_names = [o.name for o in outputs]
 
     @classmethod
-    def from_path(cls, path: Path, threads: int | None = None, graph_optimization: str = "all") -> "OnnxRuntimeRunner":
+    def from_path(cls, path: Path, threads: int | None = None, graph_optimization: str = "all",
+                  integer_reference: bool = False) -> "OnnxRuntimeRunner":
         model = onnx.load(str(path), load_external_data=False)
-        return cls._create(str(path), model, threads, graph_optimization)
+        return cls._create(str(path), model, threads, graph_optimization, integer_reference)
 
     @classmethod
     def from_model(cls, model: onnx.ModelProto, threads: int | None = None,
-                   graph_optimization: str = "all") -> "OnnxRuntimeRunner":
+                   graph_optimization: str = "all", integer_reference: bool = False) -> "OnnxRuntimeRunner":
         from toolchain.onnx_io import needs_external_data, save_with_external_data
 
         if not needs_external_data(model):
-            return cls._create(model.SerializeToString(), model, threads, graph_optimization)
+            return cls._create(model.SerializeToString(), model, threads, graph_optimization, integer_reference)
         # Over protobuf's 2 GiB limit the model cannot be serialised in memory: ORT reads it from a
         # temporary folder with its weights as external data (and keeps them mapped, so it may go).
         import tempfile
@@ -52,14 +58,15 @@ class OnnxRuntimeRunner(Runner):
         with tempfile.TemporaryDirectory(prefix="edgekiln-ort-") as folder:
             path = Path(folder) / "model.onnx"
             save_with_external_data(model, path, "model.onnx.data")
-            return cls._create(str(path), model, threads, graph_optimization)
+            return cls._create(str(path), model, threads, graph_optimization, integer_reference)
 
     @classmethod
     def _create(cls, source: str | bytes, model: onnx.ModelProto, threads: int | None,
-                graph_optimization: str) -> "OnnxRuntimeRunner":
+                graph_optimization: str, integer_reference: bool = False) -> "OnnxRuntimeRunner":
         ort = require("onnxruntime", "Running an ONNX model")
         try:
-            session = ort.InferenceSession(source, sess_options=session_options(threads, graph_optimization),
+            session = ort.InferenceSession(source, sess_options=session_options(threads, graph_optimization,
+                                                                                  integer_reference),
                                            providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
             first = first_line(exc)

@@ -76,14 +76,15 @@ class QuantScheme:
     activation_type: str  # "uint8" | "int8"
     activation_symmetric: bool
     weight_bits: int = 8
+    reduce_range: bool = False
+    """7-bit weights ([-64, 64]), the x86 scheme for CPUs without VNNI (8-bit weights only)."""
 
     @classmethod
     def from_config(cls, config: Any, weight_bits: int = 8) -> "QuantScheme":
         if config.weight_type != "int8" or not config.weight_symmetric or not config.per_channel:
             raise UsageError("QAT simulates int8 symmetric per-channel weights only (the PTQ default)")
-        if getattr(config, "reduce_range", False):
-            raise UsageError("QAT does not simulate reduce_range (7-bit) weights")
-        return cls(config.activation_type, config.activation_symmetric, weight_bits)
+        return cls(config.activation_type, config.activation_symmetric, weight_bits,
+                   bool(config.reduce_range) and weight_bits == 8)
 
     def _activation_qtype(self) -> int:
         import onnx
@@ -110,10 +111,10 @@ class QuantScheme:
         return int(qmin), int(qmax)
 
     def weight_range(self) -> tuple[int, int]:
-        """ORT's symmetric weight range: [-127, 127] for int8, but [-8, 7] for int4 (scale = absmax / 7.5)."""
+        """ORT's symmetric weight range: [-127, 127] for int8 ([-64, 64] reduced), [-8, 7] for int4 (absmax / 7.5)."""
         from onnxruntime.quantization.quant_utils import get_qmin_qmax_for_qType
 
-        qmin, qmax = get_qmin_qmax_for_qType(self._weight_qtype(), symmetric=True)
+        qmin, qmax = get_qmin_qmax_for_qType(self._weight_qtype(), reduce_range=self.reduce_range, symmetric=True)
         return int(qmin), int(qmax)
 
     def weight_clip(self) -> tuple[int, int]:

@@ -151,11 +151,13 @@ def measure_module(module: Any, example: Any, images: np.ndarray, *, labels: np.
 def measure_onnx(path: Path, images: np.ndarray, *, labels: np.ndarray | None = None,
                  reference_logits: np.ndarray | None = None, iterations: int = 50,
                  parameters: int | None = None, macs: int | None = None,
-                 threads: int | None = None) -> ModelMeasure:
+                 threads: int | None = None, integer_reference: bool = False) -> ModelMeasure:
     """Latency at batch 1 (median of ``iterations`` after a warm-up) and quality on ``images`` with ORT.
 
     ``parameters``/``macs`` are passed through (an ONNX file, a QDQ one in particular, does not
-    say what its PyTorch source had); without them they are reported as 0.
+    say what its PyTorch source had); without them they are reported as 0. ``integer_reference``
+    computes quality with exact integer arithmetic (a model for TensorRT or another CPU); latency
+    always comes from this machine's own kernels.
     """
     from backends.onnxruntime.runner import OnnxRuntimeRunner
 
@@ -169,6 +171,8 @@ def measure_onnx(path: Path, images: np.ndarray, *, labels: np.ndarray | None = 
     info = runner.inputs[0]
     p50, p90 = _latency(runner, {info.name: images[:1].astype(info.dtype, copy=False)}, iterations)
     batch = info.shape[0] if isinstance(info.shape[0], int) else _EVAL_BATCH
+    if integer_reference:
+        runner = OnnxRuntimeRunner.from_path(Path(path), threads=threads, integer_reference=True)
     logits = onnx_logits(runner, images.astype(info.dtype, copy=False), batch)
     return ModelMeasure(parameters=parameters or 0, macs=macs or 0, onnx_bytes=_onnx_bytes(Path(path)),
                         latency_p50_ms=p50, latency_p90_ms=p90,

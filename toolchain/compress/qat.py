@@ -108,7 +108,7 @@ class QatResult:
 
 def api_qat(source: str | Path | None, output: str | Path, *, calib: str | Path, labels: bool = False,
             target: str = "x86", epochs: int = 3, lr: float = 1e-4, batch_size: int = 32, temperature: float = 2.0,
-            hard_label_weight: float = 0.0, patience: int = 2, weight_bits: int = 8, holdout: int = 128,
+            hard_label_weight: float = 0.0, patience: int = 2, weight_bits: int = 8, holdout: int | None = None,
             count: int | None = None, seed: int = 0, preprocess: str | dict | None = None,
             model_class: str | None = None, weights: str | Path | None = None,
             model_kwargs: str | dict | None = None, trust_pickle: bool = False, inputs: Sequence[str] = (),
@@ -197,7 +197,8 @@ class _Run:
                               "convolution called twice, which one module cannot simulate), so the QDQ model may "
                               "not reproduce the fine-tuned one")
         qdq = self._quantize(tuned, ranges)
-        check = export_check(qdq, predict_logits(student, self.split.held_out), self.split.held_out)
+        check = export_check(qdq, predict_logits(student, self.split.held_out), self.split.held_out,
+                             integer_reference=self.exact)
         measures = self._measure(fp32_path, ptq_path, qdq)
         ranges_path = _publish(qdq, ranges, output, self.split.spec)
         return QatResult(output, ranges_path, self.target, {**asdict(self.scheme), "method": self.config.method,
@@ -257,7 +258,13 @@ class _Run:
         parameters, macs = count_parameters(self.model), onnx_macs(fp32_path)
         return tuple(measure_onnx(path, self.split.held_out, labels=self.split.held_out_labels,
                                   reference_logits=reference, iterations=self.iterations, parameters=parameters,
-                                  macs=macs) for path in (fp32_path, ptq_path, qat_path))
+                                  macs=macs, integer_reference=self.exact and path != fp32_path)
+                     for path in (fp32_path, ptq_path, qat_path))
+
+    @property
+    def exact(self) -> bool:
+        """Judge INT8 with exact integer arithmetic (TensorRT, or a CPU other than this one)."""
+        return self.config.guard_runtime == "reference"
 
 
 def export_onnx(module: Any, example: np.ndarray, path: Path, opset: int) -> Path:
@@ -311,12 +318,17 @@ def _tensorrt_form(model: Any) -> Any:
     return converted
 
 
-def export_check(path: Path, fake_quant_logits: np.ndarray, images: np.ndarray) -> ExportCheck:
-    """Run the exported model in ONNX Runtime and compare it with the fake-quant torch model."""
+def export_check(path: Path, fake_quant_logits: np.ndarray, images: np.ndarray, *,
+                 integer_reference: bool = False) -> ExportCheck:
+    """Run the exported model in ONNX Runtime and compare it with the fake-quant torch model.
+
+    The fake-quant model computes exact integer arithmetic; ``integer_reference`` makes ORT do the same
+    where this CPU's INT8 kernels would not (a model for TensorRT, or for a CPU with VNNI run without it).
+    """
     from backends.onnxruntime.runner import OnnxRuntimeRunner
     from toolchain.compress.measure import onnx_logits, top1_agreement
 
-    runner = OnnxRuntimeRunner.from_path(path)
+    runner = OnnxRuntimeRunner.from_path(path, integer_reference=integer_reference)
     logits = onnx_logits(runner, images.astype(np.float32, copy=False), 64)
     a = logits.reshape(len(logits), -1).astype(np.float64)
     b = fake_quant_logits.reshape(len(fake_quant_logits), -1).astype(np.float64)

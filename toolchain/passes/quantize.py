@@ -54,19 +54,65 @@ class QuantizeConfig(PassConfig):
     nodes_to_exclude: tuple[str, ...] = Field((), description="Node names kept in float.")
     nodes_to_quantize: tuple[str, ...] = Field((), description="Only these nodes (empty: all of op_types).")
     reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI where 8-bit can overflow.")
+    guard_runtime: Literal["host", "reference"] = Field(
+        "host", description="How the accuracy guard and verification run the INT8 model: 'host' with this "
+                            "machine's ONNX Runtime INT8 kernels (the x86 target is this machine), 'reference' "
+                            "with exact integer arithmetic (Q/DQ evaluated in float, no kernel fusion), as "
+                            "TensorRT or another CPU computes it.")
 
     @classmethod
     def for_target(cls, target: str | None, **overrides: object) -> "QuantizeConfig":
-        """Target-aware defaults: TensorRT wants symmetric int8 activations; ORT/x86 runs fastest on uint8."""
+        """Target-aware defaults: TensorRT wants symmetric int8 activations; ORT/x86 runs fastest on uint8,
+        with 7-bit weights on CPUs without VNNI. No target means ONNX Runtime on this machine (``x86``)."""
         from toolchain.targets import get_target
 
-        backend = get_target(target).backend if target else "onnxruntime"
+        profile = get_target(target or "x86")
         defaults: dict[str, object] = {}
-        if backend == "tensorrt":
-            defaults = {"activation_type": "int8", "activation_symmetric": True}
-        elif backend == "tflite":
+        if profile.backend == "tensorrt":
+            defaults = {"activation_type": "int8", "activation_symmetric": True, "guard_runtime": "reference"}
+        elif profile.backend == "tflite":
             defaults = {"activation_type": "int8"}
+        elif profile.cpu_isa:
+            defaults = cpu_scheme(profile.int8_isa() or "other")
         return cls.from_options(**{**defaults, **overrides})
+
+
+# ISA classes whose u8 x s8 products go through a saturating int16 sum in ONNX Runtime (vpmaddubsw).
+SATURATING_ISAS = ("x86-avx2", "x86-sse")
+
+
+def cpu_scheme(isa: str) -> dict[str, object]:
+    """``QuantizeConfig`` defaults for an ONNX Runtime CPU of ISA class ``isa``.
+
+    Without VNNI, 8-bit weights can saturate ONNX Runtime's u8s8 kernels; 7-bit weights cannot
+    (255 x 64 x 2 < 32767) and keep the fast u8s8 kernels (u8u8, the other cure ORT documents, takes
+    a slower 16-bit path). The guard runs this machine's kernels only when they compute what the
+    target's do; otherwise exact integer arithmetic stands in for the target's CPU.
+    """
+    from toolchain.hostcpu import host_cpu
+
+    saturating = isa in SATURATING_ISAS
+    host_isa = host_cpu().int8_isa
+    faithful_here = saturating or host_isa == isa or host_isa not in SATURATING_ISAS
+    return {"reduce_range": saturating, "guard_runtime": "host" if faithful_here else "reference"}
+
+
+def scheme_note(target: str | None, config: "QuantizeConfig") -> str | None:
+    """One line saying which INT8 scheme a CPU target got and why (None for other targets)."""
+    from toolchain.hostcpu import host_cpu
+    from toolchain.targets import get_target
+
+    profile = get_target(target or "x86")
+    if not profile.cpu_isa:
+        return None
+    isa = profile.int8_isa()
+    weights = "7-bit weights (reduce_range)" if config.reduce_range else "8-bit weights"
+    made_for = f"this machine's CPU ({host_cpu().model}, {isa})" if profile.cpu_isa == "host" else isa
+    note = f"INT8 made for {made_for}: {config.activation_type} activations, {weights}"
+    if config.guard_runtime == "reference":
+        note += (f"; checked with exact integer arithmetic, and latencies measured here ({host_cpu().int8_isa}) "
+                 f"are not that CPU's")
+    return note
 
 
 class DynamicQuantizeConfig(PassConfig):
@@ -180,7 +226,8 @@ def quantize_static(model: onnx.ModelProto, ranges: ActivationRanges, config: Qu
             ort_quantize_static(
                 _save_temp(model, Path(tmp), "model.onnx"), out, None, quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(config.op_types), per_channel=config.per_channel,
-                reduce_range=config.reduce_range, activation_type=getattr(QuantType, _TYPES[config.activation_type]),
+                # int4 has no headroom problem, and ORT's "reduced" int4 would be 3-bit
+                reduce_range=config.reduce_range and weight_bits == 8, activation_type=getattr(QuantType, _TYPES[config.activation_type]),
                 weight_type=weight_type,
                 nodes_to_exclude=list(config.nodes_to_exclude),
                 nodes_to_quantize=list(config.nodes_to_quantize) or None,
@@ -248,6 +295,23 @@ def quantizable_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     float_weights = {t.name for t in model.graph.initializer if t.data_type in _FLOAT_TYPES and len(t.dims) >= 2}
     return [n for n in model.graph.node
             if n.op_type in WEIGHTED_OP_TYPES and any(i in float_weights for i in n.input)]
+
+
+# Operators only a quantized model contains.
+QUANTIZED_OP_TYPES = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                      "MatMulInteger", "DynamicQuantizeLinear")
+
+
+def is_quantized(model: onnx.ModelProto) -> bool:
+    """True for a model that was quantized already (fully or partly: the guard may keep layers float)."""
+    return any(node.op_type in QUANTIZED_OP_TYPES for node in model.graph.node)
+
+
+def int8_weighted_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Weighted nodes whose weight reaches them through DequantizeLinear: the INT8 compute of a QDQ model."""
+    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return [n for n in model.graph.node
+            if n.op_type in WEIGHTED_OP_TYPES and len(n.input) > 1 and n.input[1] in dequantized]
 
 
 def has_float_weights(model: onnx.ModelProto) -> bool:
