@@ -132,7 +132,10 @@ class TFLiteBackend(Backend):
         details = {**built.details, **summary_details(graph)}
         details["files"] = [MODEL_FILE, LOG_FILE]
         if plan.micro:
-            details["mcu"] = _micro_bundle(out_dir, built.data, graph, built.bindings, plan, onnx_path.name)
+            from backends.tflite.micro_build import micro_bundle
+
+            details.update(micro_bundle(out_dir, built.data, graph, built.bindings, plan.budget, onnx_path.name,
+                                        model, options.quant))
             details["files"] += details["mcu"]["files"]
         elif plan.budget.flash_kb is not None:
             from backends.tflite.mcu import check_budgets
@@ -244,14 +247,3 @@ def _probe(model: onnx.ModelProto, float_model: bytes, inputs: tuple[Binding, ..
 def summary_details(graph: TFLiteGraph) -> dict[str, Any]:
     return {"size_bytes": graph.size_bytes, "ops": dict(Counter(op.op for op in graph.operators)),
             "tensor_types": dict(Counter(t.dtype for t in graph.tensors))}
-
-
-def _micro_bundle(out_dir: Path, data: bytes, graph: TFLiteGraph, bindings: IOBindings, plan: BuildPlan,
-                  source: str) -> dict[str, Any]:
-    from backends.tflite.mcu import bundle_details, check_budgets, estimate_arena, require_micro_ops, write_bundle
-
-    ops = require_micro_ops(graph)
-    arena = estimate_arena(graph)
-    check_budgets(len(data), arena, plan.budget)
-    files = write_bundle(out_dir, data, graph, bindings, ops, arena, source)
-    return bundle_details(data, ops, arena, files)

@@ -222,12 +222,15 @@ def _layout_note(binding) -> str:
     return f"; the ONNX model's {onnx} tensor transposed by {list(binding.perm)}"
 
 
-def model_config_file(graph: TFLiteGraph, bindings: IOBindings, arena: ArenaEstimate, source: str) -> str:
+def model_config_file(graph: TFLiteGraph, bindings: IOBindings, arena: ArenaEstimate, source: str,
+                      measured: str | None = None) -> str:
+    """``measured``: how ``arena.total`` was measured; None when it is the estimate."""
     by_key = _signature_tensors(graph)
+    estimate = (f"// Arena estimate: activations {arena.activations} B (planned by lifetime) + bookkeeping "
+                f"{arena.persistent} B, plus 10% for kernel scratch.")
     lines = [HEADER.format(source=source).rstrip("\n"), "#ifndef EDGEKILN_MODEL_CONFIG_H_",
              "#define EDGEKILN_MODEL_CONFIG_H_", "", "#include <cstdint>", "", "namespace edgekiln_model {", "",
-             f"// Arena estimate: activations {arena.activations} B (planned by lifetime) + bookkeeping "
-             f"{arena.persistent} B, plus 10% for kernel scratch.",
+             f"// Tensor arena: {measured}" if measured else estimate,
              f"constexpr unsigned int kTensorArenaSize = {arena.total};",
              f"constexpr int kNumInputs = {len(bindings.inputs)};",
              f"constexpr int kNumOutputs = {len(bindings.outputs)};", "",

@@ -1,0 +1,102 @@
+"""The ``--target mcu`` bundle: model array, config, ops, firmware project, and the checks that size it.
+
+Order: ops TFLM has, the arena estimate, the model against --flash-kb; a real
+test vector; the bundle and firmware project; the TFLM host interpreter on
+held-out samples (outputs and the arena it needs); then, where a TFLM tree
+(``$EDGEKILN_TFLM_ROOT``), ``arm-none-eabi-gcc`` and ``qemu-system-arm`` are
+present, the firmware built and run on a Cortex-M4, its measured arena written
+into ``model_config.h`` and its flash/RAM checked against the budgets. Any
+failure raises before the artifact folder is published, so nothing is left.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from backends.tflite.firmware import check, project
+from backends.tflite.firmware.tflm import TFLMTree
+from backends.tflite.flatbuffer import TFLiteGraph
+from backends.tflite.io_binding import IOBindings
+from backends.tflite.mcu import (ArenaEstimate, MicroBudget, bundle_details, check_budgets, estimate_arena,
+                                 model_config_file, require_micro_ops, write_bundle)
+
+log = logging.getLogger("edgekiln.tflite")
+
+_RAM_CAP = 3 * 1024 * 1024  # the probe arena must leave room in the board's 4 MiB RAM
+
+
+def _samples(model: onnx.ModelProto, quant: Any) -> tuple[str | None, np.ndarray | None]:
+    """Held-out samples of the calibrated input (calibration samples when nothing is held out)."""
+    if quant is None or quant.calibration is None:
+        return None, None
+    from backends.tflite.int8 import load_samples
+
+    samples = load_samples(model, quant.calibration)
+    chosen = samples.holdout if len(samples.holdout) else samples.calibration
+    return samples.name, chosen
+
+
+def micro_bundle(out_dir: Path, data: bytes, graph: TFLiteGraph, bindings: IOBindings, budget: MicroBudget,
+                 source: str, model: onnx.ModelProto, quant: Any) -> dict[str, Any]:
+    ops = require_micro_ops(graph)
+    estimate = estimate_arena(graph)
+    check_budgets(len(data), None, MicroBudget(flash_kb=budget.flash_kb))  # the model alone: fail early
+    tree = TFLMTree.locate(None)
+    kernels = tree.kernel_sources([m for _, m in ops.registrations]) if tree is not None else None
+    name, samples = _samples(model, quant)
+    input_sets, origin = check.raw_inputs(data, graph, bindings, name, samples, check.HOST_SAMPLES)
+    reference = check.litert_outputs(data, input_sets)
+    vector = project.TestVector(input_sets[0], reference[0], origin.replace("sample(s)", "sample"))
+    result = check.MicroCheck(executed=[{"where": check.X86_LITERT, "inputs": len(input_sets),
+                                         "what": "reference outputs for the TFLM checks"}])
+
+    check.host_check(data, graph, input_sets, reference, max(4 * estimate.total, 1 << 20), result)
+    arena = estimate
+    if result.arena_bytes is not None and result.arena_bytes > estimate.total:
+        arena = replace(estimate, total=check.align16(result.arena_bytes))  # the estimate was low: trust the run
+    why_not = check.cortex_m4_missing(tree)
+    if why_not is not None:
+        check_budgets(len(data), arena, budget)
+    files = write_bundle(out_dir, data, graph, bindings, ops, arena, source)
+    files += project.write_project(out_dir, vector, source, core=tree.core_sources() if tree else None,
+                                   kernels=kernels, checked=None, ops=[op for op, _ in ops.registrations])
+    shipped = {"total": arena.total, "measured": arena.total != estimate.total, "source": result.arena_source}
+
+    if why_not is None:
+        assert tree is not None and kernels is not None
+
+        def rewrite_config(size: int, used: int, where: str) -> None:
+            note = (f"{used} B used on the {where} (TFLM arena_used_bytes()), plus 10% for optimized kernels' "
+                    f"scratch; edgekiln's estimate was {estimate.total} B.")
+            (out_dir / "model_config.h").write_text(
+                model_config_file(graph, bindings, replace(estimate, total=size), source, measured=note))
+            shipped.update(total=size, measured=True, source=where)
+
+        probe = min(_RAM_CAP, check.align16(max(2 * estimate.total, estimate.total + 65536)))
+        check.measure_on_cortex_m4(out_dir, tree, check.cortex_m.cache_root_default(), kernels, vector, graph,
+                                   probe, result, rewrite_config)
+        check.check_budgets(result.firmware, budget.flash_kb, budget.ram_kb)
+        project.update_readme(out_dir, {"tflm_revision": tree.revision, "compiler": result.firmware["compiler"],
+                                        "max_diff_lsb": result.firmware["max_diff_lsb"],
+                                        "arena_used_bytes": result.firmware["arena_used_bytes"],
+                                        "flash_bytes": result.firmware["flash_bytes"],
+                                        "ram_bytes": result.firmware["ram_bytes"]},
+                              [op for op, _ in ops.registrations])
+    else:
+        result.not_executed.append({"where": check.CORTEX_M4, "why": why_not})
+        result.notes.append(f"not run on a Cortex-M4: {why_not}")
+    details = bundle_details(data, ops, estimate, files)
+    details["arena"] = {**estimate.to_dict(), "estimate": estimate.total, "total": shipped["total"],
+                        "measured_on": shipped["source"] if shipped["measured"] else None,
+                        "measured_bytes": result.arena_bytes}
+    if tree is not None:
+        details["tflm_revision"] = tree.revision
+    if result.firmware is not None:
+        details["firmware"] = result.firmware
+    return {"mcu": details, **result.to_dict(), "notes": result.notes}
