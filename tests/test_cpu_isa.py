@@ -52,13 +52,14 @@ def test_this_host_is_described_from_cpuid():
 
 
 def test_cpu_targets_pick_their_int8_scheme_by_isa():
-    assert cpu_scheme("x86-avx2")["reduce_range"] is True
-    assert cpu_scheme("x86-sse")["reduce_range"] is True
-    assert cpu_scheme("x86-vnni")["reduce_range"] is False
-    assert QuantizeConfig.for_target("x86-avx2").reduce_range
-    assert not QuantizeConfig.for_target("x86-vnni").reduce_range
+    for isa in ("x86-avx2", "x86-sse"):  # u8u8: no saturating u8 x s8 products
+        assert cpu_scheme(isa)["weight_type"] == "uint8" and cpu_scheme(isa)["guard_runtime"] == "host"
+    assert "weight_type" not in cpu_scheme("x86-vnni")
+    assert QuantizeConfig.for_target("x86-avx2").weight_type == "uint8"
+    assert QuantizeConfig.for_target("x86-vnni").weight_type == "int8"
     # 'x86' (and no target at all) means this machine
-    assert QuantizeConfig.for_target("x86").reduce_range == (host_cpu().int8_isa in ("x86-avx2", "x86-sse"))
+    saturating = host_cpu().int8_isa in ("x86-avx2", "x86-sse")
+    assert QuantizeConfig.for_target("x86").weight_type == ("uint8" if saturating else "int8")
     assert QuantizeConfig.for_target(None) == QuantizeConfig.for_target("x86")
     # TensorRT is judged with exact integer arithmetic whatever this CPU's kernels do
     assert QuantizeConfig.for_target("jetson-orin").guard_runtime == "reference"
@@ -73,7 +74,7 @@ def test_cpu_targets_pick_their_int8_scheme_by_isa():
 def test_a_model_made_for_vnni_on_a_cpu_without_it_is_checked_with_exact_arithmetic():
     if host_cpu().int8_isa == "x86-vnni":
         assert QuantizeConfig.for_target("x86-vnni").guard_runtime == "host"
-        assert QuantizeConfig.for_target("x86-avx2").guard_runtime == "host"  # 7-bit weights are exact anywhere
+        assert QuantizeConfig.for_target("x86-avx2").guard_runtime == "host"  # u8u8 is exact anywhere
     else:
         assert QuantizeConfig.for_target("x86-vnni").guard_runtime == "reference"
 
@@ -157,15 +158,16 @@ def cosine(config, exact=False):
 
 x86 = QuantizeConfig.for_target("x86")
 vnni = QuantizeConfig.for_target("x86-vnni")
-print(json.dumps({"isa": host_cpu().int8_isa, "x86_reduce_range": x86.reduce_range,
+print(json.dumps({"isa": host_cpu().int8_isa, "x86_weight_type": x86.weight_type,
                   "x86": cosine(x86), "vnni_guard_runtime": vnni.guard_runtime,
                   "vnni_on_avx2_kernels": cosine(vnni), "vnni_exact": cosine(vnni, exact=True)}))
 """
 
 
 @needs_qemu
+@pytest.mark.skipif(host_cpu().int8_isa != "x86-vnni", reason="this CPU has no VNNI itself: the tests run natively here")
 @pytest.mark.slow
-def test_on_an_avx2_cpu_without_vnni_x86_int8_uses_7_bit_weights_and_keeps_its_accuracy(tmp_path):
+def test_on_an_avx2_cpu_without_vnni_x86_int8_uses_uint8_weights_and_keeps_its_accuracy(tmp_path):
     """Under QEMU's Haswell model, full 8-bit u8s8 saturates in MLAS; the x86 scheme chosen there does not."""
     script = tmp_path / "check.py"
     script.write_text(_EMULATED_CHECK)
@@ -175,7 +177,7 @@ def test_on_an_avx2_cpu_without_vnni_x86_int8_uses_7_bit_weights_and_keeps_its_a
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["isa"] == "x86-avx2"
-    assert result["x86_reduce_range"] is True
+    assert result["x86_weight_type"] == "uint8"
     assert result["x86"] > 0.999  # what test_quantize asks of x86 INT8 on a VNNI CPU
     # A model made for VNNI, run on AVX2 kernels, is damaged by saturation; its exact check is not.
     assert result["vnni_guard_runtime"] == "reference"

@@ -165,9 +165,16 @@ class _Run:
         self.model, self.split, self.target, self.options = model, split, target, options
         self.workdir, self.iterations = workdir, iterations
         self.config = QuantizeConfig.for_target(target, method="minmax")
+        self.notes: list[str] = []
+        if self.config.weight_type != "int8":
+            # PTQ's scheme for CPUs without VNNI is uint8 weights; QAT simulates symmetric int8 weights, so it
+            # takes the other saturation-free scheme, 7-bit int8 weights, whose loss fine-tuning recovers.
+            self.config = QuantizeConfig.for_target(target, method="minmax", weight_type="int8",
+                                                    weight_symmetric=True, reduce_range=True)
+            self.notes.append("this CPU has no VNNI: QAT uses 7-bit int8 weights (reduce_range), and so does the "
+                              "PTQ model it is compared with (edgekiln's PTQ alone would take uint8 weights)")
         self.scheme = QuantScheme.from_config(self.config, options.weight_bits)
         self.opset = get_target(target).opset
-        self.notes: list[str] = []
         if options.weight_bits == 4:
             # int4 DequantizeLinear exists from opset 21 on.
             self.opset = max(self.opset, INT4_OPSET)
@@ -211,15 +218,15 @@ class _Run:
     def _ptq(self, fp32_path: Path) -> tuple[Path, Any]:
         """The project's post-training INT8 of the FP32 model on the training images, guard off."""
         from calibration.ranges import ActivationRanges
-        from toolchain import api
+        from toolchain.calibrate import CalibrationOptions, calibrate
 
         # The training images themselves, as arrays: PTQ's ranges and the fake-quant ranges are then
         # measured on bit-identical inputs (a folder would be re-split and re-decoded).
         samples = self.workdir / "train.npy"
         np.save(samples, self.split.train)
         path = self.workdir / "ptq.onnx"
-        api.calibrate(fp32_path, path, calib=samples, target=self.target, calib_size=len(self.split.train),
-                      holdout=0, seed=self.options.seed, no_cache=True, method="minmax", guard=False)
+        calibrate(fp32_path, path, CalibrationOptions(samples, count=len(self.split.train), holdout=0,
+                                                      seed=self.options.seed), self.config, budget=None)
         ranges = ActivationRanges.load(path.with_suffix(".ranges.json"))
         if self.options.weight_bits == 4:  # same ranges, 4-bit weights: PTQ at the settings QAT uses
             from toolchain.onnx_io import load_onnx, save_onnx

@@ -84,17 +84,20 @@ SATURATING_ISAS = ("x86-avx2", "x86-sse")
 def cpu_scheme(isa: str) -> dict[str, object]:
     """``QuantizeConfig`` defaults for an ONNX Runtime CPU of ISA class ``isa``.
 
-    Without VNNI, 8-bit weights can saturate ONNX Runtime's u8s8 kernels; 7-bit weights cannot
-    (255 x 64 x 2 < 32767) and keep the fast u8s8 kernels (u8u8, the other cure ORT documents, takes
-    a slower 16-bit path). The guard runs this machine's kernels only when they compute what the
-    target's do; otherwise exact integer arithmetic stands in for the target's CPU.
+    Without VNNI, ONNX Runtime's u8 x s8 kernels add pairs of products into a saturating int16, so
+    full-range int8 weights can overflow. ORT documents two cures: 7-bit weights (``reduce_range``) or
+    uint8 weights (u8u8, no saturation). Measured on EfficientNet-Lite0 with real photos (bench/isa.md),
+    7-bit weights keep 74% top-1 agreement with FP32, uint8 weights 87% (VNNI's u8s8: 90%), so u8u8 it
+    is. The guard runs this machine's kernels only when they compute what the target's do; otherwise
+    exact integer arithmetic stands in for the target's CPU.
     """
     from toolchain.hostcpu import host_cpu
 
-    saturating = isa in SATURATING_ISAS
+    if isa in SATURATING_ISAS:  # u8u8 is exact on every x86 CPU, so this machine's kernels can judge it
+        return {"weight_type": "uint8", "weight_symmetric": False, "reduce_range": False, "guard_runtime": "host"}
     host_isa = host_cpu().int8_isa
-    faithful_here = saturating or host_isa == isa or host_isa not in SATURATING_ISAS
-    return {"reduce_range": saturating, "guard_runtime": "host" if faithful_here else "reference"}
+    faithful_here = host_isa == isa or host_isa not in SATURATING_ISAS
+    return {"reduce_range": False, "guard_runtime": "host" if faithful_here else "reference"}
 
 
 def scheme_note(target: str | None, config: "QuantizeConfig") -> str | None:
@@ -106,9 +109,11 @@ def scheme_note(target: str | None, config: "QuantizeConfig") -> str | None:
     if not profile.cpu_isa:
         return None
     isa = profile.int8_isa()
-    weights = "7-bit weights (reduce_range)" if config.reduce_range else "8-bit weights"
+    weights = ("7-bit int8 weights (reduce_range)" if config.reduce_range else f"{config.weight_type} weights")
     made_for = f"this machine's CPU ({host_cpu().model}, {isa})" if profile.cpu_isa == "host" else isa
     note = f"INT8 made for {made_for}: {config.activation_type} activations, {weights}"
+    if isa in SATURATING_ISAS:
+        note += " (no VNNI there: int8 weights would saturate ONNX Runtime's u8s8 kernels)"
     if config.guard_runtime == "reference":
         note += (f"; checked with exact integer arithmetic, and latencies measured here ({host_cpu().int8_isa}) "
                  f"are not that CPU's")
