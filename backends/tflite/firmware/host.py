@@ -9,7 +9,11 @@ a formula). The host is 64-bit: its bookkeeping structs are larger than on a
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -47,13 +51,30 @@ class HostRun:
 def _interpreter(model: bytes, arena: int):
     from tflite_micro import runtime
 
-    with native_stderr_captured():  # TFLM logs allocation failures to fd 2; the bisection expects them
+    with native_stderr_captured():
         return runtime.Interpreter.from_bytes(model, arena_size=arena)
 
 
+@contextlib.contextmanager
+def _fd2_discarded() -> Iterator[None]:
+    """TFLM logs every failed allocation to fd 2; during the bisection those failures are expected."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "wb") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _fits(model: bytes, arena: int) -> bool:
+    from tflite_micro import runtime
+
     try:
-        _interpreter(model, arena)
+        with _fd2_discarded():
+            runtime.Interpreter.from_bytes(model, arena_size=arena)
         return True
     except RuntimeError:
         return False

@@ -33,6 +33,10 @@ def command(elf: Path) -> list[str]:
             "-semihosting-config", "enable=on,target=native", "-kernel", str(elf)]
 
 
+class ArenaTooSmall(VerificationError):
+    """The firmware's AllocateTensors failed: its tensor arena is smaller than TFLM needs."""
+
+
 @dataclass(frozen=True)
 class Run:
     arena_used: int
@@ -67,11 +71,8 @@ def parse_run(stdout: str, stderr: str, returncode: int, seconds: float) -> Run:
         tag = parts[0]
         if tag == "EDGEKILN_ERROR":
             detail = " ".join(parts[2:])
-            hint = None
-            if parts[1:2] == ["4"]:
-                hint = "The tensor arena is smaller than TFLM needs; see the log above for how much it asked for."
-            raise VerificationError(f"the firmware failed on the Cortex-M4 (QEMU {sources.BOARD}): {detail}",
-                                    hint=hint)
+            error = ArenaTooSmall if parts[1:2] == ["4"] else VerificationError
+            raise error(f"the firmware failed on the Cortex-M4 (QEMU {sources.BOARD}): {detail}")
         if tag == "EDGEKILN_ARENA_USED":
             arena = int(parts[1])
         elif tag == "EDGEKILN_OUTPUT":
