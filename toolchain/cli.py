@@ -578,6 +578,33 @@ def compare(artifacts: tuple[Path, ...], calib: Path | None, count: int, seed: i
                     [(r.tensor, r.producer, r.op_type, f"{r.relative_error:.3g}", f"{r.cosine:.6f}") for r in rows])
 
 
+@cli.command(name="verify")
+@click.argument("artifact", type=_existing_path)
+@click.option("--on", "device", required=True, type=click.Choice(["qemu-cortex-m4", "qemu-aarch64"]),
+              help="qemu-cortex-m4: an mcu artifact's firmware on QEMU mps2-an386 with TFLM; qemu-aarch64: a "
+                   "TFLite artifact with aarch64 LiteRT under qemu-user.")
+@click.option("--tflm-root", type=_existing_path, default=None,
+              help="TensorFlow Lite Micro source tree (default: $EDGEKILN_TFLM_ROOT).")
+@click.option("--flash-kb", type=float, default=None, help="Fail if the firmware needs more flash (default: manifest).")
+@click.option("--ram-kb", type=float, default=None, help="Fail if the firmware needs more RAM (default: manifest).")
+@click.option("--calib", type=_existing_path, default=None, help="qemu-aarch64: images to run (default: random).")
+@click.option("--count", type=int, default=4, show_default=True, help="qemu-aarch64: how many inputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify_command(artifact: Path, device: str, tflm_root: Path | None, flash_kb: float | None,
+                   ram_kb: float | None, calib: Path | None, count: int, as_json: bool) -> None:
+    """Run an artifact on its own instruction set, emulated, and compare with x86 LiteRT."""
+    from toolchain.verify_device import verify_on
+
+    result = verify_on(artifact, device, tflm_root=tflm_root, flash_kb=flash_kb, ram_kb=ram_kb, calib=calib,
+                       count=count)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        return
+    for note in result.notes:
+        click.echo(note)
+    click.echo(f"verified {artifact} on {device} in {result.seconds:.1f} s; recorded in {artifact}/manifest.json")
+
+
 @cli.command(name="eval")
 @click.argument("artifact", type=_existing_path)
 @click.option("--labels", type=_existing_path, required=True, help="Labelled image folder (one sub-folder per class).")
