@@ -12,14 +12,16 @@ never returned: the caller gets a ``VerificationError`` with the numbers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import onnx
 
 from calibration.ranges import ActivationRanges
-from toolchain.errors import VerificationError
+from toolchain.errors import UsageError, VerificationError
 from toolchain.frontends.base import Feed
+from toolchain.quality import (guess_task, match_detections, non_finite, rate_lower_bound, sample_cosines,
+                               yolo_layout)
 from toolchain.passes.quantize import QuantizeConfig, quantizable_nodes, quantize_static
 
 # Fallback schedule: how many of the most sensitive layers to keep in float per retry.
@@ -31,9 +33,14 @@ _SENSITIVITY_SAMPLES = 16
 @dataclass(frozen=True)
 class Budget:
     max_drop: float = 1.0
-    """Percentage points of top-1 that may be lost: accuracy with labels, else agreement with FP32."""
+    """Percentage points of top-1 that may be lost: accuracy with labels, else agreement with FP32. Judged
+    by a one-sided 95% lower bound on the observed rate, so it means the same for 40 or 400 samples."""
     min_cosine: float = 0.99
-    """Lowest cosine similarity between FP32 and INT8 outputs over the held-out samples."""
+    """Lowest per-sample cosine similarity between FP32 and INT8 outputs (channels scaled alike)."""
+    min_detections_kept: float = 0.9
+    """Detectors: the share of the FP32 model's detections the INT8 model must keep (IoU 0.5, score 0.25)."""
+    task: str = "auto"
+    """What the outputs are: classify, detect, generic, or auto (guessed from their shapes, and said)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,16 @@ class Quality:
     top1_agreement: float | None = None
     accuracy_reference: float | None = None
     accuracy_candidate: float | None = None
+    task: str = "classify"
+    mean_cosine: float | None = None
+    lost: int | None = None
+    """Samples the candidate gets wrong that the reference gets right (labels), or top-1 flips."""
+    gained: int = 0
+    """Samples the candidate gets right that the reference gets wrong (labels only)."""
+    detections: dict | None = None
+    """Detectors: FP32 detections, candidate detections, and how many of FP32's the candidate matched."""
+    non_finite: tuple[str, ...] = ()
+    """Outputs of the candidate holding NaN or Inf."""
 
     @property
     def drop_points(self) -> float | None:
@@ -54,21 +71,52 @@ class Quality:
             return 100.0 * (1.0 - self.top1_agreement)
         return None
 
+    @property
+    def drop_bound_points(self) -> float | None:
+        """A one-sided 95% lower bound on the drop in points: what the budget is compared with."""
+        if self.drop_points is None:
+            return None
+        if self.lost is None:  # a record from before the bound existed
+            return self.drop_points
+        return 100.0 * (rate_lower_bound(self.lost, self.samples) - self.gained / max(self.samples, 1))
+
+    @property
+    def detections_kept(self) -> float | None:
+        if not self.detections or not self.detections.get("reference"):
+            return None
+        return self.detections["matched"] / self.detections["reference"]
+
     def misses(self, budget: Budget) -> list[str]:
         """Plain-language reasons the budget is missed (empty when it holds)."""
+        if self.non_finite:
+            return [f"non-finite outputs (NaN/Inf) in {', '.join(self.non_finite)}"]
         reasons = []
-        drop = self.drop_points
-        if drop is not None and drop > budget.max_drop + 1e-9:
+        bound = self.drop_bound_points
+        if bound is not None and bound > budget.max_drop + 1e-9:
             kind = "top-1 accuracy lost" if self.accuracy_reference is not None else "top-1 disagreement with FP32"
-            reasons.append(f"{kind} {drop:.2f} points > {budget.max_drop:g}")
+            reasons.append(f"{kind} {self.drop_points:.2f} points on {self.samples} samples (at least "
+                           f"{bound:.2f} with 95% confidence) > {budget.max_drop:g}")
         if self.min_cosine < budget.min_cosine:
-            reasons.append(f"cosine {self.min_cosine:.4f} < {budget.min_cosine:g}")
+            reasons.append(f"lowest per-sample cosine {self.min_cosine:.4f} < {budget.min_cosine:g}")
+        kept = self.detections_kept
+        if kept is not None and kept < budget.min_detections_kept:
+            reasons.append(f"keeps {kept:.0%} of the FP32 model's {self.detections['reference']} detections "
+                           f"< {budget.min_detections_kept:.0%}")
         return reasons
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        data["non_finite"] = list(self.non_finite)
         data["drop_points"] = self.drop_points
+        data["drop_bound_points"] = self.drop_bound_points
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Quality":
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["non_finite"] = tuple(values.get("non_finite", ()))
+        return cls(**values)
 
 
 @dataclass
@@ -114,31 +162,50 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if norm == 0 else float(a64 @ b64 / norm)
 
 
-def _is_scores(array: np.ndarray) -> bool:
-    return array.ndim == 2 and array.shape[1] > 1
-
-
 def compare_quality(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
-                    labels: np.ndarray | None = None) -> Quality:
-    """FP32-vs-INT8 quality on the same samples; top-1 figures use the first (N, classes) output."""
+                    labels: np.ndarray | None = None, task: str = "auto") -> Quality:
+    """FP32-vs-INT8 quality on the same samples (see ``toolchain.quality`` for why each metric is so).
+
+    ``task`` picks the task metric: top-1 agreement (and accuracy with labels) on the ``[N, classes]``
+    output for ``classify``, detections kept for ``detect``, cosines only for ``generic``; ``auto``
+    guesses it from the reference's output shapes.
+    """
+    broken = non_finite(reference)
+    if broken:
+        raise VerificationError(f"the FP32 model itself gives NaN/Inf in {', '.join(broken)} on the held-out "
+                                f"samples, so nothing can be compared with it",
+                                hint="Check the source model and the preprocessing (--preprocess).")
     names = list(reference)
-    per_sample_cosines = []
-    for name in names:
-        ref, cand = reference[name], candidate[name]
-        rows = ref.reshape(ref.shape[0], -1) if ref.ndim else ref.reshape(1, -1)
-        cand_rows = cand.reshape(rows.shape)
-        per_sample_cosines += [_cosine(r, c) for r, c in zip(rows, cand_rows)]
-    max_abs = {n: float(np.abs(reference[n].astype(np.float64) - candidate[n]).max()) for n in names}
-    scores = next((n for n in names if _is_scores(reference[n])), None)
     samples = len(next(iter(reference.values())))
-    if scores is None:
-        return Quality(samples, min(per_sample_cosines), max_abs)
+    max_abs = {n: float(np.abs(reference[n].astype(np.float64) - candidate[n]).max()) for n in names}
+    bad = tuple(non_finite(candidate))
+    cosines = np.concatenate([sample_cosines(reference[n], candidate[n]) for n in names])
+    if bad or not np.isfinite(cosines).all():
+        return Quality(samples, float("nan"), max_abs, non_finite=bad or tuple(names), task=task)
+    chosen = guess_task(reference) if task in ("auto", None) else task
+    common = {"samples": samples, "min_cosine": float(cosines.min()), "max_abs": max_abs, "task": chosen,
+              "mean_cosine": float(cosines.mean())}
+    if chosen == "detect":
+        layout = yolo_layout(reference)
+        if layout is None:
+            raise UsageError("--task detect needs a YOLO-style output ([N, 4 + classes, anchors] or its "
+                             "transpose); this model's outputs are " +
+                             ", ".join(f"{n} {list(a.shape)}" for n, a in reference.items()),
+                             hint="Use --task generic to compare the raw outputs.")
+        match = match_detections(reference, candidate, layout)
+        return Quality(**common, detections={"reference": match.reference, "candidate": match.candidate,
+                                              "matched": match.matched, "output": layout.output})
+    scores = next((n for n in names if reference[n].ndim == 2 and reference[n].shape[1] > 1), None)
+    if chosen != "classify" or scores is None:
+        return Quality(**common)
     ref_top1, cand_top1 = reference[scores].argmax(1), candidate[scores].argmax(1)
     agreement = float((ref_top1 == cand_top1).mean())
     if labels is None or len(labels) != len(ref_top1):
-        return Quality(samples, min(per_sample_cosines), max_abs, agreement)
-    return Quality(samples, min(per_sample_cosines), max_abs, agreement,
-                   float((ref_top1 == labels).mean()), float((cand_top1 == labels).mean()))
+        return Quality(**common, top1_agreement=agreement, lost=int((ref_top1 != cand_top1).sum()))
+    ref_right, cand_right = ref_top1 == labels, cand_top1 == labels
+    return Quality(**common, top1_agreement=agreement, accuracy_reference=float(ref_right.mean()),
+                   accuracy_candidate=float(cand_right.mean()), lost=int((ref_right & ~cand_right).sum()),
+                   gained=int((~ref_right & cand_right).sum()))
 
 
 def layer_sensitivity(model: onnx.ModelProto, ranges: ActivationRanges, config: QuantizeConfig,
@@ -152,8 +219,11 @@ def layer_sensitivity(model: onnx.ModelProto, ranges: ActivationRanges, config: 
         single = quantize_static(model, ranges, config.model_copy(update={"nodes_to_quantize": (node.name,),
                                                                           "nodes_to_exclude": ()}))
         outputs = _run_all(single, subset, config)
-        worst = min(_cosine(subset_reference[n], outputs[n]) for n in outputs)
-        scores.append((node.name, node.op_type, 1.0 - worst))
+        # Channels scaled alike (a detector's boxes must not hide its scores); the mean over samples ranks
+        # more steadily than the worst sample.
+        damage = max(1.0 - float(np.nan_to_num(sample_cosines(subset_reference[n], outputs[n]), nan=-1.0).mean())
+                     for n in outputs)
+        scores.append((node.name, node.op_type, damage))
     return sorted(scores, key=lambda item: -item[2])
 
 
@@ -165,7 +235,7 @@ def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: Q
     report = GuardReport(budget)
     quantized = quantize_static(model, ranges, config)
     report.attempts.append(Attempt(list(config.nodes_to_exclude), compare_quality(
-        reference, _run_all(quantized, holdout, config), labels)))
+        reference, _run_all(quantized, holdout, config), labels, budget.task)))
     if report.passed:
         return quantized, report
     report.sensitivity = layer_sensitivity(model, ranges, config, holdout)
@@ -178,12 +248,27 @@ def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: Q
         candidate_config = config.model_copy(update={"nodes_to_exclude": tuple(config.nodes_to_exclude) + tuple(kept)})
         quantized = quantize_static(model, ranges, candidate_config)
         report.attempts.append(Attempt(kept, compare_quality(reference, _run_all(quantized, holdout, candidate_config),
-                                                             labels)))
+                                                             labels, budget.task)))
         if report.passed:
             return quantized, report
-    final = report.final.quality
-    raise VerificationError(
-        f"INT8 misses the accuracy budget on {final.samples} held-out samples even with "
-        f"{len(report.final.kept_float)} layer(s) kept in float: {'; '.join(final.misses(budget))}",
-        hint="No model was written. Raise --max-drop, try --method entropy|percentile, more --calib-size, "
-             "or use fp16/dynamic quantization.")
+    raise budget_error(report, limit)
+
+
+def budget_error(report: GuardReport, fallback_limit: int) -> VerificationError:
+    """The refusal: what was missed, by how much, which layers were tried in float, and the guard's record."""
+    final, first = report.final.quality, report.attempts[0].quality
+    tried = len(report.attempts) - 1
+    if tried:
+        worst = ", ".join(f"{n} ({s:.3g})" for n, _, s in report.sensitivity[:3])
+        fallback = (f"even with the {len(report.final.kept_float)} most sensitive of {len(report.sensitivity)} "
+                    f"layers kept in float ({tried} attempts; most sensitive: {worst})")
+    else:
+        fallback = ("and no layer could be kept in float (the model has too few weighted layers)"
+                    if fallback_limit < 1 else "")
+    error = VerificationError(
+        f"INT8 misses the accuracy budget on {final.samples} held-out samples {fallback}: "
+        f"{'; '.join(final.misses(report.budget))} (first attempt: {'; '.join(first.misses(report.budget))})",
+        hint="No model was written for this target. Raise --max-drop or lower --min-cosine, try --method "
+             "entropy|percentile, give more --calib images, or use fp16/dynamic quantization.")
+    error.report = report.to_dict()  # type: ignore[attr-defined]  # the build reports the attempts
+    return error

@@ -101,14 +101,14 @@ def _reference_outputs(model: onnx.ModelProto, samples: Samples) -> dict[str, np
 
 
 def measure(model_bytes: bytes, bindings: IOBindings, samples: Samples,
-            reference: dict[str, np.ndarray]) -> Quality:
+            reference: dict[str, np.ndarray], task: str = "auto") -> Quality:
     """INT8 TFLite vs FP32 ONNX on the held-out samples, through the ONNX-layout runner."""
     from backends.tflite.runner import TFLiteRunner
 
     runner = TFLiteRunner.from_model(model_bytes, io=bindings.to_dict())
     outputs = [runner.run({samples.name: s[None]}) for s in samples.holdout]
     candidate = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
-    return compare_quality(reference, candidate, samples.labels)
+    return compare_quality(reference, candidate, samples.labels, task)
 
 
 @dataclass
@@ -146,7 +146,7 @@ def quantize_int8(saved_model: Path, model: onnx.ModelProto, bindings: IOBinding
     if len(samples.holdout) == 0:
         raise UsageError("the accuracy guard needs held-out samples; raise --holdout or pass --no-guard")
     reference = _reference_outputs(model, samples)
-    quality = measure(model_bytes, bindings, samples, reference)
+    quality = measure(model_bytes, bindings, samples, reference, quant.budget.task)
     details["quality"] = quality.to_dict()
     guard = GuardLog(quant.budget)
     try:
@@ -174,7 +174,7 @@ def _fallback(saved_model: Path, model: onnx.ModelProto, bindings: IOBindings, s
             kept = layers[:step]
             candidate = lower(saved_model, LowerConfig("int8", "float32", config.per_channel,
                                                        tuple(layer.tensor for layer in kept)), representative)
-            quality = measure(candidate, bindings, samples, reference)
+            quality = measure(candidate, bindings, samples, reference, guard.budget.task)
             if guard.add([names.get(layer.tensor, layer.tensor) for layer in kept], quality):
                 details["quality"] = quality.to_dict()
                 details["kept_float"] = [describe(layer, names) for layer in kept]
@@ -185,15 +185,17 @@ def _fallback(saved_model: Path, model: onnx.ModelProto, bindings: IOBindings, s
 def budget_error(guard: GuardLog, layers: list[LayerError], names: dict[str, str], samples: int,
                  fallback_allowed: bool) -> VerificationError:
     last = guard.attempts[-1]["quality"]
-    quality = Quality(**{k: v for k, v in last.items() if k != "drop_points"})
+    quality = Quality.from_dict(last)
     worst = ", ".join(describe(layer, names) for layer in layers[:3]) or "no single layer stands out"
     fallback = (f" even with {len(guard.attempts[-1]['kept_float'])} layer(s) kept in float"
                 if len(guard.attempts) > 1 else "" if fallback_allowed else " (full-integer target: no float fallback)")
-    return VerificationError(
+    error = VerificationError(
         f"TFLite INT8 misses the accuracy budget on {samples} held-out samples{fallback}: "
         f"{'; '.join(quality.misses(guard.budget))}; layers with the largest INT8 error: {worst}",
-        hint="No model was written. Raise --max-drop, give more or more representative --calib images, "
-             "or use fp16/dynamic.")
+        hint="No model was written for this target. Raise --max-drop or lower --min-cosine, give more or more "
+             "representative --calib images, or use fp16/dynamic.")
+    error.report = guard.to_dict()  # type: ignore[attr-defined]  # the build reports the attempts
+    return error
 
 
 def describe(layer: LayerError, names: dict[str, str]) -> str:
