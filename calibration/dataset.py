@@ -108,8 +108,8 @@ def build_calibration_set(
     source: Path,
     spec: PreprocessSpec | None,
     *,
-    count: int = 256,
-    holdout: int = 64,
+    count: int | None = None,
+    holdout: int | None = None,
     seed: int = 0,
     cache_dir: Path | None = None,
     labelled: bool | None = None,
@@ -119,15 +119,18 @@ def build_calibration_set(
     ``source``: a folder of images (recursive; needs ``spec``), a ``.npy`` file of
     (N, ...) samples, a ``.npz`` file holding one such array, or a folder whose
     top-level ``.npy`` files are one sample each (``spec`` is ignored for arrays).
+    ``count``/``holdout`` None: chosen from the number of samples (``choose_split``).
     ``labelled``: None detects a class-per-sub-folder layout, True requires it,
     False never uses it. ``cache_dir`` caches image sets (array sources are read
     directly: a cache would only copy them).
     """
     _check_sizes(count, holdout, seed)
     found = _find_samples(Path(source), spec, labelled)
-    holdout_used, notes = _holdout_size(found, count, holdout)
-    cal_items, hold_items = _split(_choose(found, count + holdout_used, seed), count, seed)
-    key = _cache_key(found, cal_items, hold_items, count, holdout, seed)
+    split = choose_split(len(found.items), count, holdout, source=found.source, kind=_kind_word(found),
+                         npy_folder=found.kind == "npy-folder")
+    notes: tuple[str, ...] = (split.describe(),) if split.chosen else ()
+    cal_items, hold_items = _split(_choose(found, split.count + split.holdout, seed), split.count, seed)
+    key = _cache_key(found, cal_items, hold_items, split.count, split.holdout, seed)
 
     if found.kind != "images":
         built, state = _load_arrays(found, cal_items, hold_items), "off"
@@ -182,17 +185,20 @@ class _Found:
         return self.spec.to_dict() if self.spec is not None else dict(ARRAY_SPEC)
 
 
-def _check_sizes(count: int, holdout: int, seed: int) -> None:
+def _check_sizes(count: int | None, holdout: int | None, seed: int) -> None:
     for name, value in (("count", count), ("holdout", holdout), ("seed", seed)):
+        if value is None and name != "seed":
+            continue
         if isinstance(value, bool) or not isinstance(value, int):
             raise UsageError(f"{name} must be a whole number, got {value!r}")
-    if count < 1:
+    if count is not None and count < 1:
         raise UsageError(f"the calibration sample size must be at least 1, got {count}", hint="Raise --calib-size.")
-    if holdout < 0:
+    if holdout is not None and holdout < 0:
         raise UsageError(f"the holdout size must be 0 or more, got {holdout}")
 
 
-def _find_samples(source: Path, spec: PreprocessSpec | None, labelled: bool | None) -> _Found:
+def _find_samples(source: Path, spec: PreprocessSpec | None, labelled: bool | None, *,
+                  need_spec: bool = True) -> _Found:
     if not source.exists():
         raise InputFileError(f"calibration data '{source}' does not exist")
     if source.is_file():
@@ -204,7 +210,7 @@ def _find_samples(source: Path, spec: PreprocessSpec | None, labelled: bool | No
     elif _npy_files(source):
         found = _npy_folder(source)
     else:
-        return _image_folder(source, spec, labelled)
+        return _image_folder(source, spec, labelled, need_spec)
     if labelled:
         raise UsageError(
             f"'{source}' holds arrays, which carry no class labels",
@@ -213,8 +219,8 @@ def _find_samples(source: Path, spec: PreprocessSpec | None, labelled: bool | No
     return found
 
 
-def _image_folder(folder: Path, spec: PreprocessSpec | None, labelled: bool | None) -> _Found:
-    if spec is None:
+def _image_folder(folder: Path, spec: PreprocessSpec | None, labelled: bool | None, need_spec: bool = True) -> _Found:
+    if spec is None and need_spec:
         raise UsageError(
             f"calibrating from the images in '{folder}' needs a preprocessing spec",
             hint="Pass a PreprocessSpec, or give a .npy/.npz file of already-preprocessed samples.",
@@ -343,20 +349,122 @@ def _check_numeric(array: np.ndarray, path: Path) -> None:
 # ---- choosing and splitting ---------------------------------------------------------
 
 
-def _holdout_size(found: _Found, count: int, holdout: int) -> tuple[int, tuple[str, ...]]:
-    """The holdout size actually possible and a note when it had to shrink."""
-    available = len(found.items)
-    if available >= count + holdout:
-        return holdout, ()
-    if available > count:
-        used = available - count
-        return used, (f"holdout reduced from {holdout} to {used}: only {available} samples found",)
-    suggest = available - 1 if holdout > 0 else available
-    lower = f"Lower --calib-size to {suggest} or add more samples" if suggest >= 1 else "Add more samples"
-    if found.kind == "npy-folder":
-        lower += " (each .npy file in a folder is one sample; give the file itself if it holds N samples)"
-    wanted = f"{count} calibration samples" + (f" plus a holdout of at least 1 (asked {holdout})" if holdout else "")
-    raise InputFileError(f"'{found.source}' has only {available} samples for {wanted}", hint=f"{lower}.")
+# The default split (``choose_split``): enough held-out samples that the accuracy check means
+# something, the rest for ranges. One flipped image in 16 held out is 6 points; in 128, 0.8.
+MIN_SAMPLES = 16
+MAX_CALIBRATION = 256
+MAX_HOLDOUT = 128
+HOLDOUT_FRACTION = 0.4
+
+
+@dataclass(frozen=True)
+class SampleSplit:
+    """How many of ``available`` samples measure ranges (``count``) and how many are held out."""
+
+    available: int
+    count: int
+    holdout: int
+    chosen: bool
+    """True when edgekiln chose at least one of the two numbers (the user left it out)."""
+    kind: str = "samples"
+    rule: str = ""
+    """How the chosen number(s) were chosen, for ``describe``."""
+
+    def describe(self, where: str = "") -> str:
+        """``calibrating on 55 of 91 images [in photos/], 36 held out (how they were chosen)``."""
+        place = f" in {where}" if where else ""
+        text = f"calibrating on {self.count} of {self.available} {self.kind}{place}, {self.holdout} held out"
+        return f"{text} ({self.rule})" if self.chosen and self.rule else text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"available": self.available, "calibration": self.count, "holdout": self.holdout,
+                "chosen": self.chosen}
+
+
+def default_holdout(available: int) -> int:
+    """The held-out part of a default split: 40% of the samples, at least 16, at most 128 and at most half."""
+    return min(MAX_HOLDOUT, max(MIN_SAMPLES, int(HOLDOUT_FRACTION * available)), available // 2)
+
+
+def choose_split(available: int, count: int | None = None, holdout: int | None = None, *,
+                 source: Path | str = "the samples", kind: str = "samples", npy_folder: bool = False) -> SampleSplit:
+    """The calibration/holdout sizes for ``available`` samples; None means "choose it".
+
+    Both None: ``default_holdout`` held out, the rest (up to 256) for calibration; fewer than
+    ``MIN_SAMPLES`` samples is an error. One given: it is respected and the other takes the rest
+    (up to 256 calibration or 128 held out). Both given: respected, or an error if they do not fit.
+    """
+    _check_sizes(count, holdout, 0)
+    where = f"'{source}'"
+    per_file = " (each .npy file in a folder is one sample; give the file itself if it holds N samples)" \
+        if npy_folder else ""
+    if count is None and holdout is None:
+        if available < MIN_SAMPLES:
+            raise InputFileError(
+                f"{where} has only {available} {kind}; calibration needs at least {MIN_SAMPLES} (some to measure "
+                "activation ranges, the rest held out to check accuracy)",
+                hint=f"Add samples{per_file}, or choose both sizes yourself with --calib-size and --holdout.")
+        held = default_holdout(available)
+        return SampleSplit(available, min(MAX_CALIBRATION, available - held), held, True, kind,
+                           f"the default for {available} {kind}: 40% held out, 16 to 128, the rest up to 256 for "
+                           "calibration; --calib-size/--holdout to choose")
+    if holdout is None:
+        assert count is not None
+        if count > available:
+            raise InputFileError(f"{where} has only {available} {kind} for --calib-size {count}",
+                                 hint=f"{_suggest(available)}{per_file}.")
+        return SampleSplit(available, count, min(MAX_HOLDOUT, available - count), True, kind,
+                           "held out: the samples --calib-size leaves, up to 128")
+    if count is None:
+        if holdout >= available:
+            raise InputFileError(f"{where} has only {available} {kind}: --holdout {holdout} leaves none for "
+                                 "calibration", hint=f"{_suggest(available)}{per_file}.")
+        return SampleSplit(available, min(MAX_CALIBRATION, available - holdout), holdout, True, kind,
+                           "calibration: the samples --holdout leaves, up to 256")
+    if count + holdout > available:
+        raise InputFileError(f"{where} has only {available} {kind} for --calib-size {count} plus --holdout {holdout}",
+                             hint=f"{_suggest(available)}{per_file}.")
+    return SampleSplit(available, count, holdout, False, kind)
+
+
+def _suggest(available: int) -> str:
+    """What the user could ask for instead: the default split, or a small one under 16 samples."""
+    if available >= MIN_SAMPLES:
+        held = default_holdout(available)
+        return (f"Lower --calib-size/--holdout (e.g. --calib-size {min(MAX_CALIBRATION, available - held)} "
+                f"--holdout {held}, or leave both out to let edgekiln choose) or add more samples")
+    if available >= 2:
+        held = max(1, available // 3)
+        return f"Lower --calib-size/--holdout (e.g. --calib-size {available - held} --holdout {held}) or add more samples"
+    return "Add more samples"
+
+
+def _kind_word(found: _Found) -> str:
+    return "images" if found.kind == "images" else "samples"
+
+
+def available_samples(source: Path) -> tuple[int, str]:
+    """How many samples ``source`` holds and what they are ("images" or "samples"), without decoding any.
+
+    The count ``build_calibration_set`` splits, so a plan can choose and announce the split up front.
+    """
+    found = _find_samples(Path(source), None, None, need_spec=False)
+    return len(found.items), _kind_word(found)
+
+
+def check_varied(samples: CalibrationSet, source: Path | str) -> None:
+    """Refuse a set whose samples are all identical: ranges and accuracy measured on it mean nothing."""
+    rows = [part for part in (samples.calibration, samples.holdout) if len(part)]
+    total = sum(len(part) for part in rows)
+    if total < 2:
+        return
+    first = rows[0][:1]
+    if all(np.array_equal(part, np.broadcast_to(first, part.shape)) for part in rows):
+        kind = "samples" if samples.spec == ARRAY_SPEC else "images"
+        raise InputFileError(
+            f"all {total} {kind} chosen from '{source}' are identical after preprocessing; calibrating and "
+            "checking accuracy on copies of one input is meaningless",
+            hint="Use varied, representative samples of what the model will see.")
 
 
 def _choose(found: _Found, total: int, seed: int) -> list[_Item]:

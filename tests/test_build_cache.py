@@ -69,7 +69,8 @@ def test_first_build_misses_then_an_identical_rerun_is_all_hits(first_build, ima
 def test_report_has_variants_agreement_and_per_layer_error(first_build):
     root, _ = first_build
     report = json.loads((root / "out" / "report.json").read_text())
-    assert report["schema_version"] == 2
+    assert report["schema_version"] == 3 and report["failed"] == []
+    assert all(t["status"] == "ok" for t in report["targets"])
     by_artifact = {t["artifact"]: t for t in report["targets"]}
     assert set(by_artifact) == {"x86", "x86-int8"}
     assert by_artifact["x86-int8"]["precision"] == "int8"

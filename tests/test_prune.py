@@ -240,7 +240,8 @@ def test_command_prints_the_stages_with_accuracy(tmp_path):
     group = click.Group(commands=[prune])
     out = tmp_path / "pruned.pt2"
     result = CliRunner().invoke(group, ["prune", *SOURCE_FLAGS, "--ratio", "0.5", "--labels", str(SAMPLES),
-                                        "--recover-epochs", "1", "--iterations", "3", "--no-cache", "-o", str(out)])
+                                        "--recover-epochs", "1", "--iterations", "3", "--no-cache", "--holdout", "128",
+                                        "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "step 1: recovered" in result.output and "features.2.0 │ 64 -> 32" in result.output
     assert "93.75%" in result.output  # the original's accuracy on the 128 held-out images

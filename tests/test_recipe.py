@@ -174,6 +174,7 @@ def test_every_recipe_value_is_a_build_argument(tmp_path):
         labels: l
         no-simplify: true
         bench-iterations: 3
+        fail-fast: true
         input: [x:1x1x8x8]
         dynamic-batch: true
         opset: 17
@@ -214,7 +215,7 @@ def test_every_recipe_value_is_a_build_argument(tmp_path):
         dry-run: false
         """)
     values = load_recipe(path).values
-    assert len(values) == 44
+    assert len(values) == 45
     parameters = inspect.signature(api.build).parameters
     for key in values:
         assert key in parameters or key.startswith("lowrank") or key in CLI_ONLY_KEYS, key

@@ -55,9 +55,11 @@ def convert(source: PathLike | None, output: PathLike, *, inputs: Sequence[str] 
                        _verify_options(verify, atol, rtol, calib, seed, preprocess))
 
 
-def _lowrank_config(mode: str, energy: float, ratio: float, min_cosine: float | None, max_error: float | None,
-                    rank_multiple: int, min_params: int, ops: str | Sequence[str], ranks: Sequence[str] | dict,
-                    exclude: Sequence[str], bias_correction: bool | None):
+def lowrank_config(mode: str = "energy", energy: float = 0.95, ratio: float = 0.5, min_cosine: float | None = None,
+                   max_error: float | None = None, rank_multiple: int = 8, min_params: int = 4096,
+                   ops: str | Sequence[str] = "Gemm,MatMul,Conv", ranks: Sequence[str] | dict = (),
+                   exclude: Sequence[str] = (), bias_correction: bool | None = None):
+    """The low-rank pass's config from ``optimize``'s ``lowrank_*`` arguments (prefix dropped), validated."""
     from toolchain.passes.lowrank import LowRankConfig
 
     if isinstance(ranks, dict):
@@ -84,7 +86,7 @@ def optimize(model: PathLike, output: PathLike, *, simplify: bool = False, simpl
              lowrank_exclude: Sequence[str] = (), lowrank_bias_correction: bool | None = None,
              fp16: bool = False, dynamic_int8: bool = False, verify: bool = True, atol: float = DEFAULT_ATOL,
              rtol: float = DEFAULT_RTOL, min_cosine: float = 0.99, calib: PathLike | None = None, seed: int = 0,
-             preprocess: str | dict | None = None, calib_size: int = 256, holdout: int = 128,
+             preprocess: str | dict | None = None, calib_size: int | None = None, holdout: int | None = None,
              cache_dir: PathLike | None = None, no_cache: bool = False):
     """``edgekiln optimize``: graph passes on an ONNX model, re-verified in ONNX Runtime."""
     from toolchain.calibrate import CalibrationOptions, calibration_cache_dir
@@ -94,7 +96,7 @@ def optimize(model: PathLike, output: PathLike, *, simplify: bool = False, simpl
     if fp16 and dynamic_int8:
         raise UsageError("--fp16 and --dynamic-int8 are alternatives; choose one")
     config = SimplifyConfig.from_options(engine=simplify_engine) if simplify else None
-    lowrank_config = _lowrank_config(lowrank_mode, lowrank_energy, lowrank_ratio, lowrank_min_cosine,
+    lowrank_cfg = lowrank_config(lowrank_mode, lowrank_energy, lowrank_ratio, lowrank_min_cosine,
                                      lowrank_max_error, lowrank_rank_multiple, lowrank_min_params, lowrank_ops,
                                      lowrank_ranks, lowrank_exclude, lowrank_bias_correction) if lowrank else None
     calibration = None
@@ -104,7 +106,7 @@ def optimize(model: PathLike, output: PathLike, *, simplify: bool = False, simpl
                                          preprocess=preprocess, cache_dir=cache)
     lossy = "fp16" if fp16 else "dynamic" if dynamic_int8 else None
     options = replace(_verify_options(verify, atol, rtol, calib, seed, preprocess), min_cosine=min_cosine)
-    return run_optimize(Path(model), Path(output), simplify=config, lowrank=lowrank_config, lossy=lossy,
+    return run_optimize(Path(model), Path(output), simplify=config, lowrank=lowrank_cfg, lossy=lossy,
                         calibration=calibration, verify=options)
 
 
@@ -127,7 +129,7 @@ def _checked_backend_options(backend: str, options: dict[str, Any]) -> dict[str,
     return given
 
 
-def _quant_options(calib: PathLike | None, calib_size: int, holdout: int, seed: int, preprocess: str | dict | None,
+def _quant_options(calib: PathLike | None, calib_size: int | None, holdout: int | None, seed: int, preprocess: str | dict | None,
                    cache_dir: PathLike | None, no_cache: bool, method: str | None, per_channel: bool | None,
                    activation_type: str | None, symmetric: bool | None, guard: bool, max_drop: float,
                    min_cosine: float):
@@ -148,7 +150,7 @@ def _quant_options(calib: PathLike | None, calib_size: int, holdout: int, seed: 
 
 
 def calibrate(model: PathLike, output: PathLike, *, calib: PathLike, target: str | None = None,
-              calib_size: int = 256, holdout: int = 128, seed: int = 0, preprocess: str | dict | None = None,
+              calib_size: int | None = None, holdout: int | None = None, seed: int = 0, preprocess: str | dict | None = None,
               cache_dir: PathLike | None = None, no_cache: bool = False, method: str | None = None,
               per_channel: bool | None = None, activation_type: str | None = None, symmetric: bool | None = None,
               guard: bool = True, max_drop: float = 1.0, min_cosine: float = 0.99,
@@ -168,8 +170,8 @@ def compile(model: PathLike, output: PathLike, *, backend: str | None = None, ta
             precision: str | None = None, threads: int | None = None, graph_optimization: str = "all",
             verify: bool = True, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
             calib: PathLike | None = None, preprocess: str | dict | None = None, seed: int = 0,
-            calib_size: int = 256, holdout: int = 128, cache_dir: PathLike | None = None, no_cache: bool = False,
-            method: str | None = None, per_channel: bool | None = None, activation_type: str | None = None,
+            calib_size: int | None = None, holdout: int | None = None, cache_dir: PathLike | None = None,
+            no_cache: bool = False, method: str | None = None, per_channel: bool | None = None, activation_type: str | None = None,
             symmetric: bool | None = None, guard: bool = True, max_drop: float = 1.0, min_cosine: float = 0.99,
             backend_options: dict[str, Any] | None = None):
     """``edgekiln compile``: lower an ONNX model to a backend artifact folder, verified against ONNX Runtime.
@@ -188,11 +190,38 @@ def compile(model: PathLike, output: PathLike, *, backend: str | None = None, ta
         raise UsageError("--threads must be >= 1")
     precision = precision or (profile.precision if profile else "fp32")
     extra = {"graph_optimization": graph_optimization, **_checked_backend_options(backend, backend_options or {})}
+    if profile is not None and profile.name == "mcu":
+        _check_mcu_size(Path(model), extra.get("flash_kb"))
     options = CompileOptions(precision=precision, target=target, threads=threads, extra=extra)
     quant = _quant_options(calib, calib_size, holdout, seed, preprocess, cache_dir, no_cache, method, per_channel,
                            activation_type, symmetric, guard, max_drop, min_cosine)
     verify_options = replace(_verify_options(verify, atol, rtol, calib, seed, preprocess), min_cosine=min_cosine)
     return compile_artifact(Path(model), Path(output), backend, options, verify_options, quant=quant)
+
+
+def _check_mcu_size(model: Path, flash_kb: float | None) -> None:
+    """A model far too large for a microcontroller: refused before converting when it exceeds --flash-kb,
+    else said on the progress log (the conversion would take minutes only to produce something unusable)."""
+    import logging
+
+    import onnx
+
+    from toolchain.build_checks import mcu_too_large, weight_count
+
+    if not model.is_file() or isinstance(flash_kb, bool) or not isinstance(flash_kb, (int, float, type(None))):
+        return  # the compile itself reports a missing model or a malformed budget
+    try:
+        weights = weight_count(onnx.load(str(model), load_external_data=False))
+    except Exception:  # noqa: BLE001 - an unreadable model gets the compile's own message
+        return
+    problem = mcu_too_large(weights, flash_kb)
+    if problem is None:
+        return
+    if flash_kb is not None:
+        raise UsageError(f"target 'mcu': {problem}", hint="Nothing was converted. Use a smaller model or raise "
+                                                          "--flash-kb.")
+    logging.getLogger("edgekiln").info("warning: target 'mcu': %s; it will be built but is unlikely to fit a "
+                                       "device", problem)
 
 
 # What 'edgekiln build' with no arguments builds the bundled example for: one device of each backend,
@@ -206,15 +235,23 @@ def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, 
           model_class: str | None = None, weights: PathLike | None = None, model_kwargs: str | dict | None = None,
           trust_pickle: bool = False, exporter: str = "auto", keras_safe_mode: bool = True, verify: bool = True,
           atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, calib: PathLike | None = None, seed: int = 0,
-          preprocess: str | dict | None = None, calib_size: int | None = None, holdout: int = 128,
+          preprocess: str | dict | None = None, calib_size: int | None = None, holdout: int | None = None,
           max_drop: float = 1.0, min_cosine: float = 0.99, method: str | None = None, guard: bool = True,
-          cache_dir: PathLike | None = None, no_cache: bool = False, dry_run: bool = False,
-          progress: Any = None, **lowrank_options: Any):
+          cache_dir: PathLike | None = None, no_cache: bool = False, fail_fast: bool = False, dry_run: bool = False,
+          progress: Any = None, announce: Any = None, **lowrank_options: Any):
     """``edgekiln build``: convert, simplify, (low-rank), compile per target, verify, evaluate and time; with
     no source, the bundled Fashion-MNIST example. Targets are ``TARGET`` or ``TARGET:PRECISION``.
     ``lowrank_options`` are ``optimize``'s ``lowrank*`` arguments. Stages are cached under ``cache_dir``
-    (``no_cache`` turns that off). ``dry_run`` returns the plan (a list of ``PlannedStage``) instead of building;
-    ``progress(stage, index, total, state, seconds)`` is called as stages start and finish."""
+    (``no_cache`` turns that off). ``calib_size``/``holdout`` None: chosen from the folder's size.
+
+    A target that fails (the accuracy guard refuses its INT8, its backend cannot convert the model) is
+    recorded in the result (``result.failed``) while the other targets and the report are written;
+    ``fail_fast`` raises on the first failure instead and writes nothing. Everything that can be checked
+    before a stage runs (each target's needs, sample counts, the model's input) is checked first.
+    ``dry_run`` returns the plan (a list of ``PlannedStage``) instead of building;
+    ``progress(stage, index, total, state, seconds)`` is called as stages start and finish (state "start",
+    "done", "cached", "failed" or "skipped"); ``announce(line)`` gets what the build decided for the user
+    (the sample split, inferred preprocessing, warnings)."""
     from toolchain.build import build as run_build
     from toolchain.build import check_variants, example_defaults, plan
     from toolchain.build_plan import BuildRequest
@@ -234,33 +271,39 @@ def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, 
         convert_options.update({k: v for k, v in example.items() if k in convert_options})
     if bench_iterations < 0:
         raise UsageError("--bench-iterations must be >= 0")
-    quant_options = {"calib_size": calib_size or 256, "holdout": holdout, "max_drop": max_drop,
+    if max_drop < 0 or not 0 < min_cosine <= 1:
+        raise UsageError("--max-drop must be >= 0 and --min-cosine in (0, 1]")
+    quant_options = {"calib_size": calib_size, "holdout": holdout, "max_drop": max_drop,
                      "min_cosine": min_cosine, "method": method, "guard": guard, "cache_dir": cache_dir,
                      "no_cache": no_cache}
     request = BuildRequest(Path(source) if source else None, Path(output), check_variants(list(targets) or ["x86"]),
                            convert_options, _verify_options(verify, atol, rtol, calib, seed, preprocess),
                            labels=Path(labels) if labels else None, simplify=simplify,
                            bench_iterations=bench_iterations, quant_options=quant_options,
-                           lowrank_options=_lowrank_build_options(lowrank_options))
+                           lowrank_options=_lowrank_build_options(lowrank_options), fail_fast=fail_fast)
     cache = StageCache(Path(cache_dir) if cache_dir else default_cache_root(), enabled=not no_cache)
     if dry_run:
-        return plan(request, cache)
-    return run_build(request, cache, progress)
+        return plan(request, cache, announce)
+    return run_build(request, cache, progress, announce)
 
 
 def compare(artifacts: Sequence[PathLike], *, calib: PathLike | None = None, count: int = 32, seed: int = 0,
-            per_layer: bool = False):
-    """``edgekiln compare``: artifacts on the same inputs against the first; optionally per layer (ONNX)."""
+            per_layer: bool = False, preprocess: str | dict | None = None):
+    """``edgekiln compare``: artifacts on the same inputs against the first; optionally per layer (ONNX).
+    ``preprocess`` (a preset or spec) is how ``calib`` images are preprocessed; by default each
+    artifact's manifest says (inferred from the input shape for a bare .onnx file)."""
     from toolchain.artifact import Artifact
     from toolchain.compare import comparison_feeds, compare_artifacts
     from toolchain.compare import per_layer as layer_diffs
 
+    _verify_options(True, DEFAULT_ATOL, DEFAULT_RTOL, calib, seed, preprocess)  # an unknown preset fails now
     paths = [Path(a) for a in artifacts]
-    comparisons = compare_artifacts(paths, calib=Path(calib) if calib else None, count=count, seed=seed)
+    comparisons = compare_artifacts(paths, calib=Path(calib) if calib else None, count=count, seed=seed,
+                                    preprocess=preprocess)
     layers = {}
     if per_layer:
         reference = Artifact.open(paths[0])
-        feeds = comparison_feeds(reference, Path(calib) if calib else None, min(count, 8), seed)
+        feeds = comparison_feeds(reference, Path(calib) if calib else None, min(count, 8), seed, preprocess)
         for path in paths[1:]:
             candidate = Artifact.open(path)
             if reference.model_path.suffix != ".onnx" or candidate.model_path.suffix != ".onnx":
@@ -303,6 +346,7 @@ def inspect(model: PathLike):  # noqa: A001 - mirrors the command name
     TFLite model's ops, tensor types, quantization parameters and size (a dict)."""
     from toolchain.fileio import require_file
 
+    _refuse_source_model(Path(model))
     path = require_file(Path(model), "model")
     if path.suffix.lower() == ".tflite":
         from backends.tflite.inspect import summarize_tflite
@@ -312,6 +356,32 @@ def inspect(model: PathLike):  # noqa: A001 - mirrors the command name
     from toolchain.onnx_io import load_onnx
 
     return summarize(load_onnx(path), path)
+
+
+_SOURCE_KINDS = {"torch": "a PyTorch file (TorchScript, state dict or pickled model)",
+                 "torch-export": "a torch.export program", "keras": "a Keras model", "h5": "a Keras HDF5 model",
+                 "savedmodel": "a TensorFlow SavedModel"}
+
+
+def _refuse_source_model(path: Path) -> None:
+    """A PyTorch/Keras/TensorFlow model given to inspect: say what it is and how to get an ONNX file."""
+    from toolchain.errors import InputFileError, ToolchainError
+    from toolchain.frontends import detect_format
+    from toolchain.frontends.base import ConvertOptions
+
+    if not path.exists() or path.suffix.lower() in (".onnx", ".tflite"):
+        return
+    try:
+        kind = detect_format(path, ConvertOptions())
+    except ToolchainError:  # no known extension or content: perhaps ONNX without its suffix
+        return
+    if kind not in _SOURCE_KINDS:
+        return
+    needs = " --input NAME:SHAPE" if kind == "torch" else ""
+    raise InputFileError(f"'{path.name}' is {_SOURCE_KINDS[kind]}, not an ONNX or TFLite model; inspect reads "
+                         "those two",
+                         hint=f"Convert it first: edgekiln convert {path}{needs} -o {path.stem}.onnx, then inspect "
+                              f"{path.stem}.onnx (a state dict also needs --model-class).")
 
 
 def backends() -> list[dict[str, Any]]:

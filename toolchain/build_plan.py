@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolchain.hostcpu import host_cpu
 from toolchain.digests import content_digest, model_class_digest, stage_key, verification_images_digest
 from toolchain.targets import Variant
 from toolchain.verify import VerifyOptions
@@ -32,6 +33,8 @@ class BuildRequest:
     bench_iterations: int = 50
     quant_options: dict[str, Any] = field(default_factory=dict)
     lowrank_options: dict[str, Any] = field(default_factory=dict)
+    fail_fast: bool = False
+    """Stop at the first failing target and write nothing (else the others are still delivered)."""
 
     @property
     def calib(self) -> Path | None:
@@ -106,7 +109,9 @@ def _compile_stage(request: BuildRequest, variant: Variant, upstream: str, verif
     quant["method"] = quant.get("method") or "minmax"  # the default, spelled out or not, is one key
     key = stage_key("compile", (backend,), {
         "upstream": upstream, "target": variant.target.name, "precision": variant.precision, "quant": quant,
-        "calibration": _calibration_inputs(request) if calibrates else None, "verify": verify})
+        "calibration": _calibration_inputs(request) if calibrates else None, "verify": verify,
+        # INT8 schemes and the kernels that check them depend on the CPU (x86 without VNNI: 7-bit weights).
+        "host_isa": host_cpu().int8_isa})
     detail = f"{backend}, {variant.precision}"
     if variant.precision == "int8" and request.calib is not None:
         detail += f", INT8 calibration from {request.calib.name}/ with the accuracy guard"
@@ -126,6 +131,7 @@ def _measure_stage(request: BuildRequest, variant: Variant | None, upstream: str
         parts.append(f"latency ({request.bench_iterations} runs)")
     key = stage_key("measure", (variant.target.backend,) if variant else ("onnxruntime",), {
         "upstream": upstream, "reference": reference, "labels": content_digest(request.labels),
+        "host": host_cpu().describe(),  # latencies are this machine's
         "bench_iterations": request.bench_iterations, "runnable": runnable, "checks": request.verify.enabled,
         "agreement_images": verification_images_digest(request.calib, AGREEMENT_SAMPLES, request.verify.seed)
         if variant else None,
@@ -134,7 +140,7 @@ def _measure_stage(request: BuildRequest, variant: Variant | None, upstream: str
     return PlannedStage(name, "measure", key, ", ".join(parts) or "size only", variant)
 
 
-def _require_inputs(request: BuildRequest) -> None:
+def require_inputs(request: BuildRequest) -> None:
     """Missing inputs fail before planning: hashing a missing path would only fail much later."""
     from toolchain.errors import InputFileError
 
@@ -151,7 +157,7 @@ def _require_inputs(request: BuildRequest) -> None:
 
 def plan_build(request: BuildRequest) -> list[PlannedStage]:
     """Stages in execution order: convert, simplify, low-rank, then compile + measure per variant."""
-    _require_inputs(request)
+    require_inputs(request)
     verify = _verify_inputs(request)
     stages = [_convert_stage(request, verify)]
     if request.simplify:

@@ -50,10 +50,12 @@ def verify_flags(command: Callable) -> Callable:
 def sample_flags(command: Callable) -> Callable:
     """How many calibration/held-out samples are drawn from --calib, and where they are cached."""
     decorators = [
-        click.option("--calib-size", type=int, default=256, show_default=True,
-                     help="Samples used to measure activation ranges (or to choose low-rank ranks)."),
-        click.option("--holdout", type=int, default=128, show_default=True,
-                     help="Further samples, never used for calibration, for the accuracy check."),
+        click.option("--calib-size", type=int, default=None,
+                     help="Samples used to measure activation ranges (or to choose low-rank ranks); "
+                          "default: the samples not held out, up to 256."),
+        click.option("--holdout", type=int, default=None,
+                     help="Further samples, never used for calibration, for the accuracy check; "
+                          "default: 40% of the samples, 16 to 128 (at most half)."),
         click.option("--cache-dir", type=_existing_path, default=None,
                      help="edgekiln's cache folder: preprocessed calibration sets and build stages "
                           "(default $EDGEKILN_CACHE_DIR, else ~/.cache/edgekiln)."),
@@ -265,8 +267,6 @@ def _build_kwargs(ctx: click.Context, options: dict) -> dict:
     for unused in ("per_channel", "activation_type", "symmetric"):  # build takes these from each target
         if kwargs.pop(unused) is not None:
             raise click.UsageError(f"--{unused.replace('_', '-')} is chosen per target in build; use compile for it")
-    if "calib_size" not in explicit:
-        kwargs["calib_size"] = None  # the default: the bundled example picks its own
     if recipe is not None:
         from toolchain.recipe import load_recipe, merge_recipe
 
@@ -289,6 +289,9 @@ def _build_kwargs(ctx: click.Context, options: dict) -> dict:
 @click.option("--bench-iterations", type=int, default=50, show_default=True,
               help="Timed runs per artifact (0 skips timing).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (stages, what is cached) and exit without building.")
+@click.option("--fail-fast", is_flag=True,
+              help="Stop at the first target that fails and write nothing (default: deliver the targets that "
+                   "pass, report the others, exit 8).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or tables; errors only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (or with --dry-run the plan) as JSON on stdout.")
 @source_flags
@@ -307,15 +310,37 @@ def build(ctx: click.Context, **options: object) -> None:
 
     kwargs = _build_kwargs(ctx, options)
     quiet, as_json, dry_run = kwargs.pop("quiet"), kwargs.pop("json"), kwargs.pop("dry_run")
+    announce = None if quiet or as_json else _announce
     if dry_run:
-        _print_plan(api.build(**kwargs, dry_run=True), as_json)
+        _print_plan(api.build(**kwargs, dry_run=True, announce=announce), as_json)
         return
     with quiet_logging(quiet or as_json), build_progress(quiet or as_json) as progress:
-        result = api.build(**kwargs, progress=progress)
+        result = api.build(**kwargs, progress=progress, announce=announce)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     elif not quiet:
         _print_build(result)
+    if result.failed:
+        _some_targets_failed(result)
+
+
+def _announce(line: str) -> None:
+    """What the build decided for the user (sample split, inferred preprocessing, warnings), on stderr."""
+    click.echo(f"  {line}", err=True)
+
+
+def _some_targets_failed(result) -> None:
+    """Exit 8 with one line naming each failed target; the report and the other targets were written."""
+    from toolchain.build import failure_line
+    from toolchain.errors import TargetsFailedError
+
+    failed = result.failed
+    written = len(result.targets) - len(failed)
+    raise TargetsFailedError(f"{len(failed)} of {len(result.targets)} targets failed: "
+                             + "; ".join(failure_line(t, hint=False) for t in failed),
+                             hint=f"The other {written} target{'s' if written != 1 else ''} and the report were "
+                                  f"written to {result.output}/" if written else
+                             f"The report was written to {result.output}/")
 
 
 def _print_plan(stages: list, as_json: bool) -> None:
@@ -552,16 +577,20 @@ def inspect(model: Path, as_json: bool) -> None:
 @click.option("--count", type=int, default=32, show_default=True, help="How many inputs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of input selection.")
 @click.option("--per-layer", is_flag=True, help="Rank intermediate tensors by error (ONNX models).")
+@click.option("--preprocess", default=None, metavar="PRESET",
+              help="How --calib images are preprocessed (imagenet, yolo, raw01, raw255, gray01); default: each "
+                   "artifact's manifest, or inferred from the input shape for a bare .onnx file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def compare(artifacts: tuple[Path, ...], calib: Path | None, count: int, seed: int, per_layer: bool,
-            as_json: bool) -> None:
+            preprocess: str | None, as_json: bool) -> None:
     """Run artifacts (ONNX, INT8 ONNX, TFLite, ...) on the same inputs and compare each with the first."""
     import dataclasses
 
     from toolchain import api
     from toolchain.report import print_table
 
-    comparisons, layers = api.compare(artifacts, calib=calib, count=count, seed=seed, per_layer=per_layer)
+    comparisons, layers = api.compare(artifacts, calib=calib, count=count, seed=seed, per_layer=per_layer,
+                                      preprocess=preprocess)
     if as_json:
         click.echo(json.dumps({"comparisons": [dataclasses.asdict(c) for c in comparisons],
                                "per_layer": {k: [dataclasses.asdict(r) for r in v] for k, v in layers.items()}},
@@ -728,7 +757,7 @@ def _note_interrupts() -> list[bool]:
 
 def _exit_for(exc: BaseException, args: list[str], debug: bool) -> None:
     """One line and the error's exit code for a failed command (the traceback only with --debug)."""
-    from toolchain.errors import ToolchainError
+    from toolchain.errors import ToolchainError, clip
 
     try:
         raise exc
@@ -751,6 +780,6 @@ def _exit_for(exc: BaseException, args: list[str], debug: bool) -> None:
     except Exception as exc:  # a bug: keep the user's terminal readable, tracebacks behind --debug
         if debug:
             raise
-        click.echo(f"internal error: {type(exc).__name__}: {_one_line(str(exc))[:300]} "
+        click.echo(f"internal error: {type(exc).__name__}: {clip(_one_line(str(exc)), 300)} "
                    "(rerun with --debug for the traceback and please report it)", err=True)
         sys.exit(EXIT_INTERNAL)

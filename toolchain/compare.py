@@ -76,15 +76,17 @@ def diff_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarr
 
 def comparison_feeds(artifact: Artifact, calib: Path | None, count: int, seed: int,
                      preprocess: str | dict | None = None) -> list[Feed]:
-    """Inputs for a comparison: images from ``calib`` with the artifact's spec (``preprocess`` for a
-    bare .onnx file), else seeded random inputs."""
+    """Inputs for a comparison: images from ``calib``, preprocessed by ``preprocess`` when given, else by the
+    artifact's manifest spec (inferred from the input shape for a bare .onnx file); without ``calib``,
+    seeded random inputs."""
     from backends.registry import get_backend
 
     with get_backend(artifact.backend).load(artifact.model_path, artifact.runtime_options) as runner:
         inputs = runner.inputs
     if calib is None:
         return random_feeds(inputs, count=count, seed=seed)
-    return image_feeds(inputs, calib, count=count, seed=seed, preprocess=artifact.preprocess or preprocess)
+    chosen = preprocess if preprocess is not None else artifact.preprocess
+    return image_feeds(inputs, calib, count=count, seed=seed, preprocess=chosen)
 
 
 def _run(artifact: Artifact, feeds: list[Feed]) -> dict[str, np.ndarray]:

@@ -9,10 +9,23 @@ with ``--debug``.
 from __future__ import annotations
 
 
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message (SDKs raise multi-line C++ traces), or its type name."""
+# A first line longer than this is shortened at a word boundary (whole words, then " ..."); SDK
+# messages are one long line at most a few hundred characters, so in practice nothing is cut.
+MAX_LINE = 2000
+
+
+def clip(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` whole if it fits, else cut at the last space before ``limit`` and marked: never mid-word."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit)
+    return text[:cut if cut > 0 else limit].rstrip() + " ..."
+
+
+def first_line(exc: BaseException, limit: int = MAX_LINE) -> str:
+    """The whole first line of an exception's message (SDKs raise multi-line C++ traces), or its type name."""
     text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
+    return clip(text.splitlines()[0].strip(), limit) if text else type(exc).__name__
 
 
 class ToolchainError(Exception):
@@ -67,3 +80,9 @@ class OutputError(ToolchainError):
     """The output location cannot be written."""
 
     exit_code = 7
+
+
+class TargetsFailedError(ToolchainError):
+    """A build delivered some targets but not all: the failed ones are in the report, the rest were written."""
+
+    exit_code = 8

@@ -13,6 +13,13 @@ def _line(stage: Any, index: int, total: int) -> str:
     return f"[{index + 1}/{total}] {stage.name}"
 
 
+def _outcome(state: str, seconds: float) -> str:
+    """How a stage ended: its time, or cached, FAILED (the target is reported, the build goes on), skipped."""
+    if state == "failed":
+        return f"FAILED after {seconds:.1f} s"
+    return state if state in ("cached", "skipped") else f"{seconds:.1f} s"
+
+
 class LineProgress:
     """Plain lines, for logs and CI: what starts (and why it takes long) and how it ended."""
 
@@ -22,8 +29,7 @@ class LineProgress:
     def __call__(self, stage: Any, index: int, total: int, state: str, seconds: float) -> None:
         if state == "start":
             return
-        outcome = "cached" if state == "cached" else f"{seconds:.1f} s"
-        print(f"  {_line(stage, index, total)}: {outcome}", file=self.stream, flush=True)
+        print(f"  {_line(stage, index, total)}: {_outcome(state, seconds)}", file=self.stream, flush=True)
 
 
 class BarProgress:
@@ -36,7 +42,7 @@ class BarProgress:
         if state == "start":
             self.bar.update(self.task, total=total, description=f"{_line(stage, index, total)}: {stage.description}")
             return
-        outcome = "[dim]cached[/dim]" if state == "cached" else f"{seconds:.1f} s"
+        outcome = f"[dim]{state}[/dim]" if state in ("cached", "skipped") else _outcome(state, seconds)
         self.bar.console.print(f"  {_line(stage, index, total)}: {outcome}", highlight=False)
         self.bar.update(self.task, completed=index + 1)
 

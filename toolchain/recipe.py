@@ -127,6 +127,7 @@ class _RecipeModel(BaseModel):
     simplify: bool | None = None
     no_simplify: bool | None = None
     bench_iterations: Annotated[int, Field(ge=0)] | None = None
+    fail_fast: bool | None = None
     # source flags (convert)
     inputs: _Texts | None = None
     input: _Texts | None = None

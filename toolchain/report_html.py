@@ -44,6 +44,9 @@ thead th { background: #F6F8FA; border-bottom: 2px solid #8C959F; white-space: n
 td:first-child { white-space: nowrap; }
 .missing { color: #8C959F; }
 tr.reference td { background: #F6F8FA; font-style: italic; }
+tr.failed td { background: #FFF5F5; }
+td.why { color: #82071E; max-width: 48em; overflow-wrap: anywhere; }
+td.why ul { margin: .2em 0 0; padding-left: 1.1em; color: #3D444D; }
 ul.variant-notes { max-width: 60em; color: #3D444D; }
 ul.notes { margin: 0; padding-left: 1.1em; min-width: 16em; max-width: 30em; overflow-wrap: anywhere; }
 figure { margin: 0 0 1.6em; break-inside: avoid; }
@@ -111,6 +114,12 @@ def _quality(record: dict[str, Any]) -> tuple[float, str] | None:
         return top1, "top-1"
     agreement = _number(_dict(record.get("agreement")).get("top1_agreement"))
     return (agreement, "agreement") if agreement is not None else None
+
+
+def _status(target: dict[str, Any]) -> str:
+    """ok, refused (the accuracy guard or verification said no) or failed; reports before schema 3 are all ok."""
+    status = target.get("status")
+    return status if isinstance(status, str) and status else "ok"
 
 
 def _was_run(target: dict[str, Any]) -> bool:
@@ -188,6 +197,9 @@ def _summary(report: dict[str, Any], targets: Sequence[dict[str, Any]]) -> str:
             parts.append(f"cache: {_text(cache.get('hits'))} hits, {_text(cache.get('misses'))} misses")
     run_here = sum(_was_run(t) for t in targets)
     parts.append(f"{len(targets)} target{'s' if len(targets) != 1 else ''}, {run_here} measured on this machine")
+    not_delivered = [t for t in targets if _status(t) != "ok"]
+    if not_delivered:
+        parts.append(f"{len(not_delivered)} not delivered ({', '.join(_variant_name(t) for t in not_delivered)})")
     if report.get("edgekiln_version"):
         parts.append(f"edgekiln {report['edgekiln_version']}")
     line = " · ".join(parts)
@@ -212,9 +224,25 @@ def _variant_row(name: str, record: dict[str, Any], size: float | None, *, refer
     return f"<tr{attr}>{''.join(cells)}</tr>"
 
 
+def _failed_row(target: dict[str, Any]) -> str:
+    """A target that was not delivered: what it is, then why (the error, its hint, what was tried)."""
+    name = _variant_name(target)
+    error = _dict(target.get("error"))
+    message = str(error.get("message") or "no reason recorded").rstrip(".") + "."
+    hint = f" {error['hint']}" if error.get("hint") else ""
+    stage = f" (in {error['stage']})" if error.get("stage") else ""
+    tried = [str(t) for t in target.get("tried") or []] if isinstance(target.get("tried"), list) else []
+    tried_html = ("<ul>" + "".join(f"<li>tried: {escape(t)}</li>" for t in tried) + "</ul>") if tried else ""
+    cells = [_cell(name), _cell(_text(target.get("backend"))), _cell(_text(target.get("precision"))),
+             f'<td class="why" colspan="{len(_VARIANT_COLUMNS) - 3}"><b>{escape(_status(target))}</b>{escape(stage)}: '
+             f"{escape(message + hint)}{tried_html}</td>"]
+    return f'<tr class="failed" data-target="{escape(name)}" data-status="{escape(_status(target))}">{"".join(cells)}</tr>'
+
+
 def _variants_section(targets: Sequence[dict[str, Any]], reference: dict[str, Any] | None,
                       stages: Sequence[dict[str, Any]]) -> str:
-    rows = [_variant_row(_variant_name(t), t, _target_size(t, stages), reference=False) for t in targets]
+    rows = [_variant_row(_variant_name(t), t, _target_size(t, stages), reference=False) if _status(t) == "ok"
+            else _failed_row(t) for t in targets]
     if reference is not None:
         # The FP32 model every variant is compared with: the baseline for size, accuracy and speed.
         ref = {"precision": "fp32", **reference}
@@ -234,6 +262,8 @@ def _variant_notes(targets: Sequence[dict[str, Any]]) -> str:
 def _scatter_point(name: str, record: dict[str, Any], size: float | None, *,
                    reference: bool) -> ScatterPoint | str:
     """The variant's point, or why it cannot be plotted."""
+    if _status(record) != "ok":
+        return f"{name} ({_status(record)})"
     latency = _number(_dict(record.get("latency")).get("p50_ms"))
     quality = _quality(record)
     if latency is None or quality is None:
@@ -360,6 +390,14 @@ def _stages_section(stages: Sequence[dict[str, Any]]) -> str:
     return '<h2 id="stages">Stages</h2>' + _table("stages", _STAGE_COLUMNS, [_stage_row(s) for s in stages])
 
 
+def _decisions(report: dict[str, Any]) -> str:
+    """What the build chose or warned about before it ran (sample split, inferred preprocessing)."""
+    lines = report.get("decisions")
+    if not isinstance(lines, list) or not lines:
+        return ""
+    return '<ul class="variant-notes decisions">' + "".join(f"<li>{escape(str(line))}</li>" for line in lines) + "</ul>"
+
+
 def _footer(report: dict[str, Any]) -> str:
     version = report.get("schema_version")
     schema = f" (schema version {escape(str(version))})" if version is not None else ""
@@ -376,7 +414,7 @@ def render_report_html(report: dict[str, Any]) -> str:
     reference = report.get("reference") if isinstance(report.get("reference"), dict) else None
     source = _text(report.get("source"))
     body = (f"<h1>edgekiln build report</h1><p>Source: <code>{escape(source)}</code></p>"
-            + _summary(report, targets) + _variants_section(targets, reference, stages)
+            + _summary(report, targets) + _decisions(report) + _variants_section(targets, reference, stages)
             + _charts_section(targets, reference, stages) + _stages_section(stages) + _footer(report))
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolchain.errors import ConversionError, UsageError, first_line
+from toolchain.errors import ConversionError, UsageError, clip, first_line
 from toolchain.lazy import require
 from toolchain.quiet import native_stderr_captured, quiet
 
@@ -103,7 +103,7 @@ def _converter_reason(exc: Exception) -> str:
     text = str(exc)
     for line in text.splitlines():
         if "error:" in line:
-            return line.split("error:", 1)[1].strip()[:300]
+            return clip(line.split("error:", 1)[1].strip())
     return first_line(exc)
 
 

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from toolchain.errors import ConversionError
+from toolchain.errors import ConversionError, clip
 
 log = logging.getLogger("edgekiln.tflite")
 
@@ -244,7 +244,7 @@ def failure_summary(text: str, returncode: int) -> str:
                                           "KeyError", "TypeError"))
               and "trace log is below" not in line]
     if errors:
-        return errors[-1][:300]
+        return clip(errors[-1])
     return f"onnx2tf exited with code {returncode} without writing a SavedModel"
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from calibration.dataset import CalibrationSet, build_calibration_set, is_array_source
+from calibration.dataset import (CalibrationSet, available_samples, build_calibration_set, check_varied,
+                                 choose_split, is_array_source)
 from calibration.spec import PreprocessSpec
 from toolchain.errors import InputFileError, UsageError
 
@@ -77,20 +78,62 @@ def test_arrays_are_read_only(tmp_path: Path) -> None:
         cs.calibration[0, 0, 0, 0] = 1.0
 
 
-def test_too_few_for_holdout_shrinks_it_and_says_so(tmp_path: Path) -> None:
-    cs = build_calibration_set(image_folder(tmp_path, 10), spec(), count=8, holdout=4)
-    assert len(cs.calibration) == 8 and len(cs.holdout) == 2
-    assert "holdout reduced from 4 to 2" in cs.summary()
+def test_explicit_sizes_that_do_not_fit_are_refused_not_shrunk(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="only 10 images for --calib-size 8 plus --holdout 4") as err:
+        build_calibration_set(image_folder(tmp_path, 10), spec(), count=8, holdout=4)
+    assert "--calib-size 7 --holdout 3" in str(err.value)  # a split that fits, in the hint
 
 
 @pytest.mark.parametrize(("images", "count", "holdout"), [(6, 8, 4), (8, 8, 4), (1, 1, 1)])
 def test_too_few_images_is_an_input_error_naming_calib_size(
     tmp_path: Path, images: int, count: int, holdout: int
 ) -> None:
-    with pytest.raises(InputFileError, match=f"only {images} samples") as err:
+    with pytest.raises(InputFileError, match=f"only {images} images") as err:
         build_calibration_set(image_folder(tmp_path, images), spec(), count=count, holdout=holdout)
     if images > 1:
         assert "--calib-size" in str(err.value)
+
+
+@pytest.mark.parametrize(("available", "calibration", "held_out"),
+                         [(16, 8, 8), (30, 15, 15), (40, 24, 16), (91, 55, 36), (120, 72, 48), (300, 180, 120),
+                          (400, 256, 128), (1000, 256, 128)])
+def test_the_default_split_adapts_to_the_folder(available: int, calibration: int, held_out: int) -> None:
+    split = choose_split(available)
+    assert (split.count, split.holdout, split.chosen) == (calibration, held_out, True)
+    assert split.describe().startswith(f"calibrating on {calibration} of {available} samples, {held_out} held out")
+
+
+def test_one_explicit_size_is_respected_and_the_other_takes_the_rest() -> None:
+    assert (choose_split(300, count=172).count, choose_split(300, count=172).holdout) == (172, 128)
+    assert (choose_split(91, holdout=40).count, choose_split(91, holdout=40).holdout) == (51, 40)
+    assert (choose_split(1000, holdout=10).count, choose_split(6, count=4, holdout=2).chosen) == (256, False)
+    with pytest.raises(InputFileError, match="--holdout 91 leaves none"):
+        choose_split(91, holdout=91)
+
+
+def test_a_folder_under_16_images_needs_explicit_sizes(tmp_path: Path) -> None:
+    folder = image_folder(tmp_path, 12)
+    with pytest.raises(InputFileError, match="has only 12 images; calibration needs at least 16"):
+        build_calibration_set(folder, spec())
+    small = build_calibration_set(folder, spec(), count=8, holdout=4)  # asked for: respected
+    assert (len(small.calibration), len(small.holdout)) == (8, 4)
+
+
+def test_a_default_split_is_said_in_the_summary(tmp_path: Path) -> None:
+    cs = build_calibration_set(image_folder(tmp_path, 20), spec())
+    assert (len(cs.calibration), len(cs.holdout)) == (10, 10)
+    assert "calibrating on 10 of 20 images, 10 held out (the default for 20 images" in cs.summary()
+    assert available_samples(tmp_path) == (20, "images")
+
+
+def test_identical_samples_are_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "same"
+    for i in range(20):
+        png(folder / f"copy_{i:02d}.png", 77)
+    cs = build_calibration_set(folder, spec())
+    with pytest.raises(InputFileError, match="all 20 images chosen from .* are identical"):
+        check_varied(cs, folder)
+    check_varied(build_calibration_set(image_folder(tmp_path / "varied", 20), spec()), folder)  # varied: fine
 
 
 def test_exactly_count_images_without_holdout_is_fine(tmp_path: Path) -> None:

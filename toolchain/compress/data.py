@@ -32,19 +32,22 @@ class ImageSplit:
     summary: str = ""
 
 
-def load_images(folder: Path, input_shape: tuple[int, ...], *, holdout: int, count: int | None, seed: int,
+def load_images(folder: Path, input_shape: tuple[int, ...], *, holdout: int | None, count: int | None, seed: int,
                 preprocess: str | dict | None, labels: bool, cache_dir: Path | None = None) -> ImageSplit:
     """Split the images under ``folder`` into ``holdout`` held-out images and up to ``count`` training ones.
 
-    ``count`` None takes every remaining image. ``labels`` True requires one sub-folder per class
+    ``holdout`` None: ``calibration.dataset.default_holdout`` of the folder's size (40%, 16 to 128, at most
+    half). ``count`` None takes every remaining image. ``labels`` True requires one sub-folder per class
     (sorted names are the class indices); False ignores any sub-folders.
     """
-    from calibration.dataset import build_calibration_set
+    from calibration.dataset import build_calibration_set, check_varied
 
     spec = _spec(preprocess, input_shape)
-    train_count = _train_count(Path(folder), holdout, count)
+    chosen = holdout is None
+    train_count, holdout = _train_count(Path(folder), holdout, count)
     samples = build_calibration_set(Path(folder), spec, count=train_count, holdout=holdout, seed=seed,
                                     cache_dir=cache_dir, labelled=labels)
+    check_varied(samples, folder)  # training and measuring on copies of one image is meaningless
     if tuple(samples.calibration.shape[1:]) != tuple(input_shape[1:]):
         raise UsageError(f"images preprocess to shape {tuple(samples.calibration.shape[1:])} but the model input "
                          f"is {tuple(input_shape[1:])}", hint="Check --input and --preprocess.")
@@ -55,7 +58,9 @@ def load_images(folder: Path, input_shape: tuple[int, ...], *, holdout: int, cou
     return ImageSplit(train=np.array(samples.calibration), held_out=np.array(samples.holdout),
                       train_labels=train_labels,
                       held_out_labels=None if samples.holdout_labels is None else np.array(samples.holdout_labels),
-                      class_names=samples.class_names, spec=dict(samples.spec), summary=samples.summary())
+                      class_names=samples.class_names, spec=dict(samples.spec),
+                      summary=samples.summary() + ("; held out: the default for this folder (40%, 16 to 128, at most "
+                                                   "half; --holdout to choose)" if chosen else ""))
 
 
 def _spec(preprocess: str | dict | None, input_shape: tuple[int, ...]):
@@ -66,10 +71,17 @@ def _spec(preprocess: str | dict | None, input_shape: tuple[int, ...]):
     return PreprocessSpec.from_input_shape(input_shape, preset=preprocess)
 
 
-def _train_count(folder: Path, holdout: int, count: int | None) -> int:
-    """How many training images to take; a folder too small for the split is a one-line error."""
+def _train_count(folder: Path, holdout: int | None, count: int | None) -> tuple[int, int]:
+    """How many training and held-out images to take; a folder too small for the split is a one-line error."""
+    from calibration.dataset import MIN_SAMPLES, default_holdout
     from calibration.folder import list_images
 
+    if holdout is None:
+        available = len(list_images(folder).files)
+        if available < MIN_SAMPLES:
+            raise UsageError(f"'{folder}' has {available} images, too few for training and a held-out check "
+                             f"(at least {MIN_SAMPLES} are needed)", hint="Add images, or choose --holdout yourself.")
+        holdout = default_holdout(available)
     if not is_whole_number(holdout, 1):
         raise UsageError(f"the held-out split must hold at least 1 image, got {holdout!r}",
                          hint="Measuring accuracy or agreement needs held-out images; raise --holdout.")
@@ -80,7 +92,7 @@ def _train_count(folder: Path, holdout: int, count: int | None) -> int:
         suggestion = f"Lower --holdout to {available // 4} or add images" if available >= 4 else "Add images"
         raise UsageError(f"'{folder}' has {available} images, too few for {holdout} held-out images plus "
                          f"training images", hint=f"{suggestion}.")
-    return available - holdout if count is None else min(count, available - holdout)
+    return (available - holdout if count is None else min(count, available - holdout)), holdout
 
 
 def _train_labels(samples) -> np.ndarray:

@@ -251,7 +251,7 @@ def api_distill(teacher_source: str | Path | None, student_class: str, output: s
                 teacher_weights: str | Path | None = None, teacher_kwargs: str | dict | None = None,
                 trust_pickle: bool = False, inputs: Sequence[str] = (), epochs: int = 5,
                 temperature: float = 4.0, hard_label_weight: float = 0.5, lr: float = 1e-3, batch_size: int = 64,
-                patience: int = 2, holdout: int = 128, count: int | None = None, seed: int = 0,
+                patience: int = 2, holdout: int | None = None, count: int | None = None, seed: int = 0,
                 preprocess: str | dict | None = None, iterations: int = 50, cache_dir: str | Path | None = None,
                 progress: Callable[[EpochRecord], None] | None = None) -> DistillResult:
     """``edgekiln distill``: train ``student_class`` on ``images`` to reproduce the teacher, measure both, save.

@@ -268,7 +268,7 @@ def api_prune(source: Path | None, output: Path, *, ratio: float, importance: st
               calib: Path | None = None,
               labels: Path | None = None, recover_epochs: int = 3, model_class: str | None = None,
               weights: Path | None = None, model_kwargs: str | dict | None = None, trust_pickle: bool = False,
-              inputs: tuple[str, ...] | list[str] = (), preprocess: str | dict | None = None, holdout: int = 128,
+              inputs: tuple[str, ...] | list[str] = (), preprocess: str | dict | None = None, holdout: int | None = None,
               train_count: int | None = None, seed: int = 0, latency_iterations: int = 50,
               cache_dir: Path | None = None, no_cache: bool = False) -> PruneResult:
     """``edgekiln prune``: load, prune, recover, measure and save (TorchScript .pt or torch.export .pt2).
@@ -305,7 +305,7 @@ def save_pruned(module: Any, example: Any, output: Path) -> Path:
     return torch_io.save_module(module, example, None, output, allow_state_dict=False)
 
 
-def _data(calib: Path | None, labels: Path | None, input_shape: tuple[int, ...], holdout: int,
+def _data(calib: Path | None, labels: Path | None, input_shape: tuple[int, ...], holdout: int | None,
           count: int | None, seed: int, preprocess: str | dict | None, cache_dir: Path | None) -> ImageSplit:
     """Images from ``labels`` (a class-per-sub-folder folder) when given, else unlabelled from ``calib``."""
     if labels is not None and calib is not None and Path(labels).resolve() != Path(calib).resolve():

@@ -32,8 +32,9 @@ _path = click.Path(path_type=Path)
               help="Labelled folder (one sub-folder per class) used instead of --calib: adds hard labels and accuracy.")
 @click.option("--recover-epochs", type=int, default=3, show_default=True,
               help="Epochs of distillation from the original after each step (0: no recovery).")
-@click.option("--holdout", type=int, default=128, show_default=True,
-              help="Images set aside (never trained on) to measure agreement or accuracy.")
+@click.option("--holdout", type=int, default=None,
+              help="Images set aside (never trained on) to measure agreement or accuracy "
+                   "(default: 40% of the folder, 16 to 128, at most half).")
 @click.option("--train-size", type=int, default=None, help="Most training images to use (default: all the rest).")
 @click.option("--input", "inputs", multiple=True, metavar="[NAME:]SHAPE", help="Input shape, e.g. 1x3x224x224.")
 @click.option("--model-class", default=None, metavar="MODULE:CLASS",
@@ -49,7 +50,7 @@ _path = click.Path(path_type=Path)
 @click.option("--no-cache", is_flag=True, help="Do not read or write the preprocessed-image cache.")
 def prune(source: Path | None, output: Path, ratio: float, importance: str, steps: int, keep: tuple[str, ...],
           unstructured: bool, round_to: int | None, calib: Path | None, labels: Path | None, recover_epochs: int,
-          holdout: int,
+          holdout: int | None,
           train_size: int | None, inputs: tuple[str, ...], model_class: str | None, weights: Path | None,
           model_kwargs: str | None, trust_pickle: bool, preprocess: str | None, iterations: int, seed: int,
           cache_dir: Path | None, no_cache: bool) -> None:

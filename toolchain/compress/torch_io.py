@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from toolchain.errors import UsageError, first_line
+from toolchain.errors import UsageError, clip, first_line
 from toolchain.fileio import atomic_file, check_writable_destination
 from toolchain.lazy import require
 
@@ -321,7 +321,7 @@ def _trace_difference(torch: Any, module: Any, traced: Any, probe: Any) -> str |
         except Exception as exc:  # e.g. a batch size baked into the trace
             # The TorchScript interpreter's message ends with the cause, after its own traceback.
             lines = [line for line in str(exc).splitlines() if line.strip()]
-            return f"fails: {lines[-1][:300] if lines else type(exc).__name__}"
+            return f"fails: {clip(lines[-1]) if lines else type(exc).__name__}"
     if len(actual) != len(expected) or any(a.shape != e.shape for a, e in zip(actual, expected)):
         return "returns outputs of other shapes than eager PyTorch"
     if all(np.allclose(a.numpy(), e.numpy(), atol=_TRACE_ATOL, rtol=_TRACE_RTOL) for a, e in zip(actual, expected)):

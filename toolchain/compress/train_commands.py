@@ -61,8 +61,9 @@ def _training_options(command: Any) -> Any:
         click.option("--preprocess", default=None, metavar="PRESET",
                      help="Image preprocessing preset (imagenet, yolo, raw01, raw255, gray01); "
                           "default from the shape."),
-        click.option("--holdout", type=int, default=128, show_default=True,
-                     help="Held-out images, never trained on, for agreement/accuracy and early stopping."),
+        click.option("--holdout", type=int, default=None,
+                     help="Held-out images, never trained on, for agreement/accuracy and early stopping "
+                          "(default: 40% of the folder, 16 to 128, at most half)."),
         click.option("--count", type=int, default=None, help="Most training images (default: all the others)."),
         click.option("--batch-size", type=int, default=None, help="Training batch size (distill 64, qat 32)."),
         click.option("--lr", type=float, default=None, help="Adam learning rate (distill 1e-3, qat 1e-4)."),
