@@ -203,6 +203,20 @@ CASES = [
     (["build", "-c", "{recipe_target_yaml}", "-o", "{out}/b"], ["recipe_target.yaml:1:", "toaster"]),
     (["build", "-c", "{recipe_ini}", "-o", "{out}/b"], [".yaml", ".toml"]),
     (["build", "-c", "{missing}", "-o", "{out}/b"], ["no such recipe file"]),
+    # build: every target's needs and the sample split are checked before the first stage
+    (["build", "{tiny}", "-o", "{out}/b", "--target", "rpi4", "--cache-dir", "{cache}"], ["target 'rpi4' builds INT8"]),
+    (["build", "{tiny}", "-o", "{out}/b", "--target", "x86:int8", "--calib", "{three_images}", "--cache-dir",
+      "{cache}"], ["only 3 images", "at least 16"]),
+    (["build", "{tiny}", "-o", "{out}/b", "--target", "x86:int8", "--calib", "{images}", "--calib-size", "6",
+      "--holdout", "4", "--cache-dir", "{cache}"], ["--calib-size 6 plus --holdout 4"]),
+    (["build", "{tiny}", "-o", "{out}/b", "--target", "x86:int8", "--calib", "{npy}", "--cache-dir", "{cache}"],
+     ["only 1 samples"]),
+    (["build", "{tiny}", "-o", "{out}/b", "--lowrank", "--lowrank-mode", "budget", "--cache-dir", "{cache}"],
+     ["--lowrank-mode budget needs calibration data"]),
+    (["calibrate", "{tiny}", "--calib", "{images}", "-o", "{out}/q.onnx", "--cache-dir", "{cache}"],
+     ["only 8 images", "at least 16"]),
+    (["inspect", "{random_pt}"], ["is a PyTorch file", "edgekiln convert"]),
+    (["compare", "{tiny}", "{tiny}", "--calib", "{images}", "--preprocess", "sepia"], ["unknown preprocessing preset"]),
 ]
 
 

@@ -265,9 +265,10 @@ def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, 
         targets = list(targets) or list(EXAMPLE_TARGETS)
         example = example_defaults()
         labels = labels or example.pop("labels")
-        calib = calib or example.pop("calib")
+        if calib is None:  # the example's own 300 images, with the example's split
+            calib = example.pop("calib")
+            calib_size = calib_size or example.pop("calib_size")
         preprocess = preprocess or example.pop("preprocess")
-        calib_size = calib_size or example.pop("calib_size")
         convert_options.update({k: v for k, v in example.items() if k in convert_options})
     if bench_iterations < 0:
         raise UsageError("--bench-iterations must be >= 0")

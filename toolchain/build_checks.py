@@ -175,18 +175,11 @@ def planned_inputs(request: Any) -> list[TensorInfo] | None:
     ONNX sources: read from the file (with ``--input`` and ``--dynamic-batch`` applied as convert
     applies them). PyTorch sources: from ``--input``, which they need. Other sources: None.
     """
-    from toolchain.frontends import detect_format
-    from toolchain.frontends.base import ConvertOptions
     from toolchain.inputs import parse_input_specs
 
     options = request.convert_options
     specs = parse_input_specs(list(options.get("inputs") or []))
-    if request.source is None and options.get("model_class") is None:
-        kind = "state-dict"  # the bundled example: a model class with --input
-    else:
-        probe = ConvertOptions(model_class=options.get("model_class"),
-                               weights=Path(options["weights"]) if options.get("weights") else None)
-        kind = detect_format(request.source, probe)
+    kind = source_kind(request)
     if kind == "onnx":
         inputs = _onnx_inputs(request.source, specs)
     elif kind in ("torch", "state-dict", "torch-export") and specs:
@@ -196,6 +189,19 @@ def planned_inputs(request: Any) -> list[TensorInfo] | None:
     if options.get("dynamic_batch"):
         inputs = [replace(i, shape=("batch", *i.shape[1:])) if i.shape else i for i in inputs]
     return inputs
+
+
+def source_kind(request: Any) -> str:
+    """The source's format as ``toolchain.frontends.detect_format`` names it (the example is a state dict)."""
+    from toolchain.frontends import detect_format
+    from toolchain.frontends.base import ConvertOptions
+
+    options = request.convert_options
+    if request.source is None and options.get("model_class") is None:
+        return "state-dict"  # the bundled example: a model class with --input
+    probe = ConvertOptions(model_class=options.get("model_class"),
+                           weights=Path(options["weights"]) if options.get("weights") else None)
+    return detect_format(request.source, probe)
 
 
 def _onnx_inputs(path: Path, specs: list[Any]) -> list[TensorInfo]:
@@ -238,10 +244,11 @@ def check_inputs(request: Any, inputs: list[TensorInfo]) -> list[str]:
     batch = info.shape[0] if info.shape else None
     if calibrating and isinstance(batch, int) and batch > 1:
         who = _quoted([v for v in calibrating if v is not None]) or "--lowrank"
+        # An ONNX model cannot be given a symbolic batch here: its fixed-batch original could not verify it.
+        fix = "Re-export the model with batch 1 or a dynamic batch axis" if source_kind(request) == "onnx" else \
+            "Give --input with batch 1, or pass --dynamic-batch"
         raise UsageError(f"input '{info.name}' has a fixed batch of {batch} ({_shape_text(info.shape)}), but "
-                         f"calibration for {who} feeds one sample at a time",
-                         hint="Pass --dynamic-batch to make the batch axis symbolic, or export the model with "
-                              "batch 1.")
+                         f"calibration for {who} feeds one sample at a time", hint=f"{fix}.")
     from calibration.dataset import is_array_source
 
     if is_array_source(request.calib):

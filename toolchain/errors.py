@@ -28,6 +28,25 @@ def first_line(exc: BaseException, limit: int = MAX_LINE) -> str:
     return clip(text.splitlines()[0].strip(), limit) if text else type(exc).__name__
 
 
+_TRACE_STARTS = ("Traceback", "Stacktrace", "Stack trace", "File \"", "at ", "#")
+
+
+def whole_message(exc: BaseException, limit: int = MAX_LINE) -> str:
+    """An SDK error's message as one line: its lines joined until a stack trace begins.
+
+    ONNX Runtime puts the useful part after the first line ("...for the following indices" /
+    "index: 0 Got: 1 Expected: 10"), so ``first_line`` alone would drop it.
+    """
+    lines = []
+    for line in str(exc).strip().splitlines():
+        text = line.strip()
+        if lines and text.startswith(_TRACE_STARTS):
+            break
+        if text:
+            lines.append(text)
+    return clip(" ".join(lines), limit) if lines else type(exc).__name__
+
+
 class ToolchainError(Exception):
     """Base for errors caused by the user's input or environment, not by a bug."""
 

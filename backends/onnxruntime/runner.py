@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 
 from backends.base import Feed, Runner
-from toolchain.errors import InputFileError, UsageError, first_line
+from toolchain.errors import InputFileError, UsageError, whole_message
 from toolchain.onnx_io import TensorInfo, graph_inputs, graph_outputs
 from toolchain.lazy import require
 
@@ -69,8 +69,7 @@ class OnnxRuntimeRunner(Runner):
                                                                                   integer_reference),
                                            providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
-            first = first_line(exc)
-            raise InputFileError(f"ONNX Runtime cannot load the model: {first}") from exc
+            raise InputFileError(f"ONNX Runtime cannot load the model: {whole_message(exc)}") from exc
         return cls(session, graph_inputs(model), graph_outputs(model))
 
     def run(self, feed: Feed) -> Feed:
@@ -84,5 +83,5 @@ class OnnxRuntimeRunner(Runner):
         try:
             values = self.session.run(names, feed)
         except Exception as exc:  # ORT reports bad shapes/dtypes as its own exception types
-            raise UsageError(f"ONNX Runtime rejected the inputs: {first_line(exc)}") from exc
+            raise UsageError(f"ONNX Runtime rejected the inputs: {whole_message(exc)}") from exc
         return dict(zip(names, values))
