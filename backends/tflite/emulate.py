@@ -97,9 +97,9 @@ def litert_version() -> str | None:
 
 
 def cache_root_default() -> Path:
-    from toolchain.stage_cache import default_cache_root
+    from backends.tflite.tool_cache import tools_cache_root
 
-    return default_cache_root()
+    return tools_cache_root()
 
 
 def env_dir(cache_root: Path) -> Path:

@@ -52,9 +52,13 @@ def micro_bundle(out_dir: Path, data: bytes, graph: TFLiteGraph, bindings: IOBin
     name, samples = _samples(model, quant)
     input_sets, origin = check.raw_inputs(data, graph, bindings, name, samples, check.HOST_SAMPLES)
     reference = check.litert_outputs(data, input_sets)
+    default = check.litert_outputs(data, input_sets, reference_kernels=False)
+    scales = check.output_lsb_scales(graph)
     vector = project.TestVector(input_sets[0], reference[0], origin.replace("sample(s)", "sample"))
-    result = check.MicroCheck(executed=[{"where": check.X86_LITERT, "inputs": len(input_sets),
-                                         "what": "reference outputs for the TFLM checks"}])
+    result = check.MicroCheck(executed=[{
+        "where": check.X86_LITERT, "inputs": len(input_sets),
+        "what": "reference outputs for the TFLM checks (BUILTIN_REF kernels); verification (default kernels)",
+        "reference_vs_default_max_lsb": max(check.max_lsb(a, b, scales) for a, b in zip(default, reference))}])
 
     check.host_check(data, graph, input_sets, reference, max(4 * estimate.total, 1 << 20), result)
     arena = estimate

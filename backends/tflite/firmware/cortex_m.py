@@ -96,9 +96,9 @@ class Firmware:
 
 
 def cache_root_default() -> Path:
-    from toolchain.stage_cache import default_cache_root
+    from backends.tflite.tool_cache import tools_cache_root
 
-    return default_cache_root()
+    return tools_cache_root()
 
 
 def cache_dir(tree: TFLMTree, cache_root: Path) -> Path:

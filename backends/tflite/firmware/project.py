@@ -1,7 +1,7 @@
 """Write the firmware project ``--target mcu`` ships: example main, test vector, Makefile, board files, README.
 
 The test vector is real: one of the calibration set's held-out images, in the
-model's input type, with the outputs x86 LiteRT computes for it. The example
+model's input type, with the outputs x86 LiteRT's reference kernels compute for it. The example
 ``main`` runs it and prints the outputs and their largest difference from
 LiteRT's, so the same check works on QEMU and on a real board.
 """
@@ -58,7 +58,7 @@ def test_vector_files(vector: TestVector, source: str) -> dict[str, str]:
 
     header = (HEADER.format(source=source) +
               "#ifndef EDGEKILN_TEST_VECTOR_H_\n#define EDGEKILN_TEST_VECTOR_H_\n\n"
-              f"// {vector.source}; expected outputs from x86 LiteRT.\n"
+              f"// {vector.source}; expected outputs from x86 LiteRT's reference kernels.\n"
               "namespace edgekiln_test {\n\n"
               f"constexpr int kNumInputs = {len(vector.inputs)};\n"
               f"constexpr int kNumOutputs = {len(vector.expected)};\n"
@@ -102,7 +102,7 @@ def readme(checked: dict[str, Any] | None, ops: list[str]) -> str:
     if checked:
         status = (f"Checked by edgekiln with TensorFlow Lite Micro revision `{checked['tflm_revision']}`, "
                   f"{checked['compiler']}, on QEMU's `{sources.BOARD}` (Cortex-M4F): outputs within "
-                  f"{checked['max_diff_lsb']} LSB of x86 LiteRT on the test vector; tensor arena used "
+                  f"{checked['max_diff_lsb']:g} LSB of x86 LiteRT's reference kernels on the test vector; tensor arena used "
                   f"{checked['arena_used_bytes']} bytes; firmware flash {checked['flash_bytes']} bytes "
                   f"(text + rodata + data), RAM {checked['ram_bytes']} bytes (data + bss, arena included).")
     else:
@@ -118,7 +118,7 @@ def readme(checked: dict[str, Any] | None, ops: list[str]) -> str:
 | `model_config.h` | input/output shapes, scales, zero points, and `kTensorArenaSize` |
 | `model_ops.h` | `RegisterOps()`: exactly the kernels this model uses ({", ".join(ops)}) |
 | `main.cc` | example: runs the model on the test vector, prints the outputs and the largest difference from LiteRT |
-| `test_vector.cc/.h`, `test_vector.npz` | one real input and x86 LiteRT's outputs for it |
+| `test_vector.cc/.h`, `test_vector.npz` | one real input and x86 LiteRT's outputs for it (reference kernels) |
 | `{BOARD_DIR}/` | start-up code and linker script for the Arm MPS2 AN386 board (as QEMU emulates it) |
 | `Makefile` | builds `build/firmware.elf` with `arm-none-eabi-gcc` against your TFLM checkout |
 
@@ -135,8 +135,9 @@ make TFLM_ROOT=/path/to/tflite-micro run
 
 On your own board: add `model_data.cc`, the three headers and the TFLM sources listed in the `Makefile` to your
 project, compile with the same TFLM flags, and give `MicroInterpreter` an arena of `kTensorArenaSize` bytes.
-`main.cc` shows the calls. Optimized kernels (CMSIS-NN) may round differently from the reference kernels
-checked here by one LSB, and may need more arena for scratch buffers; the arena size leaves 10% for that.
+`main.cc` shows the calls. Optimized kernels (CMSIS-NN, like LiteRT's XNNPACK) requantize differently from the
+reference kernels checked here, so their outputs can differ by a few LSBs, and they may need more arena for
+scratch buffers: `kTensorArenaSize` leaves 10% for that.
 QEMU is not cycle-accurate: no latency was measured.
 """
 
