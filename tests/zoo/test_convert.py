@@ -115,3 +115,12 @@ def test_torchscript_int_argument_fails_with_its_real_cause(zoo):
     # problems() flags the interpreter's bare "The following operation failed ..." without its reason.
     assert not as_tensor.problems(), as_tensor.describe()
     assert not (zoo.root / "vad.onnx").exists()
+
+
+def test_inspect_on_a_torchscript_file_says_what_it_is(zoo):
+    """Issue #14: 'inspect' on a .pt said "not a valid ONNX model". It should describe the file, or say in one
+    line that it reads ONNX/TFLite and how to get there (convert), not call a TorchScript file broken ONNX."""
+    result = run_cli(["inspect", str(zoo.source(SILERO_16K))], zoo.root)
+    zoo.record(SILERO_16K.key, "inspect", {"exit": result.returncode, "error": result.error})
+    assert not result.problems(), result.describe()
+    assert result.returncode == 0 or "not a valid ONNX" not in (result.error or ""), result.error
