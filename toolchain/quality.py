@@ -32,6 +32,9 @@ DETECTION_SCORE = 0.25
 DETECTION_IOU = 0.5
 """A candidate detection matches an FP32 one of the same class at this IoU or more."""
 NMS_IOU = 0.5
+MATCH_SCORE_MARGIN = 0.8
+"""An FP32 detection counts as kept when the candidate's match scores at least this share of the
+threshold: a score moving from 0.26 to 0.24 is jitter at the threshold, not a lost object."""
 _Z_95 = 1.6449  # one-sided 95% normal quantile
 
 
@@ -147,6 +150,7 @@ class DetectionMatch:
     reference: int
     """FP32 detections above the score threshold, after NMS."""
     candidate: int
+    """Candidate detections above ``MATCH_SCORE_MARGIN`` times the threshold, after NMS."""
     matched: int
     """FP32 detections the candidate also found (same class, IoU >= 0.5), each matched at most once."""
 
@@ -161,7 +165,8 @@ def match_detections(reference: dict[str, np.ndarray], candidate: dict[str, np.n
     """Greedy one-to-one matching of the candidate's detections with the FP32 model's, sample by sample."""
     total_ref = total_cand = matched = 0
     for (ref_boxes, ref_cls), (cand_boxes, cand_cls) in zip(_decode(reference[layout.output], layout, score),
-                                                             _decode(candidate[layout.output], layout, score)):
+                                                             _decode(candidate[layout.output], layout,
+                                                                     score * MATCH_SCORE_MARGIN)):
         total_ref, total_cand = total_ref + len(ref_boxes), total_cand + len(cand_boxes)
         free = np.ones(len(cand_boxes), bool)
         for box, cls in zip(ref_boxes, ref_cls):

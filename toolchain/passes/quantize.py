@@ -222,6 +222,10 @@ def quantize_static(model: onnx.ModelProto, ranges: ActivationRanges, config: Qu
 
     if weight_bits not in (8, 4):
         raise UsageError(f"weights are quantized to 8 or 4 bits, not {weight_bits!r}")
+    mixed = [name for name in (*mixed_scale_concats(model, ranges), *postprocessing_tail(model))
+             if name not in config.nodes_to_exclude]
+    if mixed:
+        config = config.model_copy(update={"nodes_to_exclude": tuple(config.nodes_to_exclude) + tuple(mixed)})
     weight_type = QuantType.QInt4 if weight_bits == 4 else getattr(QuantType, _TYPES[config.weight_type])
     with tempfile.TemporaryDirectory(prefix="edgekiln-quant-") as tmp, quiet(*_QUANT_LOGGERS):
         cache = Path(tmp) / "ranges.json"
@@ -244,6 +248,46 @@ def quantize_static(model: onnx.ModelProto, ranges: ActivationRanges, config: Qu
             what = "4-bit quantization" if weight_bits == 4 else "static quantization"
             raise ConversionError(f"{what} failed: {first_line(exc)}") from exc
         return onnx.load(str(out))
+
+
+# A Concat whose inputs' ranges differ more than this keeps float: one 8-bit scale over both would
+# leave the small one a few levels (a YOLO head joins boxes in pixels, 0..640, with scores in 0..1).
+MIXED_SCALE_RATIO = 16.0
+
+
+def mixed_scale_concats(model: onnx.ModelProto, ranges: ActivationRanges) -> list[str]:
+    """Names of Concat nodes whose inputs span ranges more than ``MIXED_SCALE_RATIO`` apart."""
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "Concat":
+            continue
+        widths = [hi - lo for lo, hi in (ranges.ranges.get(name, (0.0, 0.0)) for name in node.input)]
+        widths = [w for w in widths if w > 0]
+        if len(widths) >= 2 and max(widths) > MIXED_SCALE_RATIO * min(widths):
+            found.append(node.name)
+    return found
+
+
+def postprocessing_tail(model: onnx.ModelProto) -> list[str]:
+    """Nodes after the last weighted layer on every path to the outputs (decoding, NMS inputs, softmax).
+
+    They keep float: they are cheap, and they are where scales mix (anchor offsets, strides, scores),
+    which is why NNCF and Ultralytics leave a detector's post-processing unquantized too.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    feeds_weighted: dict[str, bool] = {}
+    for node in reversed(model.graph.node):  # topological order: consumers are seen first
+        feeds_weighted[node.name] = any(
+            c.op_type in WEIGHTED_OP_TYPES or feeds_weighted.get(c.name, False)
+            for output in node.output for c in consumers.get(output, []))
+    weighted = {n.name for n in quantizable_nodes(model)}
+    if not weighted:
+        return []
+    return [n.name for n in model.graph.node
+            if n.name not in weighted and n.op_type not in WEIGHTED_OP_TYPES and not feeds_weighted[n.name]]
 
 
 def quantize_dynamic(model: onnx.ModelProto, config: DynamicQuantizeConfig | None = None) -> tuple[onnx.ModelProto, PassReport]:
