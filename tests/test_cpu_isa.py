@@ -183,3 +183,72 @@ def test_on_an_avx2_cpu_without_vnni_x86_int8_uses_uint8_weights_and_keeps_its_a
     assert result["vnni_guard_runtime"] == "reference"
     assert result["vnni_on_avx2_kernels"] < result["vnni_exact"]
     assert result["vnni_exact"] > 0.999
+
+
+def test_an_opset_11_model_with_weights_in_constant_nodes_quantizes_to_a_model_ort_loads(tmp_path):
+    """paddle2onnx-style: opset 11, weights in Constant nodes, an unfolded BatchNorm (PP-OCR models are so)."""
+    from onnx import helper, numpy_helper
+
+    from backends.onnxruntime.runner import OnnxRuntimeRunner
+    from toolchain import api
+    from toolchain.passes.quantize import int8_weighted_nodes
+
+    rng = np.random.default_rng(5)
+    constants = {"w": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+                 "scale": rng.uniform(0.5, 1.5, 8).astype(np.float32), "bias": rng.standard_normal(8).astype(np.float32),
+                 "mean": rng.standard_normal(8).astype(np.float32), "var": rng.uniform(0.5, 2, 8).astype(np.float32)}
+    nodes = [helper.make_node("Constant", [], [k], value=numpy_helper.from_array(v, k)) for k, v in constants.items()]
+    nodes += [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+              helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["b"]),
+              helper.make_node("Relu", ["b"], ["y"])]
+    graph = helper.make_graph(nodes, "paddle-like", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                                                   [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 16, 16])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 6
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    samples = tmp_path / "s.npy"
+    np.save(samples, rng.standard_normal((40, 3, 16, 16)).astype(np.float32))
+    result = api.calibrate(tmp_path / "m.onnx", tmp_path / "q.onnx", calib=samples, calib_size=20, holdout=20,
+                           no_cache=True)
+    quantized = onnx.load(str(tmp_path / "q.onnx"))
+    assert max(o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    assert int8_weighted_nodes(quantized)
+    assert any("opset upgraded from 11" in note for note in result.notes)
+    runner = OnnxRuntimeRunner.from_path(tmp_path / "q.onnx")  # loads, and runs
+    assert runner.run({"x": np.zeros((1, 3, 16, 16), np.float32)})["y"].shape == (1, 8, 16, 16)
+
+
+def test_nan_outputs_fail_the_comparison_and_a_nan_reference_is_an_error():
+    from toolchain.quant_guard import Budget, compare_quality
+
+    ref = {"y": np.random.default_rng(0).standard_normal((8, 10)).astype(np.float32)}
+    bad = {"y": np.full((8, 10), np.nan, np.float32)}
+    quality = compare_quality(ref, bad)
+    assert quality.misses(Budget()) and "non-finite" in quality.misses(Budget())[0]
+    with pytest.raises(VerificationError, match="FP32 model itself gives NaN"):
+        compare_quality(bad, ref)
+
+
+def test_mixed_scale_outputs_are_compared_per_channel():
+    """A YOLO-style head: boxes in pixels beside scores in 0..1. Zeroing the scores must not keep cosine ~1."""
+    from toolchain.quality import guess_task, sample_cosines
+
+    rng = np.random.default_rng(1)
+    head = np.concatenate([rng.uniform(0, 640, (4, 4, 2100)), rng.uniform(0, 1, (4, 18, 2100))], axis=1)
+    broken = head.copy()
+    broken[:, 4:] = 0.0
+    raw = [float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in
+           zip(head.reshape(4, -1), broken.reshape(4, -1))]
+    assert min(raw) > 0.95  # what fooled the old check
+    assert sample_cosines(head, broken).max() < 0.5
+    assert guess_task({"output0": head}) == "detect"
+
+
+def test_the_drop_budget_means_the_same_for_40_and_400_samples():
+    from toolchain.quality import rate_lower_bound, smallest_refused_rate
+
+    # One flip in 40 is 2.5 points, but not evidence of a true drop over 1 point; 3 in 40 is.
+    assert rate_lower_bound(1, 40) < 0.01 < rate_lower_bound(3, 40)
+    assert rate_lower_bound(4, 400) < 0.01 < rate_lower_bound(10, 400)
+    assert abs(smallest_refused_rate(400, 0.01) - smallest_refused_rate(4000, 0.01)) < 0.01

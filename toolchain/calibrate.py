@@ -8,7 +8,7 @@ Nothing is written unless the INT8 model meets the accuracy budget.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -18,7 +18,7 @@ from toolchain.feeds import concrete_shape, resolve_preprocess
 from toolchain.fileio import check_writable_destination
 from toolchain.onnx_io import graph_inputs, load_onnx, save_onnx
 from toolchain.passes.quantize import (QuantizeConfig, compute_ranges, has_float_weights, int8_weighted_nodes, is_quantized,
-                                       named_copy, quantize_static)
+                                       named_copy, prepare_for_quantization, quantize_static)
 from toolchain.quant_guard import Budget, GuardReport, guarded_quantize
 
 
@@ -46,6 +46,7 @@ class CalibrateResult:
     size_before: int
     size_after: int
     seconds: float
+    notes: list[str] = field(default_factory=list)
 
 
 def calibration_cache_dir(cache_dir: Path | str | None, no_cache: bool) -> Path | None:
@@ -100,10 +101,12 @@ def calibrate(model_path: Path, output: Path, calibration: CalibrationOptions, c
     if is_quantized(model):
         raise UsageError(f"'{model_path.name}' is already quantized (it has QuantizeLinear/DequantizeLinear or "
                          f"integer nodes), so it has no float weights to quantize; calibrate the FP32 model instead")
-    if not has_float_weights(model):
-        raise UsageError(f"'{model_path.name}' has no float weights to quantize (already quantized?)")
     info, samples = load_calibration_set(model, calibration)
     fixed_batch = isinstance(info.shape[0], int)
+    model, notes = prepare_for_quantization(model, next(iter(_batched(samples, info.name, "calibration", True))))
+    model = named_copy(model)
+    if not has_float_weights(model):
+        raise UsageError(f"'{model_path.name}' has no float weights to quantize (already quantized?)")
     ranges = compute_ranges(model, _batched(samples, info.name, "calibration", fixed_batch), config)
     ranges.details.update({"calibration_set": samples.key, "preprocess": samples.spec})
     guard = None
@@ -124,4 +127,5 @@ def calibrate(model_path: Path, output: Path, calibration: CalibrationOptions, c
     if tensorrt_cache is not None:
         write_tensorrt_cache(ranges, tensorrt_cache, tensorrt_version=tensorrt_version)
     return CalibrateResult(output, ranges_path, tensorrt_cache, config, guard, samples.summary(),
-                           model_path.stat().st_size, output.stat().st_size, time.perf_counter() - started)
+                           model_path.stat().st_size, output.stat().st_size, time.perf_counter() - started,
+                           notes)

@@ -67,5 +67,5 @@ def _static_int8(model_path: Path, workdir: Path, target: str | None, quant: Qua
     result = calibrate(model_path, workdir / "model.int8.onnx", quant.calibration, config, quant.budget)
     note = scheme_note(target, config)
     details = {"quantize": config.model_dump(mode="json"), "calibration": result.calibration_summary,
-               "guard": result.guard.to_dict() if result.guard else None, "notes": [note] if note else []}
+               "guard": result.guard.to_dict() if result.guard else None, "notes": ([note] if note else []) + result.notes}
     return LoweredModel(result.output, details, [result.ranges_path])

@@ -290,6 +290,47 @@ def postprocessing_tail(model: onnx.ModelProto) -> list[str]:
             if n.name not in weighted and n.op_type not in WEIGHTED_OP_TYPES and not feeds_weighted[n.name]]
 
 
+# Per-channel DequantizeLinear (its axis attribute) exists from opset 13 on.
+PER_CHANNEL_OPSET = 13
+
+
+def prepare_for_quantization(model: onnx.ModelProto, feed: Feed) -> tuple[onnx.ModelProto, list[str]]:
+    """A model the quantizer can work on: weights as initializers (exporters such as paddle2onnx leave
+    them in Constant nodes, where no quantizer sees them), BatchNorm folded, opset at least 13 (older
+    models get per-channel DequantizeLinear nodes their opset does not have, which no runtime loads).
+    Each change is checked against the input model on ``feed`` before it is used."""
+    import numpy as np
+
+    from backends.onnxruntime.runner import OnnxRuntimeRunner
+    from toolchain.passes import simplify
+
+    notes: list[str] = []
+    result = model
+    weights_in_nodes = any(n.op_type == "Constant" for n in model.graph.node) or any(
+        n.op_type == "BatchNormalization" for n in model.graph.node)
+    if weights_in_nodes:
+        result, _report = simplify.run(result)
+        notes.append("weights moved from Constant nodes to initializers and BatchNorm folded (onnxsim) so "
+                     "that every layer can be quantized")
+    opset = next((o.version for o in result.opset_import if o.domain in ("", "ai.onnx")), PER_CHANNEL_OPSET)
+    if opset < PER_CHANNEL_OPSET:
+        try:
+            result = onnx.version_converter.convert_version(result, PER_CHANNEL_OPSET)
+        except Exception as exc:  # the converter raises plain RuntimeErrors for ops it cannot move
+            raise ConversionError(f"the model's opset {opset} is older than the {PER_CHANNEL_OPSET} per-channel "
+                                  f"INT8 needs, and upgrading it failed: {first_line(exc)}",
+                                  hint="Export the model again at opset 13 or newer, or use --per-tensor.") from exc
+        notes.append(f"opset upgraded from {opset} to {PER_CHANNEL_OPSET} (per-channel INT8 needs it)")
+    if result is not model:
+        before = OnnxRuntimeRunner.from_model(model).run(feed)
+        after = OnnxRuntimeRunner.from_model(result).run(feed)
+        for name, value in before.items():
+            if not np.allclose(value, after[name], rtol=1e-3, atol=1e-4, equal_nan=False):
+                raise ConversionError(f"preparing the model for INT8 ({'; '.join(notes)}) changed output "
+                                      f"'{name}' (max abs {float(np.abs(value - after[name]).max()):.3g})")
+    return result, notes
+
+
 def quantize_dynamic(model: onnx.ModelProto, config: DynamicQuantizeConfig | None = None) -> tuple[onnx.ModelProto, PassReport]:
     """INT8 weights with run-time activation quantization (no calibration data needed)."""
     from onnxruntime.quantization import QuantType
