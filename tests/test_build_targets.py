@@ -359,3 +359,29 @@ def test_error_first_lines_come_through_whole():
     assert first_line(RuntimeError(long + "\nsecond line")) == clip(long.strip())
     assert clip(long.strip()).endswith("word ...") and len(clip(long.strip())) <= 2004
     assert clip("short message") == "short message"
+
+
+def test_inputs_known_only_after_conversion_are_checked_before_any_target(tmp_path, torch_models):
+    """A torch.export program carries its own input shape: the checks run right after the convert stage."""
+    import sys
+
+    import torch
+
+    photos = _photos(tmp_path / "p", 20)
+    said: list[str] = []
+    stages: list[str] = []
+    result = api.build(torch_models["export"], tmp_path / "out", targets=["x86:int8"], calib=photos,
+                       cache_dir=tmp_path / "cache", bench_iterations=0, announce=said.append,
+                       progress=lambda stage, i, n, state, s: stages.append(f"{stage.name}:{state}"))
+    assert result.ok
+    assert said[0].startswith("calibrating on 10 of 20 images") and "preprocessing inferred from input" in said[1]
+    assert stages[:2] == ["convert:start", "convert:done"]
+    torch.manual_seed(0)
+    batch10 = tmp_path / "batch10.pt2"
+    module = sys.modules["tiny_net"].TinyNet().eval()
+    torch.export.save(torch.export.export(module, (torch.randn(10, 1, 8, 8),)), str(batch10))
+    stages.clear()
+    with pytest.raises(UsageError, match="fixed batch of 10"):
+        api.build(batch10, tmp_path / "out10", targets=["x86:int8"], calib=photos, cache_dir=tmp_path / "cache",
+                  bench_iterations=0, progress=lambda stage, i, n, state, s: stages.append(f"{stage.name}:{state}"))
+    assert stages == ["convert:start", "convert:done"] and not (tmp_path / "out10").exists()
