@@ -385,3 +385,15 @@ def test_inputs_known_only_after_conversion_are_checked_before_any_target(tmp_pa
         api.build(batch10, tmp_path / "out10", targets=["x86:int8"], calib=photos, cache_dir=tmp_path / "cache",
                   bench_iterations=0, progress=lambda stage, i, n, state, s: stages.append(f"{stage.name}:{state}"))
     assert stages == ["convert:start", "convert:done"] and not (tmp_path / "out10").exists()
+
+
+def test_compile_checks_the_split_before_converting(tmp_path):
+    """compile --target rpi4 would run onnx2tf for many seconds before calibrating: the sizes fail first."""
+    source = _onnx(tmp_path, make_onnx_model())
+    photos = _photos(tmp_path / "p", 30)
+    began = time.perf_counter()
+    with pytest.raises(InputFileError, match="only 30 images for --calib-size 40"):
+        api.compile(source, tmp_path / "rpi4", target="rpi4", calib=photos, calib_size=40)
+    with pytest.raises(UsageError, match="guard needs held-out samples, but --calib-size 30 uses all 30 images"):
+        api.calibrate(source, tmp_path / "q.onnx", calib=photos, calib_size=30)
+    assert time.perf_counter() - began < 5 and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "p"]

@@ -161,6 +161,7 @@ def calibrate(model: PathLike, output: PathLike, *, calib: PathLike, target: str
 
     quant = _quant_options(calib, calib_size, holdout, seed, preprocess, cache_dir, no_cache, method, per_channel,
                            activation_type, symmetric, guard, max_drop, min_cosine)
+    _check_split(quant)
     config = QuantizeConfig.for_target(target, **quant.overrides)
     return run_calibrate(Path(model), Path(output), quant.calibration, config, quant.budget,
                          Path(tensorrt_cache) if tensorrt_cache else None, tensorrt_version)
@@ -195,8 +196,26 @@ def compile(model: PathLike, output: PathLike, *, backend: str | None = None, ta
     options = CompileOptions(precision=precision, target=target, threads=threads, extra=extra)
     quant = _quant_options(calib, calib_size, holdout, seed, preprocess, cache_dir, no_cache, method, per_channel,
                            activation_type, symmetric, guard, max_drop, min_cosine)
+    if precision == "int8":
+        _check_split(quant)
     verify_options = replace(_verify_options(verify, atol, rtol, calib, seed, preprocess), min_cosine=min_cosine)
     return compile_artifact(Path(model), Path(output), backend, options, verify_options, quant=quant)
+
+
+def _check_split(quant: Any) -> None:
+    """The calibration/holdout sizes against the folder, before any conversion (TFLite's takes minutes)."""
+    from calibration.dataset import available_samples, choose_split, is_array_source
+
+    calibration = quant.calibration
+    if calibration is None or not calibration.source.exists():
+        return  # compile asks for --calib, or says the folder is missing, in its own words
+    available, kind = available_samples(calibration.source)
+    split = choose_split(available, calibration.count, calibration.holdout, source=calibration.source, kind=kind,
+                         npy_folder=calibration.source.is_dir() and is_array_source(calibration.source))
+    if quant.budget is not None and split.holdout == 0:
+        raise UsageError(f"the accuracy guard needs held-out samples, but --calib-size {split.count} uses all "
+                         f"{available} {kind} of '{calibration.source}'",
+                         hint="Lower --calib-size, add samples, or pass --no-guard.")
 
 
 def _check_mcu_size(model: Path, flash_kb: float | None) -> None:
