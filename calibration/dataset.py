@@ -88,6 +88,8 @@ class CalibrationSet:
             f"{len(self.calibration)} calibration + {len(self.holdout)} holdout samples "
             f"({shape} {self.calibration.dtype}, {'arrays' if self.spec == ARRAY_SPEC else 'images'})"
         ]
+        if self.spec != ARRAY_SPEC:  # say how images were turned into inputs, whether declared or inferred
+            parts.append(f"preprocessed {PreprocessSpec.from_dict(self.spec).describe()}")
         if self.class_names is not None:
             parts.append(f"{len(self.class_names)} classes")
         if self.skipped:
