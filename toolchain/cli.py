@@ -373,13 +373,23 @@ def _print_build(result) -> None:
     rows = []
     for t in result.targets:
         accuracy, agreement, latency = t.get("accuracy") or {}, t.get("agreement") or {}, t.get("latency") or {}
-        rows.append((t["target"], t["backend"], t["precision"], t["artifact"], f"{t['size_bytes'] / 1024:.1f}",
+        size = "-" if t.get("size_bytes") is None else f"{t['size_bytes'] / 1024:.1f}"
+        rows.append((t["target"], t["backend"], t["precision"], t["artifact"], t.get("status", "ok"), size,
                      _percent(accuracy.get("top1")), _percent(accuracy.get("top5")),
                      _percent(agreement.get("top1_agreement")),
                      f"{latency['p50_ms']:.3f}" if latency else "-", f"{latency['p90_ms']:.3f}" if latency else "-"))
-    print_table("targets", ["target", "backend", "precision", "artifact", "KiB", "top-1", "top-5", "agrees w/ FP32",
-                            "p50 ms", "p90 ms"], rows)
+    from toolchain.hostcpu import host_cpu
+
+    print_table(f"targets (latencies measured on this machine: {host_cpu().describe()})",
+                ["target", "backend", "precision", "artifact", "status", "KiB", "top-1", "top-5", "agrees w/ FP32",
+                 "p50 ms", "p90 ms"], rows)
+    from toolchain.build import failure_line
+
     for target in result.targets:
+        if target.get("status", "ok") != "ok":
+            say(f"  {failure_line(target)}")
+            for tried in target.get("tried") or []:
+                say(f"    tried: {tried}")
         for note in target["notes"]:
             say(f"  {target['artifact']}: {note}")
     for note in result.notes:
