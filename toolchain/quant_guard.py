@@ -28,6 +28,8 @@ from toolchain.passes.quantize import QuantizeConfig, quantizable_nodes, quantiz
 _FALLBACK_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 # Samples used for the one-layer-at-a-time ranking (the final check uses every held-out sample).
 _SENSITIVITY_SAMPLES = 16
+# Single layers tried as the first one kept in float (the most sensitive few by the one-layer ranking).
+_FIRST_STEP_CHOICES = 3
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class Quality:
     """Detectors: FP32 detections, candidate detections, and how many of FP32's the candidate matched."""
     non_finite: tuple[str, ...] = ()
     """Outputs of the candidate holding NaN or Inf."""
+    ties: int = 0
+    """Top-1 changes between classes both models score within ``TIE_FRACTION`` of each other: counted as agreeing."""
 
     @property
     def drop_points(self) -> float | None:
@@ -163,6 +167,24 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if norm == 0 else float(a64 @ b64 / norm)
 
 
+# Two classes whose logits are this share of the sample's logit range apart are tied.
+TIE_FRACTION = 0.01
+
+
+def tied_flips(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Per sample: the top-1 class changed, but both models score the two classes within ``TIE_FRACTION``
+    of their logit range, so the change is rounding noise between near-equal classes, not a disagreement.
+    Both sides must see the tie: a broken model whose logits moved far still counts as disagreeing (and
+    fails the cosine check besides)."""
+    ref, cand = reference.astype(np.float64), candidate.astype(np.float64)
+    rows = np.arange(len(ref))
+    ref_top, cand_top = ref.argmax(1), cand.argmax(1)
+    ref_tol, cand_tol = TIE_FRACTION * np.ptp(ref, axis=1), TIE_FRACTION * np.ptp(cand, axis=1)
+    ref_sees_tie = ref[rows, cand_top] >= ref[rows, ref_top] - ref_tol
+    cand_sees_tie = cand[rows, ref_top] >= cand[rows, cand_top] - cand_tol
+    return (ref_top != cand_top) & ref_sees_tie & cand_sees_tie
+
+
 def compare_quality(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
                     labels: np.ndarray | None = None, task: str = "auto") -> Quality:
     """FP32-vs-INT8 quality on the same samples (see ``toolchain.quality`` for why each metric is so).
@@ -200,9 +222,11 @@ def compare_quality(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
     if chosen != "classify" or scores is None:
         return Quality(**common)
     ref_top1, cand_top1 = reference[scores].argmax(1), candidate[scores].argmax(1)
-    agreement = float((ref_top1 == cand_top1).mean())
+    flips = (ref_top1 != cand_top1) & ~tied_flips(reference[scores], candidate[scores])
+    agreement = float(1.0 - flips.mean())
     if labels is None or len(labels) != len(ref_top1):
-        return Quality(**common, top1_agreement=agreement, lost=int((ref_top1 != cand_top1).sum()))
+        return Quality(**common, top1_agreement=agreement, lost=int(flips.sum()),
+                       ties=int(((ref_top1 != cand_top1) & ~flips).sum()))
     ref_right, cand_right = ref_top1 == labels, cand_top1 == labels
     return Quality(**common, top1_agreement=agreement, accuracy_reference=float(ref_right.mean()),
                    accuracy_candidate=float(cand_right.mean()), lost=int((ref_right & ~cand_right).sum()),
@@ -244,14 +268,19 @@ def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: Q
     # so rescuing it means keeping both of them in float. Never all of them: a model with every
     # weighted layer in float is an FP32 model, not the INT8 model that was asked for.
     limit = min(max(2, int(len(report.sensitivity) * max_float_fraction)), len(report.sensitivity) - 1)
+    ranked = [name for name, _, _ in report.sensitivity]
     for step in (s for s in _FALLBACK_STEPS if s <= limit):
-        kept = [name for name, _, _ in report.sensitivity[:step]]
-        candidate_config = config.model_copy(update={"nodes_to_exclude": tuple(config.nodes_to_exclude) + tuple(kept)})
-        quantized = quantize_static(model, ranges, candidate_config)
-        report.attempts.append(Attempt(kept, compare_quality(reference, _run_all(quantized, holdout, candidate_config),
-                                                             labels, budget.task)))
-        if report.passed:
-            return quantized, report
+        # The one-layer ranking is a proxy: for the first float layer, where it matters most and costs
+        # least, the next candidates are tried too (one layer each) before spending a second one.
+        choices = [[name] for name in ranked[:_FIRST_STEP_CHOICES]] if step == 1 else [ranked[:step]]
+        for kept in choices:
+            candidate_config = config.model_copy(
+                update={"nodes_to_exclude": tuple(config.nodes_to_exclude) + tuple(kept)})
+            quantized = quantize_static(model, ranges, candidate_config)
+            report.attempts.append(Attempt(kept, compare_quality(
+                reference, _run_all(quantized, holdout, candidate_config), labels, budget.task)))
+            if report.passed:
+                return quantized, report
     raise budget_error(report, limit)
 
 

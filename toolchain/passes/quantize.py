@@ -25,7 +25,7 @@ import onnx
 from pydantic import Field
 
 from calibration.ranges import ActivationRanges
-from toolchain.errors import ConversionError, UsageError, first_line
+from toolchain.errors import ConversionError, UsageError, first_line, whole_message
 from toolchain.frontends.base import Feed
 from toolchain.passes.base import GraphStats, PassConfig, PassReport
 from toolchain.quiet import quiet
@@ -176,7 +176,7 @@ def compute_ranges(model: onnx.ModelProto, feeds: Iterable[Feed], config: Quanti
             calibrator.collect_data(reader)
             data = calibrator.compute_data()
         except Exception as exc:  # ORT raises ValueError/RuntimeError/its own types for bad graphs or data
-            raise ConversionError(f"calibration failed: {first_line(exc)}") from exc
+            raise ConversionError(f"calibration failed: {whole_message(exc)}") from exc
     if reader.count == 0:
         raise UsageError("calibration needs at least one sample; the calibration set is empty")
     ranges = {name: _low_high(value) for name, value in data.data.items()}
