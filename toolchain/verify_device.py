@@ -116,11 +116,12 @@ def _cortex_m4(artifact: Artifact, tflm_root: Path | None, flash_kb: float | Non
     cache_root = cache_root_default()
     with tempfile.TemporaryDirectory(prefix="edgekiln-verify-") as work:
         try:
-            done = check.run_cortex_m4(folder, tree, cache_root, kernels, vector, graph, None, Path(work) / "shipped")
+            done = check.run_cortex_m4(folder, tree, cache_root, kernels, vector, graph, None, Path(work) / "shipped",
+                                       Path(work) / "shared")
         except qemu.ArenaTooSmall:
             probe = check.align16(max(2 * configured, configured + 65536))
             measured = check.run_cortex_m4(folder, tree, cache_root, kernels, vector, graph, probe,
-                                           Path(work) / "probe")
+                                           Path(work) / "probe", Path(work) / "shared")
             from toolchain.errors import VerificationError
 
             raise VerificationError(f"kTensorArenaSize in model_config.h ({configured} B) is too small: TFLM "

@@ -46,8 +46,11 @@ def micro_bundle(out_dir: Path, data: bytes, graph: TFLiteGraph, bindings: IOBin
                  source: str, model: onnx.ModelProto, quant: Any) -> dict[str, Any]:
     ops = require_micro_ops(graph)
     estimate = estimate_arena(graph)
-    check_budgets(len(data), None, MicroBudget(flash_kb=budget.flash_kb))  # the model alone: fail early
     tree = TFLMTree.locate(None)
+    why_not = check.cortex_m4_missing(tree)
+    # Fail early on what is certain: the model alone against --flash-kb; without the Cortex-M4 run, the
+    # estimated arena against --ram-kb too (with it, the measured firmware is checked instead).
+    check_budgets(len(data), estimate if why_not else None, MicroBudget(budget.flash_kb, budget.ram_kb))
     kernels = tree.kernel_sources([m for _, m in ops.registrations]) if tree is not None else None
     name, samples = _samples(model, quant)
     input_sets, origin = check.raw_inputs(data, graph, bindings, name, samples, check.HOST_SAMPLES)
@@ -64,10 +67,13 @@ def micro_bundle(out_dir: Path, data: bytes, graph: TFLiteGraph, bindings: IOBin
     arena = estimate
     if result.arena_bytes is not None and result.arena_bytes > estimate.total:
         arena = replace(estimate, total=check.align16(result.arena_bytes))  # the estimate was low: trust the run
-    why_not = check.cortex_m4_missing(tree)
-    if why_not is not None:
+    if why_not is not None and arena is not estimate:
         check_budgets(len(data), arena, budget)
     files = write_bundle(out_dir, data, graph, bindings, ops, arena, source)
+    if arena is not estimate:
+        (out_dir / "model_config.h").write_text(model_config_file(
+            graph, bindings, arena, source, measured=f"{result.arena_bytes} B needed by TFLM's host interpreter "
+            f"(64-bit: an upper bound for a 32-bit MCU); edgekiln's estimate was {estimate.total} B."))
     files += project.write_project(out_dir, vector, source, core=tree.core_sources() if tree else None,
                                    kernels=kernels, checked=None, ops=[op for op, _ in ops.registrations])
     shipped = {"total": arena.total, "measured": arena.total != estimate.total, "source": result.arena_source}
@@ -104,3 +110,23 @@ def micro_bundle(out_dir: Path, data: bytes, graph: TFLiteGraph, bindings: IOBin
     if result.firmware is not None:
         details["firmware"] = result.firmware
     return {"mcu": details, **result.to_dict(), "notes": result.notes}
+
+
+def device_check_environment(target: str | None) -> dict[str, str]:
+    """What decides whether a compile for ``target`` runs on emulated devices: for the build's stage key.
+
+    A cached compile made without TFLM/QEMU must not stand in for one that would have run them.
+    """
+    from backends.tflite import emulate
+    from backends.tflite.firmware import cortex_m, host, qemu
+
+    if target == "mcu":
+        tree = TFLMTree.locate(None)
+        return {"tflite-micro": host.package_version() if host.missing() is None else "absent",
+                "tflm": tree.content_hash if tree is not None else "absent",
+                "arm-gcc": "absent" if cortex_m.toolchain_missing() else cortex_m.compiler_version(),
+                "qemu-system-arm": "absent" if qemu.qemu_missing() else "present"}
+    if target in emulate.CORES:
+        root = emulate.cache_root_default()
+        return {"aarch64": "absent" if emulate.missing(root) else str(emulate.env_dir(root))}
+    return {}

@@ -179,7 +179,7 @@ def host_check(model: bytes, graph: TFLiteGraph, input_sets: list[list[np.ndarra
 
 def cortex_m4_missing(tree: TFLMTree | None) -> str | None:
     if tree is None:
-        return f"no TFLM source tree (pass --tflm-root or set ${ROOT_ENV})"
+        return f"no TFLM source tree (set ${ROOT_ENV} to one; verify also takes --tflm-root)"
     return cortex_m.toolchain_missing() or qemu.qemu_missing()
 
 
@@ -191,9 +191,10 @@ class CortexM4Run:
 
 
 def run_cortex_m4(project: Path, tree: TFLMTree, cache_root: Path, kernels: list[str], vector: TestVector,
-                  graph: TFLiteGraph, arena_bytes: int | None, work: Path) -> CortexM4Run:
+                  graph: TFLiteGraph, arena_bytes: int | None, work: Path, shared: Path | None = None) -> CortexM4Run:
     """Build the project's firmware (arena overridden when given), run it in QEMU, compare with the vector."""
-    firmware = cortex_m.build(project, tree, cache_root, work, kernels=kernels, arena_bytes=arena_bytes)
+    firmware = cortex_m.build(project, tree, cache_root, work, kernels=kernels, arena_bytes=arena_bytes,
+                              shared=shared)
     log.info("TFLM: Cortex-M4 firmware built in %.1f s (%d TFLM objects compiled, %d cached)", firmware.seconds,
              firmware.compiled, firmware.cached)
     ran = qemu.run(firmware.elf)
@@ -222,10 +223,13 @@ def measure_on_cortex_m4(project: Path, tree: TFLMTree, cache_root: Path, kernel
                          rewrite_config: Any) -> None:
     """Run once with a generous arena to measure it, size kTensorArenaSize, then run the shipped size."""
     with tempfile.TemporaryDirectory(prefix="edgekiln-fw-") as work:
-        probe = run_cortex_m4(project, tree, cache_root, kernels, vector, graph, generous_arena, Path(work) / "probe")
+        shared = Path(work) / "shared"
+        probe = run_cortex_m4(project, tree, cache_root, kernels, vector, graph, generous_arena, Path(work) / "probe",
+                              shared)
         arena = align16(probe.run.arena_used * SCRATCH_MARGIN)
         rewrite_config(arena, probe.run.arena_used, CORTEX_M4)
-        shipped = run_cortex_m4(project, tree, cache_root, kernels, vector, graph, None, Path(work) / "shipped")
+        shipped = run_cortex_m4(project, tree, cache_root, kernels, vector, graph, None, Path(work) / "shipped",
+                                shared)
     result.arena_bytes, result.arena_source = shipped.run.arena_used, CORTEX_M4
     result.firmware = describe_cortex_m4(shipped, tree, arena)
     result.executed.append(result.firmware)

@@ -141,8 +141,12 @@ def _cached_object(tree: TFLMTree, rel: str, opt: str, folder: Path) -> tuple[Pa
 
 
 def build(project: Path, tree: TFLMTree, cache_root: Path, work: Path, *, kernels: list[str],
-          arena_bytes: int | None = None, jobs: int | None = None) -> Firmware:
-    """Compile TFLM (cached) and the project in ``project``; link ``work/firmware.elf`` and its map."""
+          arena_bytes: int | None = None, jobs: int | None = None, shared: Path | None = None) -> Firmware:
+    """Compile TFLM (cached) and the project in ``project``; link ``work/firmware.elf`` and its map.
+
+    ``shared``: a folder where the model's array and test vector objects are kept for another build of the
+    same project (only ``main.cc`` depends on the arena size).
+    """
     require_toolchain()
     started = time.perf_counter()
     objects_dir = cache_dir(tree, cache_root)
@@ -155,12 +159,15 @@ def build(project: Path, tree: TFLMTree, cache_root: Path, work: Path, *, kernel
     app_dir = work / "app"
     app_dir.mkdir(parents=True, exist_ok=True)
     defines = [f"-DEDGEKILN_ARENA_SIZE={arena_bytes}"] if arena_bytes else []
-    app_objects = []
-    app_units = [(project / name, app_dir / (name.replace("/", "__") + ".o")) for name in
-                 ("main.cc", "model_data.cc", "test_vector.cc")]
+    data_dir = shared or app_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app_units = [(project / "main.cc", app_dir / "main.o")] + [
+        (project / name, data_dir / (name.replace("/", "__") + ".o")) for name in ("model_data.cc", "test_vector.cc")]
 
     def compile_app(unit: tuple[Path, Path]) -> Path:
         source, output = unit
+        if output.parent == data_dir and shared is not None and output.is_file():
+            return output
         _run(_cxx_command(tree, sources.KERNEL_OPT, source, output, [f"-I{project}", *defines]),
              f"compiling the firmware's {source.name}")
         return output

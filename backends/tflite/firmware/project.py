@@ -8,6 +8,8 @@ LiteRT's, so the same check works on QEMU and on a real board.
 
 from __future__ import annotations
 
+import io
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +35,14 @@ class TestVector:
     """Where the inputs came from, in words."""
 
     def save(self, path: Path) -> None:
-        arrays = {f"input_{i}": a for i, a in enumerate(self.inputs)}
-        arrays.update({f"expected_{i}": a for i, a in enumerate(self.expected)})
-        np.savez(path, source=np.array(self.source), **arrays)
+        """An .npz np.load reads, written with fixed zip timestamps so the same model gives the same bytes."""
+        arrays = {"source": np.array(self.source), **{f"input_{i}": a for i, a in enumerate(self.inputs)},
+                  **{f"expected_{i}": a for i, a in enumerate(self.expected)}}
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+            for name, array in arrays.items():
+                buffer = io.BytesIO()
+                np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
+                archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> "TestVector":
