@@ -135,7 +135,7 @@ class TFLiteBackend(Backend):
             from backends.tflite.micro_build import micro_bundle
 
             details.update(micro_bundle(out_dir, built.data, graph, built.bindings, plan.budget, onnx_path.name,
-                                        model, options.quant))
+                                        model, options.quant, options.extra.get("tflm_root")))
             details["files"] += details["mcu"]["files"]
         elif plan.budget.flash_kb is not None:
             from backends.tflite.mcu import check_budgets

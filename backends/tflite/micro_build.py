@@ -43,10 +43,11 @@ def _samples(model: onnx.ModelProto, quant: Any) -> tuple[str | None, np.ndarray
 
 
 def micro_bundle(out_dir: Path, data: bytes, graph: TFLiteGraph, bindings: IOBindings, budget: MicroBudget,
-                 source: str, model: onnx.ModelProto, quant: Any) -> dict[str, Any]:
+                 source: str, model: onnx.ModelProto, quant: Any, tflm_root: str | None = None) -> dict[str, Any]:
+    """``tflm_root``: the compile option of that name, else ``$EDGEKILN_TFLM_ROOT``."""
     ops = require_micro_ops(graph)
     estimate = estimate_arena(graph)
-    tree = TFLMTree.locate(None)
+    tree = TFLMTree.locate(tflm_root)
     why_not = check.cortex_m4_missing(tree)
     # Fail early on what is certain: the model alone against --flash-kb; without the Cortex-M4 run, the
     # estimated arena against --ram-kb too (with it, the measured firmware is checked instead).
@@ -112,7 +113,7 @@ def micro_bundle(out_dir: Path, data: bytes, graph: TFLiteGraph, bindings: IOBin
     return {"mcu": details, **result.to_dict(), "notes": result.notes}
 
 
-def device_check_environment(target: str | None) -> dict[str, str]:
+def device_check_environment(target: str | None, tflm_root: str | None = None) -> dict[str, str]:
     """What decides whether a compile for ``target`` runs on emulated devices: for the build's stage key.
 
     A cached compile made without TFLM/QEMU must not stand in for one that would have run them.
@@ -121,7 +122,7 @@ def device_check_environment(target: str | None) -> dict[str, str]:
     from backends.tflite.firmware import cortex_m, host, qemu
 
     if target == "mcu":
-        tree = TFLMTree.locate(None)
+        tree = TFLMTree.locate(tflm_root)
         return {"tflite-micro": host.package_version() if host.missing() is None else "absent",
                 "tflm": tree.content_hash if tree is not None else "absent",
                 "arm-gcc": "absent" if cortex_m.toolchain_missing() else cortex_m.compiler_version(),
