@@ -226,7 +226,7 @@ def run(model: Path, input_sets: list[list[np.ndarray]], *, target: str | None, 
         feed = {f"set{s}_{j}": np.ascontiguousarray(a) for s, values in enumerate(input_sets)
                 for j, a in enumerate(values)}
         np.savez(Path(tmp) / "in.npz", count=np.array(len(input_sets)), **feed)
-        command = [QEMU_USER, "-cpu", core.qemu_cpu, "-L", str(env / f"root-{core.qemu_cpu}"),
+        command = [shutil.which(QEMU_USER) or QEMU_USER, "-cpu", core.qemu_cpu, "-L", str(env / f"root-{core.qemu_cpu}"),
                    str(env / f"root-{core.qemu_cpu}/usr/bin/python{PYTHON}"), "-I", str(env / "child.py"),
                    str(env / "site"), str(model.resolve()), str(Path(tmp) / "in.npz"), str(Path(tmp) / "out.npz"),
                    str(threads or 0), "1" if xnnpack else "0"]

@@ -163,7 +163,12 @@ def host_check(model: bytes, graph: TFLiteGraph, input_sets: list[list[np.ndarra
         result.not_executed.append({"where": HOST_TFLM, "why": why})
         result.notes.append(f"not run on the TFLM host interpreter: {why}")
         return
-    ran = host.run(model, input_sets, len(graph.outputs), generous_arena)
+    try:
+        ran = host.run(model, input_sets, len(graph.outputs), generous_arena)
+    except MissingDependencyError as exc:
+        result.not_executed.append({"where": HOST_TFLM, "why": exc.message})
+        result.notes.append(f"not run on the TFLM host interpreter: {exc.message}")
+        return
     scales = output_lsb_scales(graph)
     worst = max(max_lsb(got, want, scales) for got, want in zip(ran.outputs, reference))
     if worst > MAX_LSB:

@@ -19,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
-from toolchain.errors import VerificationError, first_line
+from toolchain.errors import MissingDependencyError, VerificationError, first_line
 from toolchain.lazy import is_installed
 from toolchain.quiet import native_stderr_captured
 
@@ -48,8 +48,17 @@ class HostRun:
     """Smallest arena (bytes) the host interpreter allocates this model in."""
 
 
+def _runtime():
+    try:
+        from tflite_micro import runtime
+    except ImportError as exc:  # installed but unusable (e.g. built for another numpy)
+        raise MissingDependencyError(f"the tflite-micro package does not import: {first_line(exc)}",
+                                     hint=f"Reinstall it: {INSTALL}") from exc
+    return runtime
+
+
 def _interpreter(model: bytes, arena: int):
-    from tflite_micro import runtime
+    runtime = _runtime()
 
     with native_stderr_captured():
         return runtime.Interpreter.from_bytes(model, arena_size=arena)
@@ -70,7 +79,7 @@ def _fd2_discarded() -> Iterator[None]:
 
 
 def _fits(model: bytes, arena: int) -> bool:
-    from tflite_micro import runtime
+    runtime = _runtime()
 
     try:
         with _fd2_discarded():
