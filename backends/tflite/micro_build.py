@@ -23,7 +23,7 @@ from backends.tflite.firmware import check, project
 from backends.tflite.firmware.tflm import TFLMTree
 from backends.tflite.flatbuffer import TFLiteGraph
 from backends.tflite.io_binding import IOBindings
-from backends.tflite.mcu import (ArenaEstimate, MicroBudget, bundle_details, check_budgets, estimate_arena,
+from backends.tflite.mcu import (MicroBudget, bundle_details, check_budgets, estimate_arena,
                                  model_config_file, require_micro_ops, write_bundle)
 
 log = logging.getLogger("edgekiln.tflite")
