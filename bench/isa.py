@@ -29,8 +29,9 @@ sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
 
 SCHEMES = {
     "u8s8 (x86-vnni)": {"weight_type": "int8", "reduce_range": False},
-    "u8s8, 7-bit weights (reduce_range)": {"weight_type": "int8", "reduce_range": True},
-    "u8u8 (x86-avx2)": {"weight_type": "uint8", "weight_symmetric": False},
+    "u8s8, 7-bit weights, 8-bit depthwise (x86-avx2)": {"reduce_range": True, "depthwise_full_range": True},
+    "u8s8, 7-bit weights everywhere (reduce_range)": {"reduce_range": True},
+    "u8u8 (uint8 weights)": {"weight_type": "uint8", "weight_symmetric": False},
 }
 _ACCURACY_SCRIPT = r"""
 import json, sys
@@ -156,10 +157,14 @@ def render(record: dict) -> str:
                         if avx2 else "- | - | ")
                      + f"{row['median_ms']:.2f} ms | {row['speed_vs_fp32']:.2f}x ({low:.2f}-{high:.2f}) |")
     lines += ["", "Reading: full-range u8s8 is the fastest and most faithful scheme where VNNI exists, and loses "
-              "the most on AVX2 (saturating int16 sums); 7-bit weights avoid the saturation at a cost in "
-              "accuracy; u8u8 avoids it at almost no cost in accuracy. edgekiln's `x86` target picks u8s8 on "
-              "VNNI CPUs and u8u8 elsewhere; `x86-vnni` and `x86-avx2` pick one explicitly. Latency of u8u8 on a "
-              "real AVX2 CPU was not measured (no such CPU here); on this VNNI CPU it is the column above."]
+              "the most on AVX2 (the GEMM kernels' saturating int16 sums). u8u8 cannot saturate and keeps the "
+              "accuracy, but ONNX Runtime runs uint8-weight QLinearConv on a slow path (a fraction of FP32's "
+              "speed on this CPU), so it is no default. 7-bit weights avoid the saturation at the speed of "
+              "u8s8; keeping depthwise convolutions (their own kernels, which widen to 32 bits) at 8 bits wins "
+              "back part of the accuracy. edgekiln's `x86` target picks u8s8 on VNNI CPUs and 7-bit weights "
+              "with 8-bit depthwise elsewhere (`x86-vnni` and `x86-avx2` pick one explicitly); the accuracy "
+              "guard then decides, per model, whether that is good enough. Latency on a real AVX2 CPU was not "
+              "measured (no such CPU here)."]
     return "\n".join(lines) + "\n"
 
 

@@ -52,14 +52,15 @@ def test_this_host_is_described_from_cpuid():
 
 
 def test_cpu_targets_pick_their_int8_scheme_by_isa():
-    for isa in ("x86-avx2", "x86-sse"):  # u8u8: no saturating u8 x s8 products
-        assert cpu_scheme(isa)["weight_type"] == "uint8" and cpu_scheme(isa)["guard_runtime"] == "host"
-    assert "weight_type" not in cpu_scheme("x86-vnni")
-    assert QuantizeConfig.for_target("x86-avx2").weight_type == "uint8"
-    assert QuantizeConfig.for_target("x86-vnni").weight_type == "int8"
+    for isa in ("x86-avx2", "x86-sse"):  # 7-bit weights where the GEMM kernels' int16 sums saturate
+        scheme = cpu_scheme(isa)
+        assert scheme["reduce_range"] and scheme["depthwise_full_range"] and scheme["guard_runtime"] == "host"
+    assert cpu_scheme("x86-vnni")["reduce_range"] is False
+    assert QuantizeConfig.for_target("x86-avx2").reduce_range
+    assert not QuantizeConfig.for_target("x86-vnni").reduce_range
     # 'x86' (and no target at all) means this machine
     saturating = host_cpu().int8_isa in ("x86-avx2", "x86-sse")
-    assert QuantizeConfig.for_target("x86").weight_type == ("uint8" if saturating else "int8")
+    assert QuantizeConfig.for_target("x86").reduce_range == saturating
     assert QuantizeConfig.for_target(None) == QuantizeConfig.for_target("x86")
     # TensorRT is judged with exact integer arithmetic whatever this CPU's kernels do
     assert QuantizeConfig.for_target("jetson-orin").guard_runtime == "reference"
@@ -74,7 +75,7 @@ def test_cpu_targets_pick_their_int8_scheme_by_isa():
 def test_a_model_made_for_vnni_on_a_cpu_without_it_is_checked_with_exact_arithmetic():
     if host_cpu().int8_isa == "x86-vnni":
         assert QuantizeConfig.for_target("x86-vnni").guard_runtime == "host"
-        assert QuantizeConfig.for_target("x86-avx2").guard_runtime == "host"  # u8u8 is exact anywhere
+        assert QuantizeConfig.for_target("x86-avx2").guard_runtime == "host"  # 7-bit weights are exact anywhere
     else:
         assert QuantizeConfig.for_target("x86-vnni").guard_runtime == "reference"
 
@@ -158,7 +159,7 @@ def cosine(config, exact=False):
 
 x86 = QuantizeConfig.for_target("x86")
 vnni = QuantizeConfig.for_target("x86-vnni")
-print(json.dumps({"isa": host_cpu().int8_isa, "x86_weight_type": x86.weight_type,
+print(json.dumps({"isa": host_cpu().int8_isa, "x86_reduce_range": x86.reduce_range,
                   "x86": cosine(x86), "vnni_guard_runtime": vnni.guard_runtime,
                   "vnni_on_avx2_kernels": cosine(vnni), "vnni_exact": cosine(vnni, exact=True)}))
 """
@@ -167,7 +168,7 @@ print(json.dumps({"isa": host_cpu().int8_isa, "x86_weight_type": x86.weight_type
 @needs_qemu
 @pytest.mark.skipif(host_cpu().int8_isa != "x86-vnni", reason="this CPU has no VNNI itself: the tests run natively here")
 @pytest.mark.slow
-def test_on_an_avx2_cpu_without_vnni_x86_int8_uses_uint8_weights_and_keeps_its_accuracy(tmp_path):
+def test_on_an_avx2_cpu_without_vnni_x86_int8_uses_7_bit_weights_and_keeps_its_accuracy(tmp_path):
     """Under QEMU's Haswell model, full 8-bit u8s8 saturates in MLAS; the x86 scheme chosen there does not."""
     script = tmp_path / "check.py"
     script.write_text(_EMULATED_CHECK)
@@ -177,7 +178,7 @@ def test_on_an_avx2_cpu_without_vnni_x86_int8_uses_uint8_weights_and_keeps_its_a
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["isa"] == "x86-avx2"
-    assert result["x86_weight_type"] == "uint8"
+    assert result["x86_reduce_range"] is True
     assert result["x86"] > 0.999  # what test_quantize asks of x86 INT8 on a VNNI CPU
     # A model made for VNNI, run on AVX2 kernels, is damaged by saturation; its exact check is not.
     assert result["vnni_guard_runtime"] == "reference"
@@ -252,3 +253,28 @@ def test_the_drop_budget_means_the_same_for_40_and_400_samples():
     assert rate_lower_bound(1, 40) < 0.01 < rate_lower_bound(3, 40)
     assert rate_lower_bound(4, 400) < 0.01 < rate_lower_bound(10, 400)
     assert abs(smallest_refused_rate(400, 0.01) - smallest_refused_rate(4000, 0.01)) < 0.01
+
+
+def test_depthwise_convolutions_keep_8_bit_weights_in_the_avx2_scheme():
+    from onnx import helper, numpy_helper
+
+    from toolchain.passes.quantize import depthwise_weights
+
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), "dw"),
+             numpy_helper.from_array(rng.standard_normal((8, 8, 1, 1)).astype(np.float32), "pw")]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "dw"], ["d"], group=8, pads=[1, 1, 1, 1], name="depthwise"),
+         helper.make_node("Relu", ["d"], ["r"]),
+         helper.make_node("Conv", ["r", "pw"], ["y"], name="pointwise")], "dwpw",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    assert depthwise_weights(model) == ["dw"]
+    feeds = [{"x": rng.standard_normal((1, 8, 8, 8)).astype(np.float32)} for _ in range(8)]
+    config = QuantizeConfig.for_target("x86-avx2")
+    quantized = quantize_static(model, compute_ranges(model, feeds, config), config)
+    levels = {t.name: int(np.abs(onnx.numpy_helper.to_array(t)).max()) for t in quantized.graph.initializer
+              if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4}
+    assert levels == {"dw_quantized": 127, "pw_quantized": 64}

@@ -129,10 +129,17 @@ def _checked_backend_options(backend: str, options: dict[str, Any]) -> dict[str,
     return given
 
 
+def _check_task(task: str) -> None:
+    from toolchain.quality import TASKS
+
+    if task not in TASKS:
+        raise UsageError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
+
+
 def _quant_options(calib: PathLike | None, calib_size: int | None, holdout: int | None, seed: int, preprocess: str | dict | None,
                    cache_dir: PathLike | None, no_cache: bool, method: str | None, per_channel: bool | None,
                    activation_type: str | None, symmetric: bool | None, guard: bool, max_drop: float,
-                   min_cosine: float):
+                   min_cosine: float, task: str = "auto"):
     from toolchain.calibrate import CalibrationOptions, calibration_cache_dir
     from toolchain.precision import QuantOptions
     from toolchain.quant_guard import Budget
@@ -146,21 +153,22 @@ def _quant_options(calib: PathLike | None, calib_size: int | None, holdout: int 
                                          preprocess=preprocess, cache_dir=cache)
     overrides = {k: v for k, v in {"method": method, "per_channel": per_channel, "activation_type": activation_type,
                                    "activation_symmetric": symmetric}.items() if v is not None}
-    return QuantOptions(calibration, overrides, Budget(max_drop, min_cosine) if guard else None)
+    _check_task(task)
+    return QuantOptions(calibration, overrides, Budget(max_drop, min_cosine, task=task) if guard else None)
 
 
 def calibrate(model: PathLike, output: PathLike, *, calib: PathLike, target: str | None = None,
               calib_size: int | None = None, holdout: int | None = None, seed: int = 0, preprocess: str | dict | None = None,
               cache_dir: PathLike | None = None, no_cache: bool = False, method: str | None = None,
               per_channel: bool | None = None, activation_type: str | None = None, symmetric: bool | None = None,
-              guard: bool = True, max_drop: float = 1.0, min_cosine: float = 0.99,
+              guard: bool = True, max_drop: float = 1.0, min_cosine: float = 0.99, task: str = "auto",
               tensorrt_cache: PathLike | None = None, tensorrt_version: str = "8201"):
     """``edgekiln calibrate``: static INT8 from sample images, with the accuracy guard."""
     from toolchain.calibrate import calibrate as run_calibrate
     from toolchain.passes.quantize import QuantizeConfig
 
     quant = _quant_options(calib, calib_size, holdout, seed, preprocess, cache_dir, no_cache, method, per_channel,
-                           activation_type, symmetric, guard, max_drop, min_cosine)
+                           activation_type, symmetric, guard, max_drop, min_cosine, task)
     _check_split(quant)
     config = QuantizeConfig.for_target(target, **quant.overrides)
     return run_calibrate(Path(model), Path(output), quant.calibration, config, quant.budget,
@@ -174,7 +182,7 @@ def compile(model: PathLike, output: PathLike, *, backend: str | None = None, ta
             calib_size: int | None = None, holdout: int | None = None, cache_dir: PathLike | None = None,
             no_cache: bool = False, method: str | None = None, per_channel: bool | None = None, activation_type: str | None = None,
             symmetric: bool | None = None, guard: bool = True, max_drop: float = 1.0, min_cosine: float = 0.99,
-            backend_options: dict[str, Any] | None = None):
+            task: str = "auto", backend_options: dict[str, Any] | None = None):
     """``edgekiln compile``: lower an ONNX model to a backend artifact folder, verified against ONNX Runtime.
 
     ``backend_options`` are backend-specific (see ``BACKEND_OPTIONS``), e.g. ``{"dla_core": 0}`` for TensorRT.
@@ -195,7 +203,7 @@ def compile(model: PathLike, output: PathLike, *, backend: str | None = None, ta
         _check_mcu_size(Path(model), extra.get("flash_kb"))
     options = CompileOptions(precision=precision, target=target, threads=threads, extra=extra)
     quant = _quant_options(calib, calib_size, holdout, seed, preprocess, cache_dir, no_cache, method, per_channel,
-                           activation_type, symmetric, guard, max_drop, min_cosine)
+                           activation_type, symmetric, guard, max_drop, min_cosine, task)
     if precision == "int8":
         _check_split(quant)
     verify_options = replace(_verify_options(verify, atol, rtol, calib, seed, preprocess), min_cosine=min_cosine)
@@ -256,7 +264,8 @@ def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, 
           atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, calib: PathLike | None = None, seed: int = 0,
           preprocess: str | dict | None = None, calib_size: int | None = None, holdout: int | None = None,
           max_drop: float = 1.0, min_cosine: float = 0.99, method: str | None = None, guard: bool = True,
-          cache_dir: PathLike | None = None, no_cache: bool = False, fail_fast: bool = False, dry_run: bool = False,
+          task: str = "auto", cache_dir: PathLike | None = None, no_cache: bool = False, fail_fast: bool = False,
+          dry_run: bool = False,
           progress: Any = None, announce: Any = None, **lowrank_options: Any):
     """``edgekiln build``: convert, simplify, (low-rank), compile per target, verify, evaluate and time; with
     no source, the bundled Fashion-MNIST example. Targets are ``TARGET`` or ``TARGET:PRECISION``.
@@ -293,9 +302,10 @@ def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, 
         raise UsageError("--bench-iterations must be >= 0")
     if max_drop < 0 or not 0 < min_cosine <= 1:
         raise UsageError("--max-drop must be >= 0 and --min-cosine in (0, 1]")
+    _check_task(task)
     quant_options = {"calib_size": calib_size, "holdout": holdout, "max_drop": max_drop,
                      "min_cosine": min_cosine, "method": method, "guard": guard, "cache_dir": cache_dir,
-                     "no_cache": no_cache}
+                     "no_cache": no_cache, **({"task": task} if task != "auto" else {})}
     request = BuildRequest(Path(source) if source else None, Path(output), check_variants(list(targets) or ["x86"]),
                            convert_options, _verify_options(verify, atol, rtol, calib, seed, preprocess),
                            labels=Path(labels) if labels else None, simplify=simplify,

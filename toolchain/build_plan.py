@@ -102,6 +102,14 @@ def _lowrank_stage(request: BuildRequest, upstream: str, verify: dict[str, Any])
     return PlannedStage("lowrank", "lowrank", key, f"SVD low-rank factorization (mode {mode}), checked on held-out data")
 
 
+def _device_checks(variant: Variant) -> dict[str, str] | None:
+    if variant.target.backend != "tflite":
+        return None
+    from backends.tflite.micro_build import device_check_environment
+
+    return device_check_environment(variant.target.name)
+
+
 def _compile_stage(request: BuildRequest, variant: Variant, upstream: str, verify: dict[str, Any]) -> PlannedStage:
     backend = variant.target.backend
     calibrates = variant.precision == "int8" or backend == "tensorrt"  # TensorRT bundles carry samples and caches
@@ -111,7 +119,9 @@ def _compile_stage(request: BuildRequest, variant: Variant, upstream: str, verif
         "upstream": upstream, "target": variant.target.name, "precision": variant.precision, "quant": quant,
         "calibration": _calibration_inputs(request) if calibrates else None, "verify": verify,
         # INT8 schemes and the kernels that check them depend on the CPU (x86 without VNNI: 7-bit weights).
-        "host_isa": host_cpu().int8_isa})
+        "host_isa": host_cpu().int8_isa,
+        # A compile cached where TFLM/QEMU were absent must not stand in for one that runs on them.
+        "device_checks": _device_checks(variant)})
     detail = f"{backend}, {variant.precision}"
     if variant.precision == "int8" and request.calib is not None:
         detail += f", INT8 calibration from {request.calib.name}/ with the accuracy guard"

@@ -118,9 +118,14 @@ def quant_flags(command: Callable) -> Callable:
                      help="Symmetric activation ranges (default from the target; TensorRT needs symmetric)."),
         click.option("--max-drop", type=float, default=1.0, show_default=True,
                      help="Top-1 points INT8 may lose on the held-out samples (accuracy with labels, "
-                          "else agreement with FP32)."),
+                          "else agreement with FP32), judged by a 95% lower bound of the observed drop."),
         click.option("--min-cosine", type=float, default=0.99, show_default=True,
                      help="Lowest cosine between FP32 and the lossy model's outputs."),
+        click.option("--task", type=click.Choice(["auto", "classify", "detect", "generic"]), default="auto",
+                     show_default=True,
+                     help="What the outputs are, for the guard's metric: classify (top-1 agreement), detect "
+                          "(YOLO-style head: detections kept), generic (cosines only: embeddings and the "
+                          "like); auto guesses from the output shapes and says what it guessed."),
         click.option("--no-guard", is_flag=True, help="Skip the accuracy guard (not recommended)."),
     ]
     return _apply(decorators, command)
@@ -149,7 +154,7 @@ def backend_flags(command: Callable) -> Callable:
 _BACKEND_KEYS = ("strict", "dla_core", "workspace_mb", "int8_mode", "tensorrt_version", "max_batch", "opt_batch",
                  "flash_kb", "ram_kb", "io_dtype")
 _QUANT_KEYS = ("calib_size", "holdout", "method", "per_channel", "activation_type", "symmetric", "max_drop",
-               "min_cosine", "no_guard", "cache_dir", "no_cache")
+               "min_cosine", "task", "no_guard", "cache_dir", "no_cache")
 
 
 def _quant_kwargs(no_guard: bool, **quant: object) -> dict:
@@ -556,7 +561,7 @@ def bench(artifact: Path, warmup: int, iterations: int, threads: int | None, bat
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
     print_table(f"bench {artifact} ({result.backend}, batch {result.batch}, threads {result.threads or 'default'}, "
-                f"{result.iterations} runs after {result.warmup} warm-up)",
+                f"{result.iterations} runs after {result.warmup} warm-up; on {result.measured_on})",
                 ["p50 ms", "p90 ms", "p99 ms", "mean ms", "throughput/s", "peak RSS MiB", "RSS growth MiB"],
                 [(f"{result.p50_ms:.3f}", f"{result.p90_ms:.3f}", f"{result.p99_ms:.3f}", f"{result.mean_ms:.3f}",
                   f"{result.throughput_per_s:.1f}", f"{result.peak_rss_mb:.0f}", f"{result.rss_growth_mb:.1f}")])

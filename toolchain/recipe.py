@@ -153,6 +153,7 @@ class _RecipeModel(BaseModel):
     holdout: Annotated[int, Field(ge=0)] | None = None
     max_drop: Annotated[_Number, Field(ge=0)] | None = None
     min_cosine: Annotated[_Number, Field(gt=0, le=1)] | None = None
+    task: Literal["auto", "classify", "detect", "generic"] | None = None
     method: Method | None = None
     guard: bool | None = None
     no_guard: bool | None = None

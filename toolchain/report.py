@@ -56,18 +56,26 @@ def print_guard(guard: dict) -> None:
     rows = []
     for number, attempt in enumerate(guard["attempts"]):
         quality = attempt["quality"]
-        drop = quality.get("drop_points")
+        drop, bound = quality.get("drop_points"), quality.get("drop_bound_points")
+        detections = quality.get("detections")
         rows.append((number, len(attempt["kept_float"]), ", ".join(attempt["kept_float"][:4]) +
                      (" ..." if len(attempt["kept_float"]) > 4 else ""),
                      "-" if quality.get("top1_agreement") is None else f"{quality['top1_agreement']:.2%}",
                      "-" if quality.get("accuracy_candidate") is None else
                      f"{quality['accuracy_reference']:.2%} -> {quality['accuracy_candidate']:.2%}",
-                     "-" if drop is None else f"{drop:.2f}", f"{quality['min_cosine']:.4f}"))
+                     "-" if drop is None else f"{drop:.2f}" + ("" if bound is None else f" (>= {max(bound, 0):.2f})"),
+                     "-" if not detections else f"{detections['matched']}/{detections['reference']}",
+                     f"{quality['min_cosine']:.4f}"))
+    task = guard["attempts"][-1]["quality"].get("task")
+    declared = budget.get("task", "auto")
+    if task:
+        say(f"  accuracy guard metric: {task} ({'guessed from the output shapes' if declared == 'auto' else 'as declared'}"
+            f"; --task to set it)")
     print_table(f"accuracy guard on {guard['attempts'][-1]['quality']['samples']} held-out samples "
                 f"(budget: drop <= {budget['max_drop']:g} points, cosine >= {budget['min_cosine']:g}): "
                 f"{'passed' if guard['passed'] else 'FAILED'}",
-                ["try", "float layers", "kept in float", "top-1 agreement", "accuracy fp32 -> int8", "drop",
-                 "min cosine"], rows)
+                ["try", "float layers", "kept in float", "top-1 agreement", "accuracy fp32 -> int8",
+                 "drop (95% bound)", "detections kept", "min cosine"], rows)
     if guard.get("sensitivity"):
         worst = ", ".join(f"{s['node']} ({s['score']:.3g})" for s in guard["sensitivity"][:5])
         metric = guard.get("sensitivity_metric", "1 - cosine of the outputs when only that layer is INT8")

@@ -166,13 +166,12 @@ class _Run:
         self.workdir, self.iterations = workdir, iterations
         self.config = QuantizeConfig.for_target(target, method="minmax")
         self.notes: list[str] = []
-        if self.config.weight_type != "int8":
-            # PTQ's scheme for CPUs without VNNI is uint8 weights; QAT simulates symmetric int8 weights, so it
-            # takes the other saturation-free scheme, 7-bit int8 weights, whose loss fine-tuning recovers.
-            self.config = QuantizeConfig.for_target(target, method="minmax", weight_type="int8",
-                                                    weight_symmetric=True, reduce_range=True)
-            self.notes.append("this CPU has no VNNI: QAT uses 7-bit int8 weights (reduce_range), and so does the "
-                              "PTQ model it is compared with (edgekiln's PTQ alone would take uint8 weights)")
+        if self.config.depthwise_full_range:
+            # The fake-quant model simulates one weight range for every layer: 7 bits on CPUs without VNNI.
+            self.config = self.config.model_copy(update={"depthwise_full_range": False})
+            self.notes.append("this CPU has no VNNI: QAT uses 7-bit int8 weights in every layer (reduce_range), and "
+                              "so does the PTQ model it is compared with (edgekiln's PTQ alone keeps depthwise "
+                              "convolutions at 8 bits)")
         self.scheme = QuantScheme.from_config(self.config, options.weight_bits)
         self.opset = get_target(target).opset
         if options.weight_bits == 4:

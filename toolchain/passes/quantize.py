@@ -54,6 +54,9 @@ class QuantizeConfig(PassConfig):
     nodes_to_exclude: tuple[str, ...] = Field((), description="Node names kept in float.")
     nodes_to_quantize: tuple[str, ...] = Field((), description="Only these nodes (empty: all of op_types).")
     reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI where 8-bit can overflow.")
+    depthwise_full_range: bool = Field(
+        False, description="With reduce_range: depthwise convolutions keep 8-bit weights (ONNX Runtime's depthwise "
+                           "kernels widen to 32 bits before adding, so they do not saturate).")
     guard_runtime: Literal["host", "reference"] = Field(
         "host", description="How the accuracy guard and verification run the INT8 model: 'host' with this "
                             "machine's ONNX Runtime INT8 kernels (the x86 target is this machine), 'reference' "
@@ -84,17 +87,19 @@ SATURATING_ISAS = ("x86-avx2", "x86-sse")
 def cpu_scheme(isa: str) -> dict[str, object]:
     """``QuantizeConfig`` defaults for an ONNX Runtime CPU of ISA class ``isa``.
 
-    Without VNNI, ONNX Runtime's u8 x s8 kernels add pairs of products into a saturating int16, so
-    full-range int8 weights can overflow. ORT documents two cures: 7-bit weights (``reduce_range``) or
-    uint8 weights (u8u8, no saturation). Measured on EfficientNet-Lite0 with real photos (bench/isa.md),
-    7-bit weights keep 74% top-1 agreement with FP32, uint8 weights 87% (VNNI's u8s8: 90%), so u8u8 it
-    is. The guard runs this machine's kernels only when they compute what the target's do; otherwise
-    exact integer arithmetic stands in for the target's CPU.
+    Without VNNI, ONNX Runtime's u8 x s8 GEMM kernels add pairs of products into a saturating int16,
+    so full-range int8 weights can overflow. ORT documents two cures: 7-bit weights (``reduce_range``)
+    or uint8 weights (u8u8). Measured on EfficientNet-Lite0 with real photos (bench/isa.md): u8u8 keeps
+    87% top-1 agreement but runs at 0.2x FP32 (ORT's uint8-weight QLinearConv takes a slow path), 7-bit
+    weights everywhere keep 74% at 1.8x; 7-bit weights only where the GEMM kernels saturate, with
+    depthwise convolutions (their own kernels, no int16 sums) at 8 bits, keep more at the same speed.
+    The guard runs this machine's kernels only when they compute what the target's do; otherwise exact
+    integer arithmetic stands in for the target's CPU.
     """
     from toolchain.hostcpu import host_cpu
 
-    if isa in SATURATING_ISAS:  # u8u8 is exact on every x86 CPU, so this machine's kernels can judge it
-        return {"weight_type": "uint8", "weight_symmetric": False, "reduce_range": False, "guard_runtime": "host"}
+    if isa in SATURATING_ISAS:  # 7-bit weights are exact on every x86 CPU, so this machine's kernels can judge them
+        return {"reduce_range": True, "depthwise_full_range": True, "guard_runtime": "host"}
     host_isa = host_cpu().int8_isa
     faithful_here = host_isa == isa or host_isa not in SATURATING_ISAS
     return {"reduce_range": False, "guard_runtime": "host" if faithful_here else "reference"}
@@ -109,7 +114,10 @@ def scheme_note(target: str | None, config: "QuantizeConfig") -> str | None:
     if not profile.cpu_isa:
         return None
     isa = profile.int8_isa()
-    weights = ("7-bit int8 weights (reduce_range)" if config.reduce_range else f"{config.weight_type} weights")
+    weights = f"{config.weight_type} weights"
+    if config.reduce_range:
+        weights = ("7-bit int8 weights (8-bit in depthwise convolutions)" if config.depthwise_full_range
+                   else "7-bit int8 weights (reduce_range)")
     made_for = f"this machine's CPU ({host_cpu().model}, {isa})" if profile.cpu_isa == "host" else isa
     note = f"INT8 made for {made_for}: {config.activation_type} activations, {weights}"
     if isa in SATURATING_ISAS:
@@ -224,6 +232,10 @@ def quantize_static(model: onnx.ModelProto, ranges: ActivationRanges, config: Qu
         raise UsageError(f"weights are quantized to 8 or 4 bits, not {weight_bits!r}")
     mixed = [name for name in (*mixed_scale_concats(model, ranges), *postprocessing_tail(model))
              if name not in config.nodes_to_exclude]
+    overrides = {}
+    if config.reduce_range and config.depthwise_full_range and weight_bits == 8:
+        per_weight = [{"axis": 0, "reduce_range": False}] if config.per_channel else [{"reduce_range": False}]
+        overrides = {name: per_weight for name in depthwise_weights(model)}
     if mixed:
         config = config.model_copy(update={"nodes_to_exclude": tuple(config.nodes_to_exclude) + tuple(mixed)})
     weight_type = QuantType.QInt4 if weight_bits == 4 else getattr(QuantType, _TYPES[config.weight_type])
@@ -242,7 +254,8 @@ def quantize_static(model: onnx.ModelProto, ranges: ActivationRanges, config: Qu
                 nodes_to_quantize=list(config.nodes_to_quantize) or None,
                 calibrate_method=getattr(CalibrationMethod, _METHODS[ranges.method]),
                 extra_options={"ActivationSymmetric": config.activation_symmetric,
-                               "WeightSymmetric": config.weight_symmetric},
+                               "WeightSymmetric": config.weight_symmetric,
+                               **({"TensorQuantOverrides": overrides} if overrides else {})},
                 calibration_cache_path=cache)
         except Exception as exc:  # ORT's quantizer raises many exception types
             what = "4-bit quantization" if weight_bits == 4 else "static quantization"
@@ -265,6 +278,18 @@ def mixed_scale_concats(model: onnx.ModelProto, ranges: ActivationRanges) -> lis
         widths = [w for w in widths if w > 0]
         if len(widths) >= 2 and max(widths) > MIXED_SCALE_RATIO * min(widths):
             found.append(node.name)
+    return found
+
+
+def depthwise_weights(model: onnx.ModelProto) -> list[str]:
+    """Weight initializers of depthwise convolutions (one input channel per group)."""
+    weights = {t.name: t for t in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        weight = weights.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if weight is not None and group > 1 and len(weight.dims) >= 2 and weight.dims[1] == 1:
+            found.append(weight.name)
     return found
 
 
