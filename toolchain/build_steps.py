@@ -113,8 +113,11 @@ def _latency(artifact: Path, iterations: int) -> dict[str, Any] | None:
 
     if iterations <= 0:
         return None
+    from toolchain.hostcpu import host_cpu
+
     timing = benchmark(artifact, iterations=iterations)
-    return {"p50_ms": timing.p50_ms, "p90_ms": timing.p90_ms, "iterations": timing.iterations}
+    return {"p50_ms": timing.p50_ms, "p90_ms": timing.p90_ms, "iterations": timing.iterations,
+            "measured_on": host_cpu().describe()}
 
 
 def _agreement(context: StepContext, artifact: Path) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from toolchain.errors import MissingDependencyError, OutputError, UsageError
 from toolchain.fileio import atomic_directory, check_writable_destination, sha256_path
 from toolchain.feeds import image_preprocess_or_none
 from toolchain.frontends import ingest
+from toolchain.hostcpu import host_cpu
 from toolchain.frontends.base import ConvertOptions
 from toolchain.onnx_io import TensorInfo, graph_inputs, graph_outputs, load_onnx, opset_version, save_onnx
 from toolchain.passes.base import PassReport
@@ -27,10 +28,10 @@ from toolchain.precision import LoweredModel
 from toolchain.verify import ParityReport, VerifyOptions, verify_callables
 
 
-def _ort_runner(model: onnx.ModelProto):
+def _ort_runner(model: onnx.ModelProto, integer_reference: bool = False):
     from backends.onnxruntime.runner import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner.from_model(model)
+    return OnnxRuntimeRunner.from_model(model, integer_reference=integer_reference)
 
 
 def _require_onnx_suffix(output: Path) -> None:
@@ -194,9 +195,12 @@ def compile_artifact(model_path: Path, out_dir: Path, backend_name: str, options
         model = source if lowered.path == model_path else load_onnx(lowered.path)
         parity = []
         if lossy and via_onnx:
-            parity += verify_callables(_ort_runner(source).run, _ort_runner(model).run, inputs, lossy_verify,
+            # An INT8 model made for another CPU (or TensorRT) is checked with exact integer arithmetic.
+            exact = lowered.details.get("quantize", {}).get("guard_runtime") == "reference"
+            parity += verify_callables(_ort_runner(source).run, _ort_runner(model, exact).run, inputs, lossy_verify,
                                        reference="FP32 model", candidate=f"{options.precision} model", lossy=True)
         compiled = backend.compile(lowered.path, replace(options, quant=quant), staging)
+        compiled.details.setdefault("notes", []).extend(lowered.details.get("notes", []))
         for extra in lowered.extra_files:
             shutil.copyfile(extra, staging / extra.name.replace("model.int8.", ""))
         runnable, why_not = backend.can_run()
@@ -223,6 +227,8 @@ def compile_artifact(model_path: Path, out_dir: Path, backend_name: str, options
             "metrics": {"verify": [p.to_dict() for p in parity], "details": compiled.details,
                         "precision": lowered.details, "stages": stages or {}},
             "timings": {"compile_seconds": round(time.perf_counter() - started, 3)},
+            # The machine whose kernels verified (and, for CPU targets, chose the INT8 scheme of) this artifact.
+            "host": host_cpu().to_dict(),
         }
         write_manifest(staging, manifest)
     return CompileResult(Artifact.open(out_dir), parity, time.perf_counter() - started)
