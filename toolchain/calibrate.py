@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 
-from toolchain.errors import UsageError, VerificationError
+from toolchain.errors import ConversionError, UsageError, VerificationError
 from toolchain.feeds import concrete_shape, resolve_preprocess
 from toolchain.fileio import check_writable_destination
 from toolchain.onnx_io import graph_inputs, load_onnx, save_onnx
@@ -85,6 +85,23 @@ def _batched(samples, name: str, part: str, batch_axis_fixed: bool):
     return list(samples.feeds(name, part, batch=1 if batch_axis_fixed else 16))
 
 
+def _prepared(model: onnx.ModelProto, feed: dict) -> tuple[onnx.ModelProto, list[str]]:
+    """``prepare_for_quantization``, with every change checked against the input model on ``feed``."""
+    import numpy as np
+
+    from backends.onnxruntime.runner import OnnxRuntimeRunner
+
+    prepared, notes = prepare_for_quantization(model)
+    if prepared is model:
+        return model, notes
+    before, after = OnnxRuntimeRunner.from_model(model).run(feed), OnnxRuntimeRunner.from_model(prepared).run(feed)
+    for name, value in before.items():
+        if not np.allclose(value, after[name], rtol=1e-3, atol=1e-4):
+            raise ConversionError(f"preparing the model for INT8 ({'; '.join(notes)}) changed output '{name}' "
+                                  f"(max abs {float(np.abs(value - after[name]).max()):.3g})")
+    return named_copy(prepared), notes
+
+
 def calibrate(model_path: Path, output: Path, calibration: CalibrationOptions, config: QuantizeConfig,
               budget: Budget | None = Budget(), tensorrt_cache: Path | None = None,
               tensorrt_version: str = "8201") -> CalibrateResult:
@@ -103,8 +120,7 @@ def calibrate(model_path: Path, output: Path, calibration: CalibrationOptions, c
                          f"integer nodes), so it has no float weights to quantize; calibrate the FP32 model instead")
     info, samples = load_calibration_set(model, calibration)
     fixed_batch = isinstance(info.shape[0], int)
-    model, notes = prepare_for_quantization(model, next(iter(_batched(samples, info.name, "calibration", True))))
-    model = named_copy(model)
+    model, notes = _prepared(model, next(iter(_batched(samples, info.name, "calibration", True))))
     if not has_float_weights(model):
         raise UsageError(f"'{model_path.name}' has no float weights to quantize (already quantized?)")
     ranges = compute_ranges(model, _batched(samples, info.name, "calibration", fixed_batch), config)
