@@ -74,7 +74,8 @@ class ArtifactModel:
         from toolchain.artifact import Artifact
 
         self.artifact = Artifact.open(folder)
-        if self.artifact.backend == "onnxruntime":
+        # A TensorRT bundle's model.onnx is what the device builds its engine from: it runs in ONNX Runtime here.
+        if self.artifact.backend in ("onnxruntime", "tensorrt"):
             self.onnx: OnnxModel | None = OnnxModel(self.artifact.model_path)
             self.runner = None
         else:
