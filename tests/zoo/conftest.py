@@ -138,6 +138,9 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Zoo:
     except PhotosMissing as exc:
         pytest.skip(str(exc))
     session = Zoo(root.resolve(), photos)
+    earlier = session.root / "zoo-results.json"
+    if kept and earlier.is_file():  # a kept work folder accumulates measurements over partial runs
+        session.results = json.loads(earlier.read_text())
     _SESSION.append(session)
     return session
 
