@@ -167,10 +167,15 @@ def calibrate(model: PathLike, output: PathLike, *, calib: PathLike, target: str
     from toolchain.calibrate import calibrate as run_calibrate
     from toolchain.passes.quantize import QuantizeConfig
 
+    from toolchain.fileio import check_writable_destination
+
     quant = _quant_options(calib, calib_size, holdout, seed, preprocess, cache_dir, no_cache, method, per_channel,
                            activation_type, symmetric, guard, max_drop, min_cosine, task)
+    config = QuantizeConfig.for_target(target, **quant.overrides)  # an unknown target fails before any work
+    for destination in (output, tensorrt_cache):
+        if destination is not None:
+            check_writable_destination(Path(destination))
     _check_split(quant)
-    config = QuantizeConfig.for_target(target, **quant.overrides)
     return run_calibrate(Path(model), Path(output), quant.calibration, config, quant.budget,
                          Path(tensorrt_cache) if tensorrt_cache else None, tensorrt_version)
 
