@@ -278,3 +278,15 @@ def test_depthwise_convolutions_keep_8_bit_weights_in_the_avx2_scheme():
     levels = {t.name: int(np.abs(onnx.numpy_helper.to_array(t)).max()) for t in quantized.graph.initializer
               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4}
     assert levels == {"dw_quantized": 127, "pw_quantized": 64}
+
+
+def test_embeddings_are_not_judged_by_top_1():
+    from toolchain.quality import guess_task
+
+    rng = np.random.default_rng(4)
+    embeddings = rng.standard_normal((8, 128))
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    assert guess_task({"emb": embeddings}) == "generic"
+    assert guess_task({"logits": rng.standard_normal((8, 10)) * 3}) == "classify"
+    softmax = np.exp(rng.standard_normal((8, 10)))
+    assert guess_task({"p": softmax / softmax.sum(1, keepdims=True)}) == "classify"

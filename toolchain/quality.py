@@ -62,9 +62,13 @@ def yolo_layout(outputs: dict[str, np.ndarray]) -> YoloLayout | None:
 
 
 def guess_task(outputs: dict[str, np.ndarray]) -> Task:
-    """``classify`` when the first output is ``[N, classes]``; ``detect`` for a YOLO-style head; else ``generic``."""
+    """``classify`` when the only output is ``[N, classes]`` (unless its rows are unit vectors: an embedding);
+    ``detect`` for a YOLO-style head; else ``generic``."""
     first = next(iter(outputs.values()))
     if first.ndim == 2 and first.shape[1] > 1 and len(outputs) == 1:
+        norms = np.linalg.norm(first.astype(np.float64), axis=1)
+        if np.allclose(norms, 1.0, atol=0.01) and (first < 0).any():  # L2-normalised: an embedding, not scores
+            return "generic"
         return "classify"
     if yolo_layout(outputs) is not None:
         return "detect"
