@@ -1,0 +1,82 @@
+"""The metrics that compare a lossy model with FP32 (toolchain.quality, the guard's compare_quality): each
+must fail a model a user would call broken."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from toolchain.errors import VerificationError
+
+
+def test_nan_outputs_fail_the_comparison_and_a_nan_reference_is_an_error():
+    from toolchain.quant_guard import Budget, compare_quality
+
+    ref = {"y": np.random.default_rng(0).standard_normal((8, 10)).astype(np.float32)}
+    bad = {"y": np.full((8, 10), np.nan, np.float32)}
+    quality = compare_quality(ref, bad)
+    assert quality.misses(Budget()) and "non-finite" in quality.misses(Budget())[0]
+    with pytest.raises(VerificationError, match="FP32 model itself gives NaN"):
+        compare_quality(bad, ref)
+
+
+def test_mixed_scale_outputs_are_compared_per_channel():
+    """A YOLO-style head: boxes in pixels beside scores in 0..1. Zeroing the scores must not keep cosine ~1."""
+    from toolchain.quality import guess_task, sample_cosines
+
+    rng = np.random.default_rng(1)
+    head = np.concatenate([rng.uniform(0, 640, (4, 4, 2100)), rng.uniform(0, 1, (4, 18, 2100))], axis=1)
+    broken = head.copy()
+    broken[:, 4:] = 0.0
+    raw = [float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in
+           zip(head.reshape(4, -1), broken.reshape(4, -1))]
+    assert min(raw) > 0.95  # what fooled the old check
+    assert sample_cosines(head, broken).max() < 0.5
+    assert guess_task({"output0": head}) == "detect"
+
+
+def test_the_drop_budget_means_the_same_for_40_and_400_samples():
+    from toolchain.quality import rate_lower_bound, smallest_refused_rate
+
+    # One flip in 40 is 2.5 points, but not evidence of a true drop over 1 point; 3 in 40 is.
+    assert rate_lower_bound(1, 40) < 0.01 < rate_lower_bound(3, 40)
+    assert rate_lower_bound(4, 400) < 0.01 < rate_lower_bound(10, 400)
+    assert abs(smallest_refused_rate(400, 0.01) - smallest_refused_rate(4000, 0.01)) < 0.01
+
+
+def test_embeddings_are_not_judged_by_top_1():
+    from toolchain.quality import guess_task
+
+    rng = np.random.default_rng(4)
+    embeddings = rng.standard_normal((8, 128))
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    assert guess_task({"emb": embeddings}) == "generic"
+    assert guess_task({"logits": rng.standard_normal((8, 10)) * 3}) == "classify"
+    softmax = np.exp(rng.standard_normal((8, 10)))
+    assert guess_task({"p": softmax / softmax.sum(1, keepdims=True)}) == "classify"
+
+
+def _yolo_head(boxes: list[tuple[float, float, float, float, int, float]], anchors: int = 400,
+               classes: int = 3) -> np.ndarray:
+    """A [1, 4 + classes, anchors] head: the given (cx, cy, w, h, class, score) rows, every other anchor near 0."""
+    head = np.zeros((1, 4 + classes, anchors), np.float32)
+    head[0, :4] = 10.0
+    head[0, 4:] = 0.01
+    for index, (cx, cy, w, h, cls, score) in enumerate(boxes):
+        head[0, :4, index] = (cx, cy, w, h)
+        head[0, 4 + cls, index] = score
+    return head
+
+
+def test_detections_kept_counts_lost_and_moved_objects_not_threshold_jitter():
+    from toolchain.quality import match_detections, yolo_layout
+
+    reference = _yolo_head([(50, 50, 20, 20, 0, 0.9), (150, 80, 30, 40, 1, 0.6), (250, 250, 40, 40, 2, 0.26)])
+    same_but_jitter = _yolo_head([(51, 50, 20, 20, 0, 0.85), (150, 81, 30, 40, 1, 0.55), (250, 250, 40, 40, 2, 0.24)])
+    lost_and_moved = _yolo_head([(50, 50, 20, 20, 0, 0.9), (190, 80, 30, 40, 1, 0.6)])  # one gone, one moved away
+    layout = yolo_layout({"out": reference})
+    assert layout is not None and layout.classes == 3
+    kept = match_detections({"out": reference}, {"out": same_but_jitter}, layout)
+    assert (kept.reference, kept.matched) == (3, 3)  # 0.26 -> 0.24 at the 0.25 threshold is not a lost object
+    broken = match_detections({"out": reference}, {"out": lost_and_moved}, layout)
+    assert broken.matched == 1 and broken.kept == 1 / 3
