@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolchain.build_plan import BuildRequest, PlannedStage, plan_build, require_inputs
+from toolchain.build_plan import BuildRequest, PlannedStage, plan_build, source_label, require_inputs
 from toolchain.errors import ToolchainError, UsageError, VerificationError
 from toolchain.fileio import check_writable_destination
 from toolchain.stage_cache import StageCache, files_under
@@ -315,7 +315,7 @@ def build(request: BuildRequest, cache: StageCache, progress: Progress | None = 
                 decisions += found
                 _tell(announce, found)
         reference = records["measure reference"]["measured"]
-        result = BuildResult(request.output, str(request.source) if request.source else "bundled Fashion-MNIST example",
+        result = BuildResult(request.output, source_label(request),
                              stage_rows, _targets(records, stages, failures),
                              {k: reference.get(k) for k in ("accuracy", "latency", "size_bytes")} | {
                                  "model": context.reference},

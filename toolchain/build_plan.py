@@ -88,8 +88,22 @@ def _source_inputs(request: BuildRequest) -> dict[str, Any]:
             "options": options}
 
 
+def source_label(request: BuildRequest, short: bool = False) -> str:
+    """What the build converts, for the plan and the report: the source file, the user's model class and
+    weights, or the bundled example (which is itself a model class with weights)."""
+    from toolchain.examples import fashion_mnist as example
+
+    if request.source is not None:
+        return request.source.name if short else str(request.source)
+    model_class = request.convert_options.get("model_class")
+    if model_class and model_class != example.MODEL_CLASS:
+        weights = request.convert_options.get("weights")
+        return f"{model_class}" + (f" with weights {Path(weights).name}" if weights else "")
+    return "the bundled Fashion-MNIST example" if short else "bundled Fashion-MNIST example"
+
+
 def _convert_stage(request: BuildRequest, verify: dict[str, Any]) -> PlannedStage:
-    what = request.source.name if request.source else "the bundled Fashion-MNIST example"
+    what = source_label(request, short=True)
     key = stage_key("convert", ("convert",), {**_source_inputs(request), "verify": verify})
     return PlannedStage("convert", "convert", key, f"ingest {what} into ONNX and verify it against the source")
 

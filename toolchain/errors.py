@@ -8,6 +8,8 @@ with ``--debug``.
 
 from __future__ import annotations
 
+import re
+
 
 # A first line longer than this is shortened at a word boundary (whole words, then " ..."); SDK
 # messages are one long line at most a few hundred characters, so in practice nothing is cut.
@@ -22,10 +24,25 @@ def clip(text: str, limit: int = MAX_LINE) -> str:
     return text[:cut if cut > 0 else limit].rstrip() + " ..."
 
 
+# First lines that announce an error without giving it: the reason is the message's last line.
+_REASON_AT_END = ("The following operation failed in the TorchScript interpreter",)
+
+
 def first_line(exc: BaseException, limit: int = MAX_LINE) -> str:
-    """The whole first line of an exception's message (SDKs raise multi-line C++ traces), or its type name."""
+    """The whole first line of an exception's message (SDKs raise multi-line C++ traces), or its type name.
+
+    Where the first line only announces an error (TorchScript's interpreter puts its traceback between
+    that and the reason), the last line, which says what failed, is added.
+    """
     text = str(exc).strip()
-    return clip(text.splitlines()[0].strip(), limit) if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0]
+    if first.startswith(_REASON_AT_END) and len(lines) > 1:
+        reason = re.sub(r"^[A-Za-z]*Error: ", "", lines[-1])  # the interpreter's own exception type adds nothing
+        first = f"the TorchScript code failed: {reason}"
+    return clip(first, limit)
 
 
 _TRACE_STARTS = ("Traceback", "Stacktrace", "Stack trace", "File \"", "at ", "#")

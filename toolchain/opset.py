@@ -77,6 +77,8 @@ STEP_RULES: dict[str, dict[int, Rule]] = {
     **{op: {14: types_only} for op in ("Relu", "Add", "Sub", "Mul", "Div", "CumSum")},
     "Reshape": {14: attribute_default("allowzero", 0), 19: types_only, 21: types_only},
     "BatchNormalization": {14: inference_batchnorm, 15: types_only},
+    # Opset 14 added 'layout' (batch-first tensors) to the recurrent ops; the default is the old layout.
+    **{op: {14: attribute_default("layout", 0)} for op in ("LSTM", "GRU", "RNN")},
     "Pow": {15: types_only},
     "Shape": {15: no_attribute("start", "end"), 19: types_only, 21: types_only},
     "Identity": {14: types_only, 16: types_only, 19: types_only, 21: types_only},
