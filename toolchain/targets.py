@@ -39,7 +39,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "newer), ONNX Runtime", "onnxruntime", "fp32", 17, "INT8: uint8 activations x int8 weights, full range",
            cpu_isa="x86-vnni"),
     Target("x86-avx2", "x86-64 CPU with AVX2 but no VNNI (Haswell to Skylake, Zen 1-3), ONNX Runtime",
-           "onnxruntime", "fp32", 17, "INT8: 7-bit weights (reduce_range): 8-bit u8 x s8 products saturate there",
+           "onnxruntime", "fp32", 17, "INT8: 7-bit weights, 8-bit in depthwise convolutions (u8 x s8 GEMM sums saturate there)",
            cpu_isa="x86-avx2"),
     Target("cuda", "NVIDIA desktop/server GPU, TensorRT 10", "tensorrt", "fp16", 17),
     Target("jetson-nano", "Jetson Nano, JetPack 4.6: TensorRT 8.2, CUDA 10.2, Maxwell GPU", "tensorrt", "fp16", 13,
