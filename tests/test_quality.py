@@ -4,6 +4,7 @@ must fail a model a user would call broken."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from toolchain.errors import VerificationError
@@ -80,3 +81,43 @@ def test_detections_kept_counts_lost_and_moved_objects_not_threshold_jitter():
     assert (kept.reference, kept.matched) == (3, 3)  # 0.26 -> 0.24 at the 0.25 threshold is not a lost object
     broken = match_detections({"out": reference}, {"out": lost_and_moved}, layout)
     assert broken.matched == 1 and broken.kept == 1 / 3
+
+
+def test_a_flip_between_near_tied_classes_is_a_tie_and_a_real_flip_is_not():
+    from toolchain.quant_guard import compare_quality
+
+    reference = {"y": np.array([[5.0, 4.99, 0.0, -1.0], [5.0, 2.0, 0.0, -1.0]], np.float32)}
+    candidate = {"y": np.array([[4.98, 4.985, 0.0, -1.0], [2.0, 5.0, 0.0, -1.0]], np.float32)}
+    quality = compare_quality(reference, candidate, task="classify")
+    assert quality.ties == 1 and quality.lost == 1 and quality.top1_agreement == 0.5
+
+
+def test_a_detector_head_keeps_its_post_processing_and_mixed_scale_concat_float():
+    """Boxes in pixels concatenated with sigmoid scores: one 8-bit scale would leave the scores a few levels."""
+    from onnx import helper, numpy_helper
+
+    from backends.onnxruntime.runner import OnnxRuntimeRunner
+    from toolchain.passes.quantize import QuantizeConfig, compute_ranges, float_by_rule, quantize_static
+
+    rng = np.random.default_rng(6)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 1, 1)).astype(np.float32), "wb"),
+             numpy_helper.from_array(rng.standard_normal((2, 3, 1, 1)).astype(np.float32), "ws"),
+             numpy_helper.from_array(np.array(300.0, np.float32), "stride")]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "wb"], ["b"], name="box_conv"),
+         helper.make_node("Conv", ["x", "ws"], ["s"], name="score_conv"),
+         helper.make_node("Mul", ["b", "stride"], ["boxes"], name="decode"),
+         helper.make_node("Sigmoid", ["s"], ["scores"], name="sigmoid"),
+         helper.make_node("Concat", ["boxes", "scores"], ["y"], axis=1, name="head")], "head",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 6, 4, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    feeds = [{"x": rng.standard_normal((1, 3, 4, 4)).astype(np.float32)} for _ in range(16)]
+    config = QuantizeConfig.for_target("x86-vnni")
+    ranges = compute_ranges(model, feeds, config)
+    assert set(float_by_rule(model, ranges)) == {"decode", "sigmoid", "head"}
+    quantized = quantize_static(model, ranges, config)
+    fp32, int8 = OnnxRuntimeRunner.from_model(model), OnnxRuntimeRunner.from_model(quantized, integer_reference=True)
+    scores_error = max(float(np.abs(fp32.run(f)["y"][:, 4:] - int8.run(f)["y"][:, 4:]).max()) for f in feeds)
+    assert scores_error < 0.05  # one scale over 0..~1000 would be steps of ~4: every score 0 or ~4

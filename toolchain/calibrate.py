@@ -17,8 +17,9 @@ from toolchain.errors import ConversionError, UsageError, VerificationError
 from toolchain.feeds import concrete_shape, resolve_preprocess
 from toolchain.fileio import check_writable_destination
 from toolchain.onnx_io import graph_inputs, load_onnx, save_onnx
-from toolchain.passes.quantize import (QuantizeConfig, compute_ranges, has_float_weights, int8_weighted_nodes, is_quantized,
-                                       named_copy, prepare_for_quantization, quantize_static)
+from toolchain.passes.quantize import (QuantizeConfig, compute_ranges, float_by_rule, has_float_weights,
+                                       int8_weighted_nodes, is_quantized, named_copy, prepare_for_quantization,
+                                       quantize_static)
 from toolchain.quant_guard import Budget, GuardReport, guarded_quantize
 
 
@@ -125,6 +126,11 @@ def calibrate(model_path: Path, output: Path, calibration: CalibrationOptions, c
         raise UsageError(f"'{model_path.name}' has no float weights to quantize (already quantized?)")
     ranges = compute_ranges(model, _batched(samples, info.name, "calibration", fixed_batch), config)
     ranges.details.update({"calibration_set": samples.key, "preprocess": samples.spec})
+    by_rule = float_by_rule(model, ranges)
+    if by_rule:
+        shown = ", ".join(by_rule[:4]) + (f" (+{len(by_rule) - 4} more)" if len(by_rule) > 4 else "")
+        notes.append(f"{len(by_rule)} node(s) kept float by rule (post-processing after the last weighted layer, "
+                     f"Concats of mixed-scale inputs): {shown}")
     guard = None
     if budget is None:
         quantized = quantize_static(model, ranges, config)

@@ -28,6 +28,7 @@ from toolchain.passes.quantize import QuantizeConfig, quantizable_nodes, quantiz
 _FALLBACK_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 # Samples used for the one-layer-at-a-time ranking (the final check uses every held-out sample).
 _SENSITIVITY_SAMPLES = 16
+SENSITIVITY_METRIC = "1 - mean per-sample cosine of the outputs (channels scaled alike) when only that layer is INT8"
 # Single layers tried as the first one kept in float (the most sensitive few by the one-layer ranking).
 _FIRST_STEP_CHOICES = 3
 
@@ -135,7 +136,7 @@ class GuardReport:
     budget: Budget
     attempts: list[Attempt] = field(default_factory=list)
     sensitivity: list[tuple[str, str, float]] = field(default_factory=list)
-    """(node name, op type, 1 - cosine of the final outputs with only that node quantized), worst first."""
+    """(node name, op type, ``SENSITIVITY_METRIC`` with only that node quantized), worst first."""
 
     @property
     def final(self) -> Attempt:
@@ -148,7 +149,8 @@ class GuardReport:
     def to_dict(self) -> dict:
         return {"budget": asdict(self.budget), "passed": self.passed,
                 "attempts": [{"kept_float": a.kept_float, "quality": a.quality.to_dict()} for a in self.attempts],
-                "sensitivity": [{"node": n, "op_type": t, "score": s} for n, t, s in self.sensitivity]}
+                "sensitivity": [{"node": n, "op_type": t, "score": s} for n, t, s in self.sensitivity],
+                "sensitivity_metric": SENSITIVITY_METRIC}
 
 
 def _run_all(model: onnx.ModelProto, feeds: Sequence[Feed], config: QuantizeConfig | None = None) -> dict[str, np.ndarray]:
@@ -159,12 +161,6 @@ def _run_all(model: onnx.ModelProto, feeds: Sequence[Feed], config: QuantizeConf
     runner = OnnxRuntimeRunner.from_model(model, integer_reference=exact)
     outputs = [runner.run(feed) for feed in feeds]
     return {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    norm = float(np.linalg.norm(a64) * np.linalg.norm(b64))
-    return 1.0 if norm == 0 else float(a64 @ b64 / norm)
 
 
 # Two classes whose logits are this share of the sample's logit range apart are tied.

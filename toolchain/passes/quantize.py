@@ -230,14 +230,13 @@ def quantize_static(model: onnx.ModelProto, ranges: ActivationRanges, config: Qu
 
     if weight_bits not in (8, 4):
         raise UsageError(f"weights are quantized to 8 or 4 bits, not {weight_bits!r}")
-    mixed = [name for name in (*mixed_scale_concats(model, ranges), *postprocessing_tail(model))
-             if name not in config.nodes_to_exclude]
+    by_rule = [name for name in float_by_rule(model, ranges) if name not in config.nodes_to_exclude]
+    if by_rule:
+        config = config.model_copy(update={"nodes_to_exclude": tuple(config.nodes_to_exclude) + tuple(by_rule)})
     overrides = {}
     if config.reduce_range and config.depthwise_full_range and weight_bits == 8:
         per_weight = [{"axis": 0, "reduce_range": False}] if config.per_channel else [{"reduce_range": False}]
         overrides = {name: per_weight for name in depthwise_weights(model)}
-    if mixed:
-        config = config.model_copy(update={"nodes_to_exclude": tuple(config.nodes_to_exclude) + tuple(mixed)})
     weight_type = QuantType.QInt4 if weight_bits == 4 else getattr(QuantType, _TYPES[config.weight_type])
     with tempfile.TemporaryDirectory(prefix="edgekiln-quant-") as tmp, quiet(*_QUANT_LOGGERS):
         cache = Path(tmp) / "ranges.json"
@@ -248,8 +247,8 @@ def quantize_static(model: onnx.ModelProto, ranges: ActivationRanges, config: Qu
                 _save_temp(model, Path(tmp), "model.onnx"), out, None, quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(config.op_types), per_channel=config.per_channel,
                 # int4 has no headroom problem, and ORT's "reduced" int4 would be 3-bit
-                reduce_range=config.reduce_range and weight_bits == 8, activation_type=getattr(QuantType, _TYPES[config.activation_type]),
-                weight_type=weight_type,
+                reduce_range=config.reduce_range and weight_bits == 8,
+                activation_type=getattr(QuantType, _TYPES[config.activation_type]), weight_type=weight_type,
                 nodes_to_exclude=list(config.nodes_to_exclude),
                 nodes_to_quantize=list(config.nodes_to_quantize) or None,
                 calibrate_method=getattr(CalibrationMethod, _METHODS[ranges.method]),
@@ -279,6 +278,11 @@ def mixed_scale_concats(model: onnx.ModelProto, ranges: ActivationRanges) -> lis
         if len(widths) >= 2 and max(widths) > MIXED_SCALE_RATIO * min(widths):
             found.append(node.name)
     return found
+
+
+def float_by_rule(model: onnx.ModelProto, ranges: ActivationRanges) -> list[str]:
+    """Nodes every static INT8 model keeps float: mixed-scale Concats and the post-processing tail."""
+    return list(dict.fromkeys([*mixed_scale_concats(model, ranges), *postprocessing_tail(model)]))
 
 
 def depthwise_weights(model: onnx.ModelProto) -> list[str]:
