@@ -121,3 +121,19 @@ def test_a_detector_head_keeps_its_post_processing_and_mixed_scale_concat_float(
     fp32, int8 = OnnxRuntimeRunner.from_model(model), OnnxRuntimeRunner.from_model(quantized, integer_reference=True)
     scores_error = max(float(np.abs(fp32.run(f)["y"][:, 4:] - int8.run(f)["y"][:, 4:]).max()) for f in feeds)
     assert scores_error < 0.05  # one scale over 0..~1000 would be steps of ~4: every score 0 or ~4
+
+
+def test_the_declared_task_reaches_the_guard_and_a_wrong_one_is_one_line(tmp_path, capsys):
+    from helpers import assert_one_line_error, make_onnx_model, run_main
+
+    onnx.save(make_onnx_model(), str(tmp_path / "m.onnx"))
+    samples = tmp_path / "s.npy"
+    np.save(samples, np.random.default_rng(0).standard_normal((40, 1, 8, 8)).astype(np.float32))
+    common = ["calibrate", str(tmp_path / "m.onnx"), "--calib", str(samples), "--calib-size", "20",
+              "--holdout", "20", "--no-cache"]
+    code, out, err = run_main([*common, "--task", "generic", "-o", str(tmp_path / "q.onnx")], capsys)
+    assert code == 0, err
+    assert "accuracy guard metric: generic (as declared" in out + err
+    code, _, err = run_main([*common, "--task", "detect", "-o", str(tmp_path / "d.onnx")], capsys)
+    assert_one_line_error(code, err, "--task detect needs a YOLO-style output")
+    assert not (tmp_path / "d.onnx").exists()
