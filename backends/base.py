@@ -11,15 +11,10 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-import numpy as np
-
 from toolchain.lazy import install_hint, is_installed
-from toolchain.onnx_io import TensorInfo
-
-Feed = dict[str, np.ndarray]
+from toolchain.runtime import Feed, Runner  # noqa: F401 - re-exported: the contract backends implement
 
 
 @dataclass(frozen=True)
@@ -59,26 +54,6 @@ class CompiledFiles:
     model_file: str
     runtime_options: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
-
-
-class Runner(abc.ABC):
-    """Loaded model that runs feeds keyed by the ONNX input names and returns ONNX-named outputs."""
-
-    inputs: list[TensorInfo]
-    outputs: list[TensorInfo]
-
-    @abc.abstractmethod
-    def run(self, feed: Feed) -> Feed: ...
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release runtime resources."""
-
-    def __enter__(self) -> "Runner":
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
 
 class Backend(abc.ABC):

@@ -102,7 +102,7 @@ def test_exact_integer_reference_equals_the_vnni_kernels_here():
 
 def test_the_guard_never_hands_over_an_int8_model_without_int8_layers(tmp_path):
     """A two-layer model whose budget holds only with every layer float is refused, not shipped as 'INT8'."""
-    from toolchain.calibrate import CalibrationOptions, calibrate
+    from toolchain.passes.calibrate import CalibrationOptions, calibrate
     from toolchain.quant_guard import Budget
 
     rng = np.random.default_rng(3)

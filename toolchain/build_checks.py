@@ -117,7 +117,7 @@ def _check_lowrank(request: Any) -> None:
     """The low-rank options are checked now (the pass would refuse them only after conversion)."""
     if not request.lowrank:
         return
-    from toolchain.api import lowrank_config
+    from toolchain.passes.lowrank_options import lowrank_config
 
     options = {k.removeprefix("lowrank_"): v for k, v in request.lowrank_options.items() if k != "lowrank"}
     config = lowrank_config(**options)

@@ -54,18 +54,18 @@ def _model_record(stage: PlannedStage, context: StepContext, output: Path, secon
 
 
 def convert_step(stage: PlannedStage, context: StepContext) -> Record:
-    from toolchain import api
+    from toolchain import commands
 
     request = context.request
-    result = api.convert(request.source, context.path("model.onnx"), **request.convert_options,
+    result = commands.convert(request.source, context.path("model.onnx"), **request.convert_options,
                          **context.verify_kwargs)
     return _model_record(stage, context, result.output, result.seconds, result.parity, list(result.notes))
 
 
 def simplify_step(stage: PlannedStage, context: StepContext) -> Record:
-    from toolchain import api
+    from toolchain import commands
 
-    result = api.optimize(context.path(context.model), context.path("model.simplified.onnx"), simplify=True,
+    result = commands.optimize(context.path(context.model), context.path("model.simplified.onnx"), simplify=True,
                           **context.verify_kwargs)
     return _model_record(stage, context, result.output, result.seconds, result.parity,
                          [r.summary() for r in result.passes])
@@ -78,11 +78,11 @@ def _sample_options(context: StepContext) -> dict[str, Any]:
 
 def lowrank_step(stage: PlannedStage, context: StepContext) -> Record:
     """Factorize; a model with nothing worth factorizing is recorded and passed on unchanged."""
-    from toolchain import api
+    from toolchain import commands
     from toolchain.passes.lowrank import NothingToFactorizeError
 
     try:
-        result = api.optimize(context.path(context.model), context.path("model.lowrank.onnx"),
+        result = commands.optimize(context.path(context.model), context.path("model.lowrank.onnx"),
                               **context.request.lowrank_options, **_sample_options(context), **context.verify_kwargs)
     except NothingToFactorizeError as exc:
         return {"stage": stage.name, "output": "-", "seconds": 0.0, "size_bytes": 0, "worst_max_abs": None,
@@ -92,11 +92,11 @@ def lowrank_step(stage: PlannedStage, context: StepContext) -> Record:
 
 
 def compile_step(stage: PlannedStage, context: StepContext) -> Record:
-    from toolchain import api
+    from toolchain import commands
 
     variant = stage.variant
     assert variant is not None
-    compiled = api.compile(context.path(context.model), context.path(variant.name), target=variant.target.name,
+    compiled = commands.compile(context.path(context.model), context.path(variant.name), target=variant.target.name,
                            precision=variant.precision, **context.verify_kwargs, **context.request.quant_options)
     record = _model_record(stage, context, compiled.artifact.path, compiled.seconds, compiled.parity, [])
     details = compiled.artifact.manifest["metrics"].get("details", {})

@@ -127,7 +127,7 @@ def _float_tensors(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
 
 def per_layer(reference_path: Path, candidate_path: Path, feeds: list[Feed], limit: int = 15) -> list[LayerDiff]:
     """Intermediate tensors present in both ONNX models, worst relative error first."""
-    from backends.onnxruntime.runner import OnnxRuntimeRunner
+    from toolchain.runtime import OnnxRuntimeRunner
     from toolchain.onnx_io import load_onnx
 
     reference, candidate = load_onnx(reference_path), load_onnx(candidate_path)

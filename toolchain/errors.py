@@ -9,6 +9,7 @@ with ``--debug``.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 
 # A first line longer than this is shortened at a word boundary (whole words, then " ..."); SDK
@@ -26,6 +27,16 @@ def clip(text: str, limit: int = MAX_LINE) -> str:
 
 # First lines that announce an error without giving it: the reason is the message's last line.
 _REASON_AT_END = ("The following operation failed in the TorchScript interpreter",)
+
+
+def printable(text: str) -> str:
+    """``text`` with every control, format or unassigned character written as an escape (``\\x1b``).
+
+    Names inside a model (nodes, inputs, outputs) are data chosen by whoever made the file: printed raw,
+    ANSI/OSC sequences among them would recolour, retitle or rewrite the user's terminal.
+    """
+    return "".join(ch if ch == " " or unicodedata.category(ch)[0] not in "CZ"  # C: controls, Z: odd spaces
+                   else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def first_line(exc: BaseException, limit: int = MAX_LINE) -> str:
@@ -76,7 +87,7 @@ class ToolchainError(Exception):
 
     def one_line(self) -> str:
         text = self.message.rstrip(".")
-        return f"{text}. {self.hint}" if self.hint else f"{text}."
+        return printable(f"{text}. {self.hint}" if self.hint else f"{text}.")
 
     def __str__(self) -> str:  # API users see the hint too, not only the CLI
         return self.one_line()

@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
+from toolchain.errors import printable
 from toolchain.onnx_io import TensorInfo, graph_inputs, graph_outputs, infer_shapes, opset_version
 
 # Ops whose presence means the model is (at least partly) quantized.
@@ -621,10 +622,11 @@ def summarize(model: onnx.ModelProto, path: Path | None = None, *, batch: int = 
 def _tensor_rows(tensors: list[TensorInfo]) -> list[str]:
     if not tensors:
         return ["  (none)"]
-    name_w = max(len(t.name) for t in tensors)
+    names = [printable(t.name) for t in tensors]  # escaped first, so the columns line up as printed
+    name_w = max(len(n) for n in names)
     shapes = ["x".join(str(d) for d in t.shape) or "scalar" for t in tensors]
     shape_w = max(len(s) for s in shapes)
-    return [f"  {t.name:<{name_w}}  {s:<{shape_w}}  {t.dtype}" for t, s in zip(tensors, shapes, strict=True)]
+    return [f"  {n:<{name_w}}  {s:<{shape_w}}  {t.dtype}" for n, t, s in zip(names, tensors, shapes, strict=True)]
 
 
 def format_summary(summary: ModelSummary) -> str:
@@ -660,4 +662,5 @@ def format_summary(summary: ModelSummary) -> str:
             if op in macs_of:
                 row += f"  {human_count(macs_of[op])} MACs"
             lines.append(row.rstrip())
-    return "\n".join(lines)
+    # Every name, producer string and op type comes from the file: never hand its control characters over.
+    return "\n".join(printable(line) for line in lines)

@@ -24,7 +24,7 @@ class QuantOptions:
     """Everything INT8 needs besides the model: samples, quantizer overrides and the accuracy budget."""
 
     calibration: Any | None = None
-    """``toolchain.calibrate.CalibrationOptions``; required for int8."""
+    """``toolchain.passes.calibrate.CalibrationOptions``; required for int8."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """``QuantizeConfig`` fields the user set (method, per_channel, ...); the rest come from the target."""
     budget: Budget | None = Budget()
@@ -57,7 +57,7 @@ def apply_precision(model_path: Path, precision: str, workdir: Path, *, target: 
 
 
 def _static_int8(model_path: Path, workdir: Path, target: str | None, quant: QuantOptions) -> LoweredModel:
-    from toolchain.calibrate import calibrate
+    from toolchain.passes.calibrate import calibrate
     from toolchain.passes.quantize import QuantizeConfig, scheme_note
 
     if quant.calibration is None:

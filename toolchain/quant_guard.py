@@ -155,7 +155,7 @@ class GuardReport:
 
 def _run_all(model: onnx.ModelProto, feeds: Sequence[Feed], config: QuantizeConfig | None = None) -> dict[str, np.ndarray]:
     """Every output over ``feeds``; INT8 models run as ``config.guard_runtime`` says (host kernels or exact)."""
-    from backends.onnxruntime.runner import OnnxRuntimeRunner
+    from toolchain.runtime import OnnxRuntimeRunner
 
     exact = config is not None and config.guard_runtime == "reference"
     runner = OnnxRuntimeRunner.from_model(model, integer_reference=exact)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from toolchain.errors import printable
 from toolchain.verify import ParityReport
 
 
@@ -25,7 +26,8 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[obje
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*[escape(str(v)) for v in row])  # cells are data: '[tensorrt]' is not markup
+        # Cells are data: '[tensorrt]' is not markup, and a model's names may hold terminal escapes.
+        table.add_row(*[escape(printable(str(v))) for v in row])
     _console().print(table)
 
 

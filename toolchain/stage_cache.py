@@ -14,28 +14,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolchain.cache_root import CACHE_ENV, default_cache_root  # noqa: F401 - re-exported
 from toolchain.fileio import atomic_directory, sha256_file
 
 ENTRY = "entry.json"
 FILES = "files"
-CACHE_ENV = "EDGEKILN_CACHE_DIR"
 
 log = logging.getLogger("edgekiln")
-
-
-def default_cache_root() -> Path:
-    """$EDGEKILN_CACHE_DIR, else $XDG_CACHE_HOME/edgekiln, else ~/.cache/edgekiln."""
-    explicit = os.environ.get(CACHE_ENV)
-    if explicit:
-        return Path(explicit)
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "edgekiln"
 
 
 @dataclass

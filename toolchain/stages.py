@@ -29,7 +29,7 @@ from toolchain.verify import ParityReport, VerifyOptions, verify_callables
 
 
 def _ort_runner(model: onnx.ModelProto, integer_reference: bool = False):
-    from backends.onnxruntime.runner import OnnxRuntimeRunner
+    from toolchain.runtime import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner.from_model(model, integer_reference=integer_reference)
 
@@ -88,7 +88,7 @@ def _lowrank(model: onnx.ModelProto, config: Any, calibration: Any | None) -> tu
 
     if calibration is None:
         return lowrank_pass.run(model, config)
-    from toolchain.calibrate import load_calibration_set
+    from toolchain.passes.calibrate import load_calibration_set
 
     info, samples = load_calibration_set(model, calibration)
     batch = 1 if isinstance(info.shape[0], int) else 16

@@ -88,7 +88,7 @@ def sample_feeds(model: onnx.ModelProto, inputs: list[TensorInfo], quant: Any) -
             feeds = image_feeds(inputs, calibration.source, count=SAMPLE_COUNT, seed=calibration.seed,
                                 preprocess=calibration.preprocess)
             return feeds, f"{len(feeds)} images from {calibration.source.name}"
-        from toolchain.calibrate import load_calibration_set
+        from toolchain.passes.calibrate import load_calibration_set
 
         info, samples = load_calibration_set(model, calibration)
         rows = samples.holdout if len(samples.holdout) else samples.calibration
@@ -117,7 +117,7 @@ def _preprocess(quant: Any, inputs: list[TensorInfo]) -> dict[str, Any] | None:
 
 def _int8(out_dir: Path, settings: BuildSettings, quant: Any, feeds: list[Feed]) -> Int8Files:
     """Guarded INT8 from the prepared model: a TensorRT-form QDQ model, or a calibration cache (implicit INT8)."""
-    from toolchain.calibrate import calibrate
+    from toolchain.passes.calibrate import calibrate
     from toolchain.passes.quantize import QuantizeConfig
 
     if quant.calibration is None:

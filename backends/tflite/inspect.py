@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.tflite.flatbuffer import TFLiteTensor, TFLiteGraph, read_tflite
+from toolchain.errors import printable
 from toolchain.fileio import require_file
 
 _SHOWN_SCALES = 4
@@ -113,4 +114,4 @@ def format_tflite_summary(summary: dict[str, Any]) -> str:
         lines += [_tensor_line(t) for t in quantized[:_SHOWN_TENSORS]]
         if len(quantized) > _SHOWN_TENSORS:
             lines.append(f"  ... {len(quantized) - _SHOWN_TENSORS} more (--json shows all)")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # tensor names come from the file

@@ -70,7 +70,7 @@ def check_overrides(overrides: dict[str, Any]) -> bool:
 
 
 def load_samples(model: onnx.ModelProto, calibration: Any) -> Samples:
-    from toolchain.calibrate import load_calibration_set
+    from toolchain.passes.calibrate import load_calibration_set
 
     if calibration is None:
         raise UsageError("--precision int8 needs calibration samples",

@@ -18,6 +18,6 @@ def tools_cache_root() -> Path:
     explicit = os.environ.get(TOOLS_ENV)
     if explicit:
         return Path(explicit)
-    from toolchain.stage_cache import default_cache_root
+    from toolchain.cache_root import default_cache_root
 
     return default_cache_root() / "tools"

@@ -29,7 +29,7 @@ TIMED_FUNCTIONS: tuple[tuple[str, str, str], ...] = (
     ("toolchain.passes.simplify", "run", "onnxsim: the simplify stage, and again inside the TFLite backend"),
     ("calibration.dataset", "build_calibration_set", "choose, decode and preprocess calibration + held-out images"),
     ("toolchain.feeds", "image_feeds", "decode and preprocess a few images (agreement, bundle samples)"),
-    ("toolchain.calibrate", "calibrate", "x86 INT8: samples, ranges, quantize (guard when on), save"),
+    ("toolchain.passes.calibrate", "calibrate", "x86 INT8: samples, ranges, quantize (guard when on), save"),
     ("toolchain.passes.quantize", "compute_ranges", "x86 INT8: ORT calibrator over the calibration images"),
     ("toolchain.passes.quantize", "quantize_static", "x86 INT8: ORT quantize_static from the ranges"),
     ("toolchain.quant_guard", "guarded_quantize", "x86 INT8: the accuracy guard (A only)"),

@@ -38,7 +38,7 @@ from backends.tensorrt.qdq import qdq_problems
 from backends.tensorrt.settings import resolve_settings
 from calibration.ranges import ActivationRanges, read_tensorrt_cache, symmetric_scale
 from helpers import make_onnx_model, write_images
-from toolchain.calibrate import CalibrationOptions
+from toolchain.passes.calibrate import CalibrationOptions
 from toolchain.errors import ConversionError, MissingDependencyError, UsageError
 from toolchain.onnx_io import graph_inputs
 from toolchain.precision import QuantOptions

@@ -22,7 +22,7 @@ from backends.tflite import TFLiteBackend
 from backends.tflite.inspect import format_tflite_summary, summarize_tflite
 from helpers import files_in, make_onnx_model, make_outlier_cnn, write_images
 from toolchain import api
-from toolchain.calibrate import CalibrationOptions
+from toolchain.passes.calibrate import CalibrationOptions
 from toolchain.errors import ConversionError, UsageError, VerificationError
 from toolchain.precision import QuantOptions
 from toolchain.stages import compile_artifact

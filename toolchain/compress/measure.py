@@ -159,7 +159,7 @@ def measure_onnx(path: Path, images: np.ndarray, *, labels: np.ndarray | None = 
     computes quality with exact integer arithmetic (a model for TensorRT or another CPU); latency
     always comes from this machine's own kernels.
     """
-    from backends.onnxruntime.runner import OnnxRuntimeRunner
+    from toolchain.runtime import OnnxRuntimeRunner
 
     if iterations < 1:
         raise UsageError(f"the number of timed iterations must be at least 1, got {iterations}")

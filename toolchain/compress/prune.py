@@ -276,7 +276,7 @@ def api_prune(source: Path | None, output: Path, *, ratio: float, importance: st
     ``calib`` is an unlabelled image folder; ``labels`` a class-per-sub-folder one (it then supplies the
     images too, and accuracy is reported). ``cache_dir`` is edgekiln's cache root, as for ``calibrate``.
     """
-    from toolchain.calibrate import calibration_cache_dir
+    from toolchain.passes.calibrate import calibration_cache_dir
 
     started = time.perf_counter()
     options = PruneOptions(ratio=ratio, importance=importance, steps=steps, keep=tuple(keep), round_to=round_to,

@@ -217,7 +217,7 @@ class _Run:
     def _ptq(self, fp32_path: Path) -> tuple[Path, Any]:
         """The project's post-training INT8 of the FP32 model on the training images, guard off."""
         from calibration.ranges import ActivationRanges
-        from toolchain.calibrate import CalibrationOptions, calibrate
+        from toolchain.passes.calibrate import CalibrationOptions, calibrate
 
         # The training images themselves, as arrays: PTQ's ranges and the fake-quant ranges are then
         # measured on bit-identical inputs (a folder would be re-split and re-decoded).
@@ -331,7 +331,7 @@ def export_check(path: Path, fake_quant_logits: np.ndarray, images: np.ndarray, 
     The fake-quant model computes exact integer arithmetic; ``integer_reference`` makes ORT do the same
     where this CPU's INT8 kernels would not (a model for TensorRT, or for a CPU with VNNI run without it).
     """
-    from backends.onnxruntime.runner import OnnxRuntimeRunner
+    from toolchain.runtime import OnnxRuntimeRunner
     from toolchain.compress.measure import onnx_logits, top1_agreement
 
     runner = OnnxRuntimeRunner.from_path(path, integer_reference=integer_reference)

@@ -49,7 +49,7 @@ def _ort_reference(model: onnx.ModelProto):
     def run(feed: Feed) -> Feed:
         nonlocal runner
         if runner is None:  # built on first use: passthrough without verification never pays for it
-            from backends.onnxruntime.runner import OnnxRuntimeRunner
+            from toolchain.runtime import OnnxRuntimeRunner
 
             runner = OnnxRuntimeRunner.from_model(model)
         batch = next(iter(feed.values())).shape[0] if feed else 1

@@ -208,7 +208,7 @@ def _nothing_error(skipped: Sequence[Skipped], what: str) -> NothingToFactorizeE
 
 
 def _runner(model: onnx.ModelProto):
-    from backends.onnxruntime.runner import OnnxRuntimeRunner
+    from toolchain.runtime import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner.from_model(model)
 

@@ -55,7 +55,7 @@ def calibration_cache_dir(cache_dir: Path | str | None, no_cache: bool) -> Path 
 
     ``cache_dir`` is the edgekiln cache root (``--cache-dir``), shared with the build's stage cache.
     """
-    from toolchain.stage_cache import default_cache_root
+    from toolchain.cache_root import default_cache_root
 
     if no_cache:
         return None
@@ -90,7 +90,7 @@ def _prepared(model: onnx.ModelProto, feed: dict) -> tuple[onnx.ModelProto, list
     """``prepare_for_quantization``, with every change checked against the input model on ``feed``."""
     import numpy as np
 
-    from backends.onnxruntime.runner import OnnxRuntimeRunner
+    from toolchain.runtime import OnnxRuntimeRunner
 
     prepared, notes = prepare_for_quantization(model)
     if prepared is model:
