@@ -17,14 +17,38 @@ def concrete_shape(info: TensorInfo, batch: int = 1) -> tuple[int, ...]:
     return concrete_dims(info.name, info.shape, batch)
 
 
+# The largest single input tensor the tool will make up (random verification and benchmark inputs): far above
+# any edge model's input, far below what would exhaust a build machine's memory.
+MAX_INPUT_BYTES = 1 << 30
+_SMALL_DRAW_BYTES = 64 << 20
+
+
+def check_input_size(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse, before allocating, a tensor larger than ``MAX_INPUT_BYTES`` (a typo'd or hostile shape)."""
+    count = 1
+    for dim in shape:
+        count *= int(dim)  # Python ints: a product of huge dims must not wrap around as int64 would
+    size = count * np.dtype(dtype).itemsize
+    if size > MAX_INPUT_BYTES:
+        shown = "x".join(str(d) for d in shape)
+        raise UsageError(f"input '{name}' of shape {shown} ({np.dtype(dtype).name}) would take {size / 2**30:,.1f} "
+                         f"GiB, more than the {MAX_INPUT_BYTES >> 30} GiB edgekiln allocates for one input",
+                         hint="Check the declared input shape (--input NAME:SHAPE).")
+
+
 def random_feed(inputs: list[TensorInfo], *, seed: int = 0, batch: int = 1) -> Feed:
     """One seeded random tensor per input: standard normal floats, small non-negative ints, random bools."""
     rng = np.random.default_rng(seed)
     feed: Feed = {}
     for info in inputs:
         shape = concrete_shape(info, batch)
+        check_input_size(info.name, shape, info.dtype)
         if np.issubdtype(info.dtype, np.floating):
-            feed[info.name] = rng.standard_normal(shape).astype(info.dtype)
+            # Large inputs are drawn in float32 (a float64 draw would double the memory); small ones keep the
+            # float64 draw so that earlier records' verification inputs stay exactly reproducible.
+            small = np.prod(shape, dtype=np.float64) * 8 <= _SMALL_DRAW_BYTES
+            draw_dtype = np.float64 if info.dtype == np.float64 or small else np.float32
+            feed[info.name] = rng.standard_normal(shape, dtype=draw_dtype).astype(info.dtype, copy=False)
         elif info.dtype == np.bool_:
             feed[info.name] = rng.integers(0, 2, shape).astype(np.bool_)
         else:
