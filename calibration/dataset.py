@@ -33,7 +33,7 @@ import PIL
 from calibration.folder import IMAGE_SUFFIXES, labelled_folder, list_images, load_images, sample_files
 from calibration.spec import PreprocessSpec
 from toolchain.errors import InputFileError, OutputError, ToolchainError, UsageError
-from toolchain.fileio import atomic_file, sha256_file
+from toolchain.fileio import atomic_file, check_npy_size, sha256_file
 
 # Part of every cache key: bump it whenever the stored layout, or code that changes
 # what a given key should produce (preprocessing, split rule), changes.
@@ -602,6 +602,8 @@ def _load_arrays(found: _Found, cal: list[_Item], hold: list[_Item]) -> _Built:
 
 
 def _read_sample(path: Path) -> np.ndarray:
+    if path.suffix.lower() == ".npy":
+        check_npy_size(path)
     try:
         sample = np.load(path, allow_pickle=False)
     except _READ_ERRORS as exc:

@@ -47,3 +47,44 @@ def test_convert_with_a_declared_huge_input_is_one_line(tmp_path, capsys):
     code, _, err = run_main(["convert", str(model), "-o", str(out), "--input", "x:1x3x100000x100000"], capsys)
     assert_one_line_error(code, err, "input 'x' of shape 1x3x100000x100000", "GiB")
     assert code == 2 and not out.exists()
+
+
+def _forged_npy(path, shape=(1, 3, 100000, 100000)):
+    from numpy.lib import format as npy_format
+
+    with open(path, "wb") as handle:
+        npy_format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        handle.write(bytes(16))
+    return path
+
+
+def test_run_refuses_a_npy_whose_header_lies_about_its_shape(tmp_path, capsys):
+    from helpers import make_onnx_model
+
+    model = tmp_path / "m.onnx"
+    onnx.save(make_onnx_model(), str(model))
+    code, _, err = run_main(["compile", str(model), "-o", str(tmp_path / "art"), "--backend", "onnxruntime"], capsys)
+    assert code == 0, err
+    forged = _forged_npy(tmp_path / "forged.npy")
+    code, _, err = run_main(["run", str(tmp_path / "art"), "--input", str(forged)], capsys)
+    assert_one_line_error(code, err, "declares an array of shape (1, 3, 100000, 100000)", "holds only 16 bytes")
+    assert "MemoryError" not in err
+
+
+def test_a_forged_npy_sample_in_a_calibration_folder_is_skipped_by_name(tmp_path, capsys):
+    """Like an unreadable image: skipped, named with the reason, never allocated (was: MemoryError)."""
+    from helpers import make_onnx_model
+
+    model = tmp_path / "m.onnx"
+    onnx.save(make_onnx_model(), str(model))
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for i in range(30):
+        np.save(samples / f"s{i:02}.npy", np.random.default_rng(i).standard_normal((1, 8, 8)).astype(np.float32))
+    _forged_npy(samples / "s15.npy", shape=(1, 80000, 80000))
+    out = tmp_path / "q.onnx"
+    code, printed, err = run_main(["calibrate", str(model), "--calib", str(samples), "-o", str(out), "--no-guard",
+                                   "--no-cache"], capsys)
+    assert code == 0, err
+    assert "skipped 1: s15.npy" in printed and "holds only 16 bytes of data" in printed
+    assert out.exists()

@@ -158,3 +158,33 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
         raise OutputError(f"could not write '{dest}': {exc.strerror or exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_npy_size(path: Path) -> None:
+    """Refuse a ``.npy`` whose header declares more data than the file holds, before numpy allocates it.
+
+    ``np.load`` trusts the header and allocates the declared array first (a 100-byte file can ask for
+    100 GiB); memory-mapped loads check it, full loads do not. Headers it cannot parse are left to np.load.
+    """
+    import numpy as np
+    from numpy.lib import format as npy_format
+
+    readers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
+    with open(path, "rb") as handle:
+        try:
+            reader = readers.get(npy_format.read_magic(handle))
+            if reader is None:
+                return
+            shape, _fortran, dtype = reader(handle)
+        except (ValueError, OSError, EOFError):
+            return
+        if dtype.hasobject:
+            return  # np.load refuses pickled arrays itself (allow_pickle=False)
+        declared = dtype.itemsize
+        for dim in shape:
+            declared *= int(dim)
+        available = os.fstat(handle.fileno()).st_size - handle.tell()
+    if declared > available:
+        raise InputFileError(f"'{path}' declares an array of shape {tuple(shape)} ({np.dtype(dtype).name}, "
+                             f"{declared:,} bytes) but holds only {available:,} bytes of data: a damaged or "
+                             "forged .npy file")

@@ -8,7 +8,7 @@ import numpy as np
 
 from toolchain.artifact import Artifact
 from toolchain.errors import InputFileError, UsageError
-from toolchain.fileio import require_file
+from toolchain.fileio import check_npy_size, require_file
 from toolchain.frontends.base import Feed
 from toolchain.onnx_io import TensorInfo
 
@@ -16,6 +16,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".g
 
 
 def _load_array(path: Path) -> np.ndarray:
+    if path.suffix.lower() == ".npy":
+        check_npy_size(path)
     try:
         value = np.load(path, allow_pickle=False)  # pickled object arrays could run code
     except (ValueError, OSError, EOFError) as exc:
