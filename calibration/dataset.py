@@ -30,7 +30,8 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 import PIL
 
-from calibration.folder import IMAGE_SUFFIXES, labelled_folder, list_images, load_images, sample_files
+from calibration.folder import (IMAGE_SUFFIXES, labelled_folder, list_images, load_images, refuse_link_outside,
+                               sample_files)
 from calibration.spec import PreprocessSpec
 from toolchain.errors import InputFileError, OutputError, ToolchainError, UsageError
 from toolchain.fileio import atomic_file, check_npy_size, sha256_file
@@ -281,6 +282,8 @@ def _npy_files(folder: Path) -> list[Path]:
 
 def _npy_folder(folder: Path) -> _Found:
     files = _npy_files(folder)
+    for path in files:
+        refuse_link_outside(path, folder)  # as for images: a link must not read samples from elsewhere
     npy = set(files)
     others = sorted(
         path

@@ -32,6 +32,14 @@ _PIL_FORMATS = ("JPEG", "PNG", "BMP", "DIB", "WEBP", "TIFF", "GIF")
 DEFAULT_MAX_PIXELS = 64_000_000
 _SHOWN_SKIPPED = 3
 
+# Bounds on one folder walk, so a folder that reaches far (a link to /, a deep tree) fails in
+# seconds instead of listing the whole disk. Read at call time so tests can lower them.
+MAX_WALK_ENTRIES = 100_000
+MAX_WALK_DEPTH = 32
+
+# Opt-in to follow links whose target is outside the folder (off: such a link is refused).
+FOLLOW_LINKS_ENV = "EDGEKILN_CALIB_FOLLOW_LINKS"
+
 
 @dataclass
 class ImageListing:
@@ -156,8 +164,11 @@ def labelled_folder(folder: Path) -> tuple[list[tuple[Path, int]], list[str]]:
             f"'{folder}' has no class sub-folders",
             hint=f"Arrange labelled images as {folder / 'CLASS_NAME' / 'image.jpg'}, one sub-folder per class.",
         )
+    boundary = folder.resolve()  # a class folder linked elsewhere is outside the labelled folder
     samples = [
-        (path, index) for index, name in enumerate(classes) for path in _walk(folder / name, True)[0]
+        (path, index)
+        for index, name in enumerate(classes)
+        for path in _walk(folder / name, True, boundary=boundary)[0]
     ]
     if not samples:
         raise InputFileError(
@@ -170,19 +181,28 @@ def labelled_folder(folder: Path) -> tuple[list[tuple[Path, int]], list[str]]:
 # ---- helpers -----------------------------------------------------------------
 
 
-def _walk(root: Path, recursive: bool) -> tuple[list[Path], list[tuple[Path, str]], int]:
+def _walk(
+    root: Path, recursive: bool, *, boundary: Path | None = None
+) -> tuple[list[Path], list[tuple[Path, str]], int]:
     """Files under ``root`` (sorted), skipped entries, and how many file entries were seen.
 
     Iterative (no recursion limit), follows directory links but visits each real
-    directory once, so link loops end.
+    directory once, so link loops end. A link whose target is outside ``boundary``
+    (default: ``root`` resolved) is refused unless ``EDGEKILN_CALIB_FOLLOW_LINKS=1``;
+    more than ``MAX_WALK_ENTRIES`` entries or ``MAX_WALK_DEPTH`` levels is refused.
     """
+    inside = root.resolve() if boundary is None else boundary
+    follow_outside = os.environ.get(FOLLOW_LINKS_ENV) == "1"
+    if not follow_outside:
+        _check_inside(root, inside)
     files: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     visited: set[tuple[int, int]] = set()
     seen = 0
-    stack = [root]
+    entries_seen = 0
+    stack: list[tuple[Path, int]] = [(root, 0)]
     while stack:
-        directory = stack.pop()
+        directory, depth = stack.pop()
         try:
             info = directory.stat()
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
@@ -193,25 +213,58 @@ def _walk(root: Path, recursive: bool) -> tuple[list[Path], list[tuple[Path, str
             skipped.append((directory, "folder already searched (a link loop or second link to it)"))
             continue
         visited.add((info.st_dev, info.st_ino))
+        entries_seen += len(entries)
+        if entries_seen > MAX_WALK_ENTRIES:
+            raise InputFileError(
+                f"'{root}' has more than {MAX_WALK_ENTRIES:,} entries; stopped searching it",
+                hint="Point --calib at a folder of just the calibration images.",
+            )
         subfolders: list[Path] = []
         for entry in entries:
             path = Path(entry.path)
             if _is_dir(entry):
                 if entry.name.startswith("."):
                     skipped.append((path, "hidden folder"))
-                elif recursive:
-                    subfolders.append(path)
-                else:
+                elif not recursive:
                     skipped.append((path, "sub-folder not searched (not recursive)"))
+                elif depth + 1 > MAX_WALK_DEPTH:
+                    raise InputFileError(
+                        f"'{path}' is more than {MAX_WALK_DEPTH} folders deep in '{root}'; stopped searching",
+                        hint="Point --calib at a shallower folder of images.",
+                    )
+                else:
+                    if not follow_outside:
+                        _check_inside(path, inside)
+                    subfolders.append(path)
                 continue
             seen += 1
             problem = _file_problem(entry)
             if problem:
                 skipped.append((path, problem))
-            else:
-                files.append(path)
-        stack.extend(reversed(subfolders))  # depth-first, in name order
+                continue
+            if not follow_outside:
+                _check_inside(path, inside)
+            files.append(path)
+        stack.extend((folder, depth + 1) for folder in reversed(subfolders))  # depth-first, in name order
     return sorted(files), sorted(skipped), seen
+
+
+def refuse_link_outside(path: Path, folder: Path) -> None:
+    """Refuse ``path`` when it resolves outside ``folder``, unless following such links was opted into."""
+    if os.environ.get(FOLLOW_LINKS_ENV) != "1":
+        _check_inside(Path(path), Path(folder).resolve())
+
+
+def _check_inside(path: Path, inside: Path) -> None:
+    """Refuse ``path`` when links take it outside ``inside`` (a link to / would list the whole disk)."""
+    target = Path(os.path.realpath(path))
+    if target == inside or target.is_relative_to(inside):
+        return
+    raise InputFileError(
+        f"'{path}' is a link that points to '{target}', outside the calibration folder '{inside}'; "
+        "it is not followed",
+        hint=f"Copy the files into the folder, or set {FOLLOW_LINKS_ENV}=1 to follow links out of it.",
+    )
 
 
 def _file_problem(entry: os.DirEntry[str]) -> str | None:

@@ -83,7 +83,12 @@ def hostile(tmp_path: Path, bad_inputs: dict[str, Path], tiny_onnx: Path) -> dic
     (folders["zero_jpeg"] / "zero.jpg").write_bytes(b"")
     Image.new("1", (20000, 20000)).save(folders["bomb"] / "bomb.png")  # 400 M pixels, a few KB on disk
     (folders["loop"] / "self").symlink_to(folders["loop"], target_is_directory=True)
+    for name in ("link_root", "deep"):
+        write_images(tmp_path / "calib" / name, count=3)
+    (tmp_path / "calib" / "link_root" / "everything").symlink_to("/", target_is_directory=True)  # issue #17
+    write_images(tmp_path.joinpath("calib", "deep", *["d"] * 33), count=1)  # past the 32-level limit
     files.update({f"calib_{k}": v for k, v in folders.items()})
+    files.update(calib_link_root=tmp_path / "calib" / "link_root", calib_deep=tmp_path / "calib" / "deep")
     files["three_images"] = write_images(tmp_path / "calib" / "three", count=3)
     files["images"] = write_images(tmp_path / "calib" / "images", count=8)
     files["flat_labels"] = write_images(tmp_path / "calib" / "flat", count=4)  # images but no class folders
@@ -167,6 +172,10 @@ CASES = [
     (["calibrate", "{tiny}", "--calib", "{calib_loop}", "-o", "{out}/q.onnx", "--cache-dir", "{cache}"], []),
     (["calibrate", "{tiny}", "--calib", "{three_images}", "-o", "{out}/q.onnx", "--cache-dir", "{cache}",
       "--calib-size", "10"], ["--calib-size"]),
+    (["calibrate", "{tiny}", "--calib", "{calib_link_root}", "-o", "{out}/q.onnx", "--cache-dir", "{cache}"],
+     ["everything", "points to '/'", "EDGEKILN_CALIB_FOLLOW_LINKS=1"]),
+    (["calibrate", "{tiny}", "--calib", "{calib_deep}", "-o", "{out}/q.onnx", "--cache-dir", "{cache}"],
+     ["more than 32 folders deep"]),
     (["compile", "{tiny}", "--precision", "int8", "--calib", "{calib_empty}", "-o", "{out}/art",
       "--cache-dir", "{cache}"], []),
     # options

@@ -274,6 +274,20 @@ def test_folder_of_npy_files_is_one_sample_per_file(tmp_path: Path) -> None:
     np.testing.assert_array_equal(cs.calibration[:, 0, 0], [number(f) for f in cs.calibration_files])
 
 
+
+def test_npy_file_linked_from_outside_the_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGEKILN_CALIB_FOLLOW_LINKS", raising=False)
+    folder = tmp_path / "arrays"
+    folder.mkdir()
+    for i in range(3):
+        np.save(folder / f"s_{i:02d}.npy", np.full((2, 3), i, dtype=np.float32))
+    np.save(tmp_path / "elsewhere.npy", np.zeros((2, 3), dtype=np.float32))
+    (folder / "s_09.npy").symlink_to(tmp_path / "elsewhere.npy")
+    with pytest.raises(InputFileError, match="outside the calibration folder"):
+        build_calibration_set(folder, None, count=2, holdout=1)
+    monkeypatch.setenv("EDGEKILN_CALIB_FOLLOW_LINKS", "1")
+    assert build_calibration_set(folder, None, count=2, holdout=2).calibration.shape == (2, 2, 3)
+
 # ---- the disk cache --------------------------------------------------------------------
 
 

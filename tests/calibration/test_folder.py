@@ -287,7 +287,10 @@ def test_symlink_loop_does_not_hang(tmp_path: Path) -> None:
     assert all("already searched" in reason for _, reason in listing.skipped)
 
 
-def test_linked_folder_outside_is_followed_and_broken_link_skipped(tmp_path: Path) -> None:
+def test_linked_folder_outside_is_followed_with_opt_in_and_broken_link_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGEKILN_CALIB_FOLLOW_LINKS", "1")
     outside = tmp_path / "outside"
     solid(outside / "o.png")
     root = tmp_path / "root"
@@ -297,6 +300,98 @@ def test_linked_folder_outside_is_followed_and_broken_link_skipped(tmp_path: Pat
     listing = list_images(root)
     assert listing.files == [root / "linked" / "o.png"]
     assert listing.skipped == [(root / "dangling.png", "broken symbolic link")]
+
+
+def test_folder_link_outside_is_refused_naming_link_and_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EDGEKILN_CALIB_FOLLOW_LINKS", raising=False)
+    solid(tmp_path / "outside" / "o.png")
+    root = tmp_path / "root"
+    solid(root / "a.png")
+    (root / "linked").symlink_to(tmp_path / "outside", target_is_directory=True)
+    with pytest.raises(InputFileError) as caught:
+        list_images(root)
+    line = caught.value.one_line()
+    assert "\n" not in line
+    assert f"'{root / 'linked'}'" in line and f"'{tmp_path / 'outside'}'" in line
+    assert "outside the calibration folder" in line and "EDGEKILN_CALIB_FOLLOW_LINKS=1" in line
+
+
+def test_file_link_outside_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGEKILN_CALIB_FOLLOW_LINKS", raising=False)
+    secret = solid(tmp_path / "elsewhere.png")
+    root = tmp_path / "root"
+    solid(root / "a.png")
+    (root / "b.png").symlink_to(secret)
+    with pytest.raises(InputFileError, match="outside the calibration folder"):
+        list_images(root)
+
+
+def test_link_to_filesystem_root_is_refused_without_walking_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue #17: a link to / walked 671,784 files for 85 s and calibrated on them.
+    monkeypatch.delenv("EDGEKILN_CALIB_FOLLOW_LINKS", raising=False)
+    solid(tmp_path / "a.png")
+    (tmp_path / "everything").symlink_to("/", target_is_directory=True)
+    started = time.perf_counter()
+    with pytest.raises(InputFileError, match="points to '/'"):
+        list_images(tmp_path)
+    assert time.perf_counter() - started < 5
+
+
+def test_links_inside_the_folder_keep_working(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGEKILN_CALIB_FOLLOW_LINKS", raising=False)
+    solid(tmp_path / "real" / "x.png")
+    (tmp_path / "alias.png").symlink_to(tmp_path / "real" / "x.png")
+    (tmp_path / "more").symlink_to("real", target_is_directory=True)  # relative link, inside
+    listing = list_images(tmp_path)
+    # 'more' comes first in name order, so the real folder is the one passed over as already searched.
+    assert listing.files == [tmp_path / "alias.png", tmp_path / "more" / "x.png"]
+    assert [p.name for p, _ in listing.skipped] == ["real"]
+
+
+def test_linked_calibration_folder_itself_is_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # --calib may itself be a link; the boundary is where it resolves to.
+    monkeypatch.delenv("EDGEKILN_CALIB_FOLLOW_LINKS", raising=False)
+    solid(tmp_path / "real" / "x.png")
+    (tmp_path / "calib").symlink_to(tmp_path / "real", target_is_directory=True)
+    assert list_images(tmp_path / "calib").files == [tmp_path / "calib" / "x.png"]
+
+
+def test_labelled_class_folder_linked_outside_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGEKILN_CALIB_FOLLOW_LINKS", raising=False)
+    solid(tmp_path / "elsewhere" / "c.png")
+    root = tmp_path / "labels"
+    solid(root / "cat" / "a.png")
+    (root / "dog").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(InputFileError, match="outside the calibration folder"):
+        labelled_folder(root)
+
+
+def test_walk_stops_at_the_entry_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import calibration.folder as folder_module
+
+    monkeypatch.setattr(folder_module, "MAX_WALK_ENTRIES", 5)
+    for index in range(6):
+        solid(tmp_path / f"{index}.png")
+    with pytest.raises(InputFileError, match="more than 5 entries"):
+        list_images(tmp_path)
+    monkeypatch.setattr(folder_module, "MAX_WALK_ENTRIES", 6)
+    assert len(list_images(tmp_path).files) == 6
+
+
+def test_walk_stops_at_the_depth_limit(tmp_path: Path) -> None:
+    from calibration.folder import MAX_WALK_DEPTH
+
+    solid(tmp_path / "top.png")
+    deep = tmp_path.joinpath(*["d"] * MAX_WALK_DEPTH)
+    solid(deep / "ok.png")
+    assert len(list_images(tmp_path).files) == 2  # exactly at the limit is fine
+    solid(deep / "d" / "too.png")
+    with pytest.raises(InputFileError, match=f"more than {MAX_WALK_DEPTH} folders deep"):
+        list_images(tmp_path)
 
 
 def test_fifo_is_skipped_not_opened(tmp_path: Path) -> None:
