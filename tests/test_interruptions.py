@@ -90,6 +90,24 @@ def test_sigint_ends_cleanly_with_a_short_message(model, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
 
 
+
+def test_sigterm_ends_cleanly_with_a_short_message(model, tmp_path):
+    # Issue #17: SIGTERM (docker stop, systemd, kill) exited 143 silently and left the staging folder.
+    process = subprocess.Popen(_build_command(model, tmp_path / "out"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".out.") for p in tmp_path.iterdir()) and process.poll() is None:
+        assert time.monotonic() < deadline, "the build never started"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the build finished before the signal arrived on this machine")
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "edgekiln: terminated (SIGTERM)" and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
+
 def test_concurrent_builds_into_the_same_folder(model, tmp_path):
     out = tmp_path / "out"
     processes = [subprocess.Popen(_build_command(model, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -22,6 +22,7 @@ from toolchain import __version__
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process killed by it
 
 _existing_path = click.Path(path_type=Path)
 
@@ -747,30 +748,47 @@ def main(argv: list[str] | None = None) -> None:
     except BaseException as exc:
         if interrupted and not debug and not isinstance(exc, SystemExit):
             # Ctrl-C inside a library's import or cleanup can surface as another error type.
-            click.echo("interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        _exit_for(exc, args, debug)
+            _exit_interrupted(interrupted)
+        _exit_for(exc, args, debug, interrupted)
     finally:
         debug_output.reset(token)
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _note_interrupts() -> list[bool]:
-    """Record SIGINT (then raise KeyboardInterrupt as Python does); the list is non-empty once interrupted."""
+def _note_interrupts() -> list[int]:
+    """Record SIGINT and SIGTERM and raise KeyboardInterrupt for both, as Python does for SIGINT.
+
+    SIGTERM (docker stop, systemd, kill) thereby runs the same clean-up as Ctrl-C: staging
+    folders are removed on the way out. The list holds the signals received, in order.
+    Handlers the embedding program installed are left alone.
+    """
     import signal
 
-    seen: list[bool] = []
+    seen: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
-        seen.append(True)
+        seen.append(signum)
         signal.default_int_handler(signum, frame)
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, handler)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, handler)
     return seen
 
 
-def _exit_for(exc: BaseException, args: list[str], debug: bool) -> None:
+def _exit_interrupted(seen: list[int]) -> None:
+    """One line and the exit code for the first signal that stopped the command."""
+    import signal
+
+    if seen and seen[0] == signal.SIGTERM:
+        click.echo("edgekiln: terminated (SIGTERM)", err=True)
+        sys.exit(EXIT_TERMINATED)
+    click.echo("interrupted", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+def _exit_for(exc: BaseException, args: list[str], debug: bool, interrupted: list[int] | None = None) -> None:
     """One line and the error's exit code for a failed command (the traceback only with --debug)."""
     from toolchain.errors import ToolchainError, clip
 
@@ -781,12 +799,8 @@ def _exit_for(exc: BaseException, args: list[str], debug: bool) -> None:
             raise
         click.echo(f"error: {_one_line(exc.one_line())}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _exit_interrupted(interrupted or [])
     except click.ClickException as exc:
         command = " ".join(a for a in args[:1] if not a.startswith("-"))
         click.echo(f"error: {_one_line(exc.format_message())} (see 'edgekiln {command + ' ' if command else ''}--help')",
