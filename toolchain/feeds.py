@@ -23,8 +23,9 @@ MAX_INPUT_BYTES = 1 << 30
 _SMALL_DRAW_BYTES = 64 << 20
 
 
-def check_input_size(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    """Refuse, before allocating, a tensor larger than ``MAX_INPUT_BYTES`` (a typo'd or hostile shape)."""
+def check_input_size(name: str, shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """The element count of a tensor, refused before allocating if over ``MAX_INPUT_BYTES`` (a typo'd or
+    hostile shape)."""
     count = 1
     for dim in shape:
         count *= int(dim)  # Python ints: a product of huge dims must not wrap around as int64 would
@@ -34,6 +35,7 @@ def check_input_size(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None
         raise UsageError(f"input '{name}' of shape {shown} ({np.dtype(dtype).name}) would take {size / 2**30:,.1f} "
                          f"GiB, more than the {MAX_INPUT_BYTES >> 30} GiB edgekiln allocates for one input",
                          hint="Check the declared input shape (--input NAME:SHAPE).")
+    return count
 
 
 def random_feed(inputs: list[TensorInfo], *, seed: int = 0, batch: int = 1) -> Feed:
@@ -42,11 +44,11 @@ def random_feed(inputs: list[TensorInfo], *, seed: int = 0, batch: int = 1) -> F
     feed: Feed = {}
     for info in inputs:
         shape = concrete_shape(info, batch)
-        check_input_size(info.name, shape, info.dtype)
+        count = check_input_size(info.name, shape, info.dtype)
         if np.issubdtype(info.dtype, np.floating):
             # Large inputs are drawn in float32 (a float64 draw would double the memory); small ones keep the
             # float64 draw so that earlier records' verification inputs stay exactly reproducible.
-            small = np.prod(shape, dtype=np.float64) * 8 <= _SMALL_DRAW_BYTES
+            small = count * 8 <= _SMALL_DRAW_BYTES
             draw_dtype = np.float64 if info.dtype == np.float64 or small else np.float32
             feed[info.name] = rng.standard_normal(shape, dtype=draw_dtype).astype(info.dtype, copy=False)
         elif info.dtype == np.bool_:
