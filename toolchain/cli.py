@@ -8,8 +8,8 @@ are printed as one line with the error's exit code; tracebacks only with --debug
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
-import json
 import logging
 import os
 import sys
@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from toolchain import __version__
+from toolchain.json_output import echo_json, json_flag
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
@@ -229,13 +230,17 @@ def _split(options: dict, keys: tuple[str, ...]) -> dict:
 @click.option("--target", default=None, help="Device profile whose defaults (opset) apply; see 'edgekiln targets'.")
 @source_flags
 @verify_flags
-def convert(source: Path | None, output: Path, target: str | None, **options: object) -> None:
+@json_flag
+def convert(source: Path | None, output: Path, target: str | None, as_json: bool, **options: object) -> None:
     """Ingest a PyTorch, TensorFlow/Keras or ONNX model into verified ONNX."""
     from toolchain import api
     from toolchain.report import print_parity, say
 
     source_kwargs = _source_kwargs(**_split(options, _SOURCE_KEYS))
     result = api.convert(source, output, target=target, **source_kwargs, **_verify_kwargs(**options))
+    if as_json:
+        echo_json(result)
+        return
     say(f"converted {result.source_format} ({result.framework} {result.framework_version}) -> {result.output} "
         f"(opset {result.opset}, {result.seconds:.1f} s)")
     for note in result.notes:
@@ -299,7 +304,7 @@ def _build_kwargs(ctx: click.Context, options: dict) -> dict:
               help="Stop at the first target that fails and write nothing (default: deliver the targets that "
                    "pass, report the others, exit 8).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or tables; errors only.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report (or with --dry-run the plan) as JSON on stdout.")
+@json_flag
 @source_flags
 @lowrank_flags
 @verify_flags
@@ -322,9 +327,9 @@ def build(ctx: click.Context, **options: object) -> None:
         return
     with quiet_logging(quiet or as_json), build_progress(quiet or as_json) as progress:
         result = api.build(**kwargs, progress=progress, announce=announce)
-    if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
-    elif not quiet:
+    if as_json and not result.failed:  # a failed build's report goes with its JSON error
+        echo_json(result.to_dict())
+    elif not (quiet or as_json):
         _print_build(result)
     if result.failed:
         _some_targets_failed(result)
@@ -346,14 +351,14 @@ def _some_targets_failed(result) -> None:
                              + "; ".join(failure_line(t, hint=False) for t in failed),
                              hint=f"The other {written} target{'s' if written != 1 else ''} and the report were "
                                   f"written to {result.output}/" if written else
-                             f"The report was written to {result.output}/")
+                             f"The report was written to {result.output}/", result=result.to_dict())
 
 
 def _print_plan(stages: list, as_json: bool) -> None:
     from toolchain.report import print_table
 
     if as_json:
-        click.echo(json.dumps([s.to_dict() for s in stages], indent=2))
+        echo_json(stages)
         return
     cached = sum(s.cached for s in stages)
     print_table(f"build plan: {len(stages)} stages, {cached} cached, {len(stages) - cached} to run",
@@ -416,8 +421,9 @@ def _print_build(result) -> None:
 @lowrank_flags
 @verify_flags
 @sample_flags
+@json_flag
 def optimize(model: Path, output: Path, simplify: bool, simplify_engine: str, fp16: bool, dynamic_int8: bool,
-             min_cosine: float, **options: object) -> None:
+             min_cosine: float, as_json: bool, **options: object) -> None:
     """Run graph passes on an ONNX model and re-verify it (for INT8 with calibration, see 'calibrate').
 
     Order: simplify, low-rank, then fp16 or dynamic INT8. With --lowrank, --calib DIR supplies the
@@ -431,6 +437,9 @@ def optimize(model: Path, output: Path, simplify: bool, simplify_engine: str, fp
     result = api.optimize(model, output, simplify=simplify, simplify_engine=simplify_engine, fp16=fp16,
                           dynamic_int8=dynamic_int8, min_cosine=min_cosine, **lowrank, **samples,
                           **_verify_kwargs(**options))
+    if as_json:
+        echo_json(result)
+        return
     rows = [(r.name, r.details.get("engine", ""), f"{r.before.nodes} -> {r.after.nodes}",
              f"{r.before.initializers} -> {r.after.initializers}",
              f"{r.before.serialized_bytes / 1024:.1f} -> {r.after.serialized_bytes / 1024:.1f}") for r in result.passes]
@@ -458,8 +467,9 @@ def optimize(model: Path, output: Path, simplify: bool, simplify_engine: str, fp
 @verify_flags
 @quant_flags
 @backend_flags
+@json_flag
 def compile_command(model: Path, output: Path, backend: str | None, target: str | None, precision: str | None,
-                    threads: int | None, graph_optimization: str, **options: object) -> None:
+                    threads: int | None, graph_optimization: str, as_json: bool, **options: object) -> None:
     """Lower an ONNX model to a backend artifact folder (model + manifest.json)."""
     from toolchain import api
     from toolchain.report import print_guard, print_parity, say
@@ -469,6 +479,9 @@ def compile_command(model: Path, output: Path, backend: str | None, target: str 
     result = api.compile(model, output, backend=backend, target=target, precision=precision, threads=threads,
                          graph_optimization=graph_optimization, backend_options=backend_options, **quant,
                          **_verify_kwargs(**options))
+    if as_json:
+        echo_json(result)
+        return
     manifest = result.artifact.manifest
     details = manifest["metrics"].get("details", {})
     built = details.get("precision", manifest["options"]["precision"])
@@ -500,14 +513,18 @@ def compile_command(model: Path, output: Path, backend: str | None, target: str 
               help="TensorRT version in the cache header; it must match the device exactly "
                    "(8201 = TensorRT 8.2.1, JetPack 4.6.1 on the Nano; 100300 = 10.3.0).")
 @quant_flags
+@json_flag
 def calibrate(model: Path, calib: Path, output: Path, target: str | None, preprocess: str | None, seed: int,
-              tensorrt_cache: Path | None, tensorrt_version: str, **quant: object) -> None:
+              tensorrt_cache: Path | None, tensorrt_version: str, as_json: bool, **quant: object) -> None:
     """Static INT8 quantization calibrated on sample images, with an accuracy guard."""
     from toolchain import api
     from toolchain.report import print_guard, say
 
     result = api.calibrate(model, output, calib=calib, target=target, preprocess=preprocess, seed=seed,
                            tensorrt_cache=tensorrt_cache, tensorrt_version=tensorrt_version, **_quant_kwargs(**quant))
+    if as_json:
+        echo_json(result)
+        return
     config = result.config
     say(f"calibrated {model} -> {result.output} ({result.size_before / 1024:.1f} KiB -> "
         f"{result.size_after / 1024:.1f} KiB, {100 * result.size_after / result.size_before:.0f}%, "
@@ -529,7 +546,7 @@ def calibrate(model: Path, calib: Path, output: Path, target: str | None, prepro
 @click.option("--top-k", type=int, default=5, show_default=True, help="Classes to show for a classifier output.")
 @click.option("--save", type=_existing_path, default=None, help="Write all outputs to this .npz file.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads.")
-@click.option("--json", "as_json", is_flag=True, help="Print outputs as JSON.")
+@json_flag
 def run(artifact: Path, inputs: tuple[str, ...], top_k: int, save: Path | None, threads: int | None,
         as_json: bool) -> None:
     """Run an artifact (or an .onnx file) once and print its outputs."""
@@ -540,7 +557,7 @@ def run(artifact: Path, inputs: tuple[str, ...], top_k: int, save: Path | None, 
     if save is not None:
         save_outputs(outputs, save)
     if as_json:
-        click.echo(json.dumps({k: v.tolist() for k, v in outputs.items()}))
+        echo_json(outputs)
     else:
         click.echo(describe_outputs(outputs, top_k=top_k))
 
@@ -551,7 +568,7 @@ def run(artifact: Path, inputs: tuple[str, ...], top_k: int, save: Path | None, 
 @click.option("--iterations", type=int, default=100, show_default=True, help="Timed runs.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: the artifact's).")
 @click.option("--batch", type=int, default=1, show_default=True, help="Batch size (needs a dynamic batch axis).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_flag
 def bench(artifact: Path, warmup: int, iterations: int, threads: int | None, batch: int, as_json: bool) -> None:
     """Measure latency percentiles, throughput and peak memory of an artifact on this machine."""
     from toolchain import api
@@ -559,7 +576,7 @@ def bench(artifact: Path, warmup: int, iterations: int, threads: int | None, bat
 
     result = api.bench(artifact, warmup=warmup, iterations=iterations, threads=threads, batch=batch)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        echo_json(result)
         return
     print_table(f"bench {artifact} ({result.backend}, batch {result.batch}, threads {result.threads or 'default'}, "
                 f"{result.iterations} runs after {result.warmup} warm-up; on {result.measured_on})",
@@ -570,7 +587,7 @@ def bench(artifact: Path, warmup: int, iterations: int, threads: int | None, bat
 
 @cli.command()
 @click.argument("model", type=_existing_path)
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_flag
 def inspect(model: Path, as_json: bool) -> None:
     """Show an ONNX model's inputs, outputs, opset, ops, parameters, size and MACs, or a TFLite model's
     ops, tensor types, quantization parameters and size."""
@@ -580,11 +597,11 @@ def inspect(model: Path, as_json: bool) -> None:
     if isinstance(summary, dict):  # TFLite
         from backends.tflite.inspect import format_tflite_summary
 
-        click.echo(json.dumps(summary, indent=2, default=str) if as_json else format_tflite_summary(summary))
+        echo_json(summary) if as_json else click.echo(format_tflite_summary(summary))
         return
     from toolchain.model_info import format_summary
 
-    click.echo(json.dumps(summary.to_dict(), indent=2) if as_json else format_summary(summary))
+    echo_json(summary) if as_json else click.echo(format_summary(summary))
 
 
 @cli.command()
@@ -596,21 +613,17 @@ def inspect(model: Path, as_json: bool) -> None:
 @click.option("--preprocess", default=None, metavar="PRESET",
               help="How --calib images are preprocessed (imagenet, yolo, raw01, raw255, gray01); default: each "
                    "artifact's manifest, or inferred from the input shape for a bare .onnx file.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_flag
 def compare(artifacts: tuple[Path, ...], calib: Path | None, count: int, seed: int, per_layer: bool,
             preprocess: str | None, as_json: bool) -> None:
     """Run artifacts (ONNX, INT8 ONNX, TFLite, ...) on the same inputs and compare each with the first."""
-    import dataclasses
-
     from toolchain import api
     from toolchain.report import print_table
 
     comparisons, layers = api.compare(artifacts, calib=calib, count=count, seed=seed, per_layer=per_layer,
                                       preprocess=preprocess)
     if as_json:
-        click.echo(json.dumps({"comparisons": [dataclasses.asdict(c) for c in comparisons],
-                               "per_layer": {k: [dataclasses.asdict(r) for r in v] for k, v in layers.items()}},
-                              indent=2))
+        echo_json({"comparisons": comparisons, "per_layer": layers})
         return
     for comparison in comparisons:
         print_table(f"{comparison.candidate} vs {comparison.reference} ({comparison.samples} inputs)",
@@ -634,7 +647,7 @@ def compare(artifacts: tuple[Path, ...], calib: Path | None, count: int, seed: i
 @click.option("--ram-kb", type=float, default=None, help="Fail if the firmware needs more RAM (default: manifest).")
 @click.option("--calib", type=_existing_path, default=None, help="qemu-aarch64: images to run (default: random).")
 @click.option("--count", type=int, default=4, show_default=True, help="qemu-aarch64: how many inputs.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_flag
 def verify_command(artifact: Path, device: str, tflm_root: Path | None, flash_kb: float | None,
                    ram_kb: float | None, calib: Path | None, count: int, as_json: bool) -> None:
     """Run an artifact on its own instruction set, emulated, and compare with x86 LiteRT."""
@@ -643,7 +656,7 @@ def verify_command(artifact: Path, device: str, tflm_root: Path | None, flash_kb
     result = verify_on(artifact, device, tflm_root=tflm_root, flash_kb=flash_kb, ram_kb=ram_kb, calib=calib,
                        count=count)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        echo_json(result)
         return
     for note in result.notes:
         click.echo(note)
@@ -653,21 +666,21 @@ def verify_command(artifact: Path, device: str, tflm_root: Path | None, flash_kb
 @cli.command(name="eval")
 @click.argument("artifact", type=_existing_path)
 @click.option("--labels", type=_existing_path, required=True, help="Labelled image folder (one sub-folder per class).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_flag
 def eval_command(artifact: Path, labels: Path, as_json: bool) -> None:
     """Top-1/top-5 accuracy of an artifact on a labelled image folder, with the artifact's preprocessing."""
     from toolchain import api
 
     result = api.evaluate(artifact, labels)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        echo_json(result)
     else:
         click.echo(f"top-1 {result.top1:.2%}, top-5 {result.top5:.2%} on {result.images} images "
                    f"in {result.classes} classes ({result.skipped} skipped)")
 
 
 @cli.command(name="backends")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@json_flag
 def backends_command(as_json: bool) -> None:
     """List backends, whether each is usable here, and what to install if not."""
     from toolchain import api
@@ -675,7 +688,7 @@ def backends_command(as_json: bool) -> None:
 
     rows = api.backends()
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
     print_table("backends", ["name", "usable", "status", "precisions", "description"],
                 [(r["name"], "yes" if r["available"] else "no", r["status"], ",".join(r["precisions"]),
@@ -683,11 +696,15 @@ def backends_command(as_json: bool) -> None:
 
 
 @cli.command()
-def targets() -> None:
+@json_flag
+def targets(as_json: bool) -> None:
     """List device profiles and the defaults each implies."""
     from toolchain.report import print_table
     from toolchain.targets import TARGETS
 
+    if as_json:
+        echo_json(list(TARGETS.values()))
+        return
     print_table("targets", ["target", "backend", "precision", "opset", "device", "notes"],
                 [(t.name, t.backend, t.precision, t.opset, t.description, t.notes) for t in TARGETS.values()])
 
@@ -731,9 +748,15 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+# Click's shell-completion variable for the 'edgekiln' program name (see Click's shell completion).
+COMPLETE_VAR = "_EDGEKILN_COMPLETE"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning errors into one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
+    if os.environ.get(COMPLETE_VAR):  # a completion request (or script): Click answers it and exits
+        cli.main(args=args, prog_name="edgekiln", complete_var=COMPLETE_VAR)
     debug = "--debug" in args or os.environ.get("EDGEKILN_DEBUG") == "1"
     if not args:
         click.echo(cli.get_help(click.Context(cli, info_name="edgekiln")))
@@ -748,7 +771,7 @@ def main(argv: list[str] | None = None) -> None:
     except BaseException as exc:
         if interrupted and not debug and not isinstance(exc, SystemExit):
             # Ctrl-C inside a library's import or cleanup can surface as another error type.
-            _exit_interrupted(interrupted)
+            _fail(_interruption(interrupted), args)
         _exit_for(exc, args, debug, interrupted)
     finally:
         debug_output.reset(token)
@@ -777,38 +800,74 @@ def _note_interrupts() -> list[int]:
     return seen
 
 
-def _exit_interrupted(seen: list[int]) -> None:
-    """One line and the exit code for the first signal that stopped the command."""
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """How a failed command ends: the stderr line, the exit code, and the JSON error's fields."""
+
+    line: str
+    message: str
+    exit_code: int
+    kind: str
+    hint: str | None = None
+    result: object = None
+
+
+def _interruption(seen: list[int]) -> Failure:
+    """The first signal that stopped the command."""
     import signal
 
     if seen and seen[0] == signal.SIGTERM:
-        click.echo("edgekiln: terminated (SIGTERM)", err=True)
-        sys.exit(EXIT_TERMINATED)
-    click.echo("interrupted", err=True)
-    sys.exit(EXIT_INTERRUPTED)
+        return Failure("edgekiln: terminated (SIGTERM)", "terminated (SIGTERM)", EXIT_TERMINATED, "terminated")
+    return Failure("interrupted", "interrupted", EXIT_INTERRUPTED, "interrupted")
+
+
+def _kind(exc: BaseException) -> str:
+    """'input_file' for InputFileError: the nearest class of toolchain.errors, in snake case."""
+    import re
+
+    from toolchain import errors
+
+    cls = next(c for c in type(exc).__mro__ if c.__module__ == errors.__name__)
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__.removesuffix("Error")).lower() or "toolchain"
+
+
+def _failure(exc: BaseException, args: list[str], interrupted: list[int] | None) -> Failure:
+    """What the user is told about ``exc``; a bug (any other exception) is an internal error."""
+    from toolchain.errors import ToolchainError, clip
+
+    if isinstance(exc, ToolchainError):
+        message = _one_line(exc.one_line())
+        return Failure(f"error: {message}", message, exc.exit_code, _kind(exc),
+                       exc.hint and _one_line(exc.hint), getattr(exc, "result", None))
+    if isinstance(exc, (click.exceptions.Abort, KeyboardInterrupt)):
+        return _interruption(interrupted or [])
+    if isinstance(exc, click.ClickException):
+        command = " ".join(a for a in args[:1] if not a.startswith("-"))
+        message, hint = _one_line(exc.format_message()), f"see 'edgekiln {command + ' ' if command else ''}--help'"
+        return Failure(f"error: {message} ({hint})", message, exc.exit_code, "usage", hint)
+    message = f"{type(exc).__name__}: {clip(_one_line(str(exc)), 300)}"
+    hint = "rerun with --debug for the traceback and please report it"
+    return Failure(f"internal error: {message} ({hint})", message, EXIT_INTERNAL, "internal", hint)
 
 
 def _exit_for(exc: BaseException, args: list[str], debug: bool, interrupted: list[int] | None = None) -> None:
-    """One line and the error's exit code for a failed command (the traceback only with --debug)."""
-    from toolchain.errors import ToolchainError, clip
-
-    try:
+    """One line and the error's exit code for a failed command; --debug adds the traceback, same exit code."""
+    if isinstance(exc, SystemExit):
         raise exc
-    except ToolchainError as exc:
-        if debug:
-            raise
-        click.echo(f"error: {_one_line(exc.one_line())}", err=True)
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        _exit_interrupted(interrupted or [])
-    except click.ClickException as exc:
-        command = " ".join(a for a in args[:1] if not a.startswith("-"))
-        click.echo(f"error: {_one_line(exc.format_message())} (see 'edgekiln {command + ' ' if command else ''}--help')",
-                   err=True)
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # a bug: keep the user's terminal readable, tracebacks behind --debug
-        if debug:
-            raise
-        click.echo(f"internal error: {type(exc).__name__}: {clip(_one_line(str(exc)), 300)} "
-                   "(rerun with --debug for the traceback and please report it)", err=True)
-        sys.exit(EXIT_INTERNAL)
+    failure = _failure(exc, args, interrupted)
+    if debug and not isinstance(exc, (click.ClickException, click.exceptions.Abort, KeyboardInterrupt)):
+        import traceback
+
+        traceback.print_exception(exc)
+    _fail(failure, args)
+
+
+def _fail(failure: Failure, args: list[str]) -> None:
+    """End the command: the line on stderr, with --json the error document on stdout, the exit code."""
+    from toolchain.json_output import echo_json, error_document, wants_json
+
+    click.echo(failure.line, err=True)
+    if wants_json(args):
+        echo_json(error_document(failure.message, exit_code=failure.exit_code, kind=failure.kind,
+                                 hint=failure.hint, result=failure.result))
+    sys.exit(failure.exit_code)

@@ -133,3 +133,7 @@ class TargetsFailedError(ToolchainError):
     """A build delivered some targets but not all: the failed ones are in the report, the rest were written."""
 
     exit_code = 8
+
+    def __init__(self, message: str, *, hint: str | None = None, result: dict | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.result = result  # the build's report: --json prints it with the error

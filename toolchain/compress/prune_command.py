@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from toolchain.json_output import echo_json, json_flag
+
 _path = click.Path(path_type=Path)
 
 
@@ -48,12 +50,13 @@ _path = click.Path(path_type=Path)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split, Taylor batches and training.")
 @click.option("--cache-dir", type=_path, default=None, help="edgekiln's cache folder (preprocessed image sets).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the preprocessed-image cache.")
+@json_flag
 def prune(source: Path | None, output: Path, ratio: float, importance: str, steps: int, keep: tuple[str, ...],
           unstructured: bool, round_to: int | None, calib: Path | None, labels: Path | None, recover_epochs: int,
           holdout: int | None,
           train_size: int | None, inputs: tuple[str, ...], model_class: str | None, weights: Path | None,
           model_kwargs: str | None, trust_pickle: bool, preprocess: str | None, iterations: int, seed: int,
-          cache_dir: Path | None, no_cache: bool) -> None:
+          cache_dir: Path | None, no_cache: bool, as_json: bool) -> None:
     """Prune a PyTorch model's channels, recover it by distillation, and measure every step after export.
 
     \b
@@ -69,6 +72,9 @@ def prune(source: Path | None, output: Path, ratio: float, importance: str, step
                        model_class=model_class, weights=weights, model_kwargs=model_kwargs, trust_pickle=trust_pickle,
                        inputs=inputs, preprocess=preprocess, holdout=holdout, train_count=train_size, seed=seed,
                        latency_iterations=iterations, cache_dir=cache_dir, no_cache=no_cache)
+    if as_json:
+        echo_json(result)
+        return
     print_prune_report(result)
 
 

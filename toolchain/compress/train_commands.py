@@ -6,12 +6,13 @@ progress goes to the ``edgekiln`` logger (stderr), the result tables to stdout.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import click
+
+from toolchain.json_output import echo_json, json_flag
 
 _path = click.Path(path_type=Path)
 _log = logging.getLogger("edgekiln")
@@ -77,7 +78,7 @@ def _training_options(command: Any) -> Any:
         click.option("--iterations", type=int, default=50, show_default=True, help="Timed runs per latency measure."),
         click.option("--cache-dir", type=_path, default=None, help="Cache of preprocessed images (default: none)."),
         click.option("--trust-pickle", is_flag=True, help="Allow unpickling a whole model object (runs its code)."),
-        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of tables."),
+        json_flag,
     ]
     for option in reversed(options):
         command = option(command)
@@ -87,7 +88,7 @@ def _training_options(command: Any) -> Any:
 def _print_result(result: Any, as_json: bool, title: str, measures: list[tuple[str, Any]]) -> bool:
     """``result`` as JSON, or its images, epochs and measures tables; True when the tables were printed."""
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=1))
+        echo_json(result)
         return False
     from toolchain.report import say
 
