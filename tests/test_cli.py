@@ -104,11 +104,19 @@ def test_exit_codes_distinguish_error_kinds(tiny_onnx, bad_inputs, tmp_path, cap
     assert run_main(["convert", str(tiny_onnx), "-o", str(tmp_path / "m.onnx"), "--input", "x:9"], capsys)[0] == 2
 
 
-def test_debug_shows_the_traceback(bad_inputs, tmp_path):
-    from toolchain.errors import InputFileError
-
-    with pytest.raises(InputFileError):
-        main(["--debug", "convert", str(bad_inputs["corrupt.onnx"]), "-o", str(tmp_path / "m.onnx")])
+@pytest.mark.parametrize("debug", [["--debug"], ["EDGEKILN_DEBUG=1"]], ids=["flag", "environment"])
+def test_debug_adds_the_traceback_and_keeps_the_exit_code(debug, tiny_onnx, bad_inputs, tmp_path):
+    """Issue #17: --debug turned exit code 2 into Python's 1. The same line and code, plus the traceback."""
+    env = dict(os.environ, **dict(d.split("=") for d in debug if "=" in d))
+    flags = [d for d in debug if d.startswith("--")]
+    for args, code in ((["convert", str(tiny_onnx), "-o", str(tmp_path / "m.onnx"), "--input", "x:9"], 2),
+                       (["convert", str(bad_inputs["corrupt.onnx"]), "-o", str(tmp_path / "m.onnx")], 3)):
+        plain = subprocess.run([sys.executable, "-m", "toolchain", *args], capture_output=True, text=True, timeout=60)
+        traced = subprocess.run([sys.executable, "-m", "toolchain", *flags, *args], capture_output=True, text=True,
+                                timeout=60, env=env)
+        assert plain.returncode == traced.returncode == code, traced.stderr
+        assert "Traceback" not in plain.stderr and "Traceback (most recent call last)" in traced.stderr
+        assert traced.stderr.splitlines()[-1] == plain.stderr.strip()  # the one line still ends it
 
 
 def test_installed_command_in_a_real_process(tiny_onnx, tmp_path):
