@@ -28,6 +28,13 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process kille
 _existing_path = click.Path(path_type=Path)
 
 
+def _complete_target(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of --target: the device profiles' names."""
+    from toolchain.targets import TARGETS
+
+    return [name for name in TARGETS if name.startswith(incomplete)]
+
+
 def _apply(decorators: list[Callable], command: Callable) -> Callable:
     """Apply a group of option decorators so they show in --help in the listed order."""
     return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
@@ -227,7 +234,8 @@ def _split(options: dict, keys: tuple[str, ...]) -> dict:
 @cli.command()
 @click.argument("source", required=False, type=_existing_path)
 @click.option("-o", "--output", type=_existing_path, required=True, help="ONNX file to write.")
-@click.option("--target", default=None, help="Device profile whose defaults (opset) apply; see 'edgekiln targets'.")
+@click.option("--target", default=None, shell_complete=_complete_target,
+              help="Device profile whose defaults (opset) apply; see 'edgekiln targets'.")
 @source_flags
 @verify_flags
 @json_flag
@@ -291,7 +299,7 @@ def _build_kwargs(ctx: click.Context, options: dict) -> dict:
               help="Recipe file (YAML or TOML) of build options; options typed on the command line win.")
 @click.option("-o", "--output", type=_existing_path, default=Path("edgekiln-out"), show_default=True,
               help="Build folder (replaced as a whole when the build succeeds).")
-@click.option("--target", "targets", multiple=True, metavar="TARGET[:PRECISION]",
+@click.option("--target", "targets", multiple=True, shell_complete=_complete_target, metavar="TARGET[:PRECISION]",
               help="Device profile to build for, e.g. rpi4 or x86:int8 (repeatable; see 'edgekiln targets'; "
                    "default x86, or for the bundled example x86, x86:int8, rpi4, mcu and jetson-nano).")
 @click.option("--labels", type=_existing_path, default=None,
@@ -458,7 +466,7 @@ def optimize(model: Path, output: Path, simplify: bool, simplify_engine: str, fp
 @click.argument("model", type=_existing_path)
 @click.option("-o", "--output", type=_existing_path, required=True, help="Artifact folder to write.")
 @click.option("--backend", default=None, help="Backend (default: the target's, else onnxruntime); see 'edgekiln backends'.")
-@click.option("--target", default=None, help="Device profile; see 'edgekiln targets'.")
+@click.option("--target", default=None, shell_complete=_complete_target, help="Device profile; see 'edgekiln targets'.")
 @click.option("--precision", default=None,
               help="fp32, fp16, dynamic (INT8 weights), int8 (needs --calib); default: the target's, else fp32.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads the artifact runs with.")
@@ -503,7 +511,8 @@ def compile_command(model: Path, output: Path, backend: str | None, target: str 
 @click.option("--calib", type=_existing_path, required=True,
               help="Sample images (folder; labelled sub-folders give accuracy) or .npy/.npz samples.")
 @click.option("-o", "--output", type=_existing_path, required=True, help="INT8 ONNX file to write.")
-@click.option("--target", default=None, help="Device profile whose INT8 scheme applies; see 'edgekiln targets'.")
+@click.option("--target", default=None, shell_complete=_complete_target,
+              help="Device profile whose INT8 scheme applies; see 'edgekiln targets'.")
 @click.option("--preprocess", default=None, metavar="PRESET",
               help="Image preprocessing preset (imagenet, yolo, raw01, raw255, gray01); default from the input shape.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample selection.")
