@@ -341,6 +341,21 @@ def build(ctx: click.Context, **options: object) -> None:
         _print_build(result)
     if result.failed:
         _some_targets_failed(result)
+    if not (quiet or as_json):
+        _print_next_steps(result, kwargs)
+
+
+def _print_next_steps(result, kwargs: dict) -> None:
+    """Where the artifacts are and the commands for them, on stderr (as the progress lines)."""
+    from toolchain.next_steps import next_steps, sample_image
+
+    folder = kwargs.get("calib")
+    if folder is None and kwargs.get("source") is None and kwargs.get("model_class") is None:
+        from toolchain.examples.fashion_mnist import samples_dir  # the bundled example calibrates on these
+
+        folder = samples_dir()
+    for line in next_steps(result.output, result.targets, sample_image(Path(folder) if folder else None)):
+        click.echo(line, err=True)
 
 
 def _announce(line: str) -> None:
