@@ -257,3 +257,38 @@ def test_realistic_report_is_not_mutated() -> None:
     before = copy.deepcopy(report)
     render_report_html(report)
     assert report == before
+
+
+def test_where_each_latency_was_timed_the_agreement_counts_and_the_mcu_budget() -> None:
+    """Issue #17: rpi4 and mcu latencies are this host's LiteRT; agreement shows its counts; MCU flash and arena."""
+    report = realistic_report()
+    report["host"] = {"model": "AMD EPYC", "int8_isa": "x86-avx2", "features": ["avx2", "fma"], "logical_cpus": 2}
+    x86, rpi4, mcu = report["targets"][:3]
+    rpi4["latency"]["threads"] = 4
+    mcu["mcu"] = {"model_flash_bytes": 71080, "arena_bytes": 20112, "arena_measured_on": None,
+                  "firmware_flash_bytes": None, "firmware_ram_bytes": None}
+    found = census(render_report_html(report))
+    text = " ".join("".join(found.text).split())
+    assert "Measured on this host: AMD EPYC (x86-avx2, avx2 fma), 2 logical CPUs." in text
+    assert "Threads: x86 default, rpi4 4, mcu default" in text
+    assert "100.00% (128/128)" in text and "99.00% (127/128)" in text  # share and the counts behind it
+    page = render_report_html(report)
+    rows = {name: page[page.index(f'data-target="{name}"'):].split("</tr>")[0] for name in ("x86", "rpi4", "mcu")}
+    assert "<td>host</td>" in rows["x86"] and "<td>host LiteRT</td>" in rows["rpi4"] + rows["mcu"]
+    assert found.rows["mcu"] == 1 and "69.4" in text and "19.6" in text and "edgekiln's estimate" in text
+
+
+def test_crowded_scatter_labels_never_overlap_and_the_key_names_every_point() -> None:
+    """Variants with the same latency and accuracy: labels go where they fit, never on top of another."""
+    points = [svg_plots.ScatterPoint(f"variant-{i} · 69.4 KiB", 0.1, 95.0, 70000) for i in range(12)]
+    svg = svg_plots.scatter_svg(points, x_label="ms", y_label="%", aria_label="crowded")
+    boxes = []
+    for x, y, anchor, label in re.findall(r'class="point-label" x="([^"]+)" y="([^"]+)" text-anchor="(\w+)">'
+                                          r"([^<]+)<", svg):
+        width = svg_plots.text_width(label)
+        left = float(x) if anchor == "start" else float(x) - width
+        boxes.append((left, float(y) - 10, left + width, float(y) + 3))
+    assert 2 <= len(boxes) < len(points)  # as many as fit; the rest are named by the key only
+    assert not any(svg_plots._overlaps(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert svg.count('class="legend-label"') == len(points)
+    assert census(svg).marks == {"chart-scatter circle": len(points)}  # key swatches are not data marks

@@ -105,7 +105,18 @@ def compile_step(stage: PlannedStage, context: StepContext) -> Record:
                         "precision": details.get("precision", variant.precision),
                         "size_bytes": record["size_bytes"], "model_bytes": size_of(compiled.artifact.model_path),
                         "notes": list(details.get("notes", []))}
+    if details.get("mcu"):
+        record["target"]["mcu"] = _mcu_budget(details["mcu"])
     return record
+
+
+def _mcu_budget(mcu: dict[str, Any]) -> dict[str, Any]:
+    """What a microcontroller must hold: the model in flash, the tensor arena in RAM (and the whole firmware
+    where it was linked and run on a Cortex-M4)."""
+    arena, firmware = mcu.get("arena") or {}, mcu.get("firmware") or {}
+    return {"model_flash_bytes": mcu.get("flash_bytes"), "arena_bytes": arena.get("total"),
+            "arena_measured_on": arena.get("measured_on"), "arena_estimate_bytes": arena.get("estimate"),
+            "firmware_flash_bytes": firmware.get("flash_bytes"), "firmware_ram_bytes": firmware.get("ram_bytes")}
 
 
 def _latency(artifact: Path, iterations: int) -> dict[str, Any] | None:
@@ -117,7 +128,7 @@ def _latency(artifact: Path, iterations: int) -> dict[str, Any] | None:
 
     timing = benchmark(artifact, iterations=iterations)
     return {"p50_ms": timing.p50_ms, "p90_ms": timing.p90_ms, "iterations": timing.iterations,
-            "measured_on": host_cpu().describe()}
+            "measured_on": host_cpu().describe(), "threads": timing.threads, "runtime": timing.backend}
 
 
 def _agreement(context: StepContext, artifact: Path) -> dict[str, Any] | None:

@@ -38,7 +38,7 @@ code { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; 
 .summary { color: #57606A; margin: 0 0 1em; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: .4em 0 1em; font-variant-numeric: tabular-nums; }
-th, td { border-bottom: 1px solid #D0D7DE; padding: 4px 10px; text-align: left; vertical-align: top; }
+th, td { border-bottom: 1px solid #D0D7DE; padding: 4px 8px; text-align: left; vertical-align: top; }
 thead th { background: #F6F8FA; border-bottom: 2px solid #8C959F; white-space: nowrap; }
 .num { text-align: right; white-space: nowrap; }
 td:first-child { white-space: nowrap; }
@@ -203,12 +203,57 @@ def _summary(report: dict[str, Any], targets: Sequence[dict[str, Any]]) -> str:
     if report.get("edgekiln_version"):
         parts.append(f"edgekiln {report['edgekiln_version']}")
     line = " · ".join(parts)
-    return f'<p class="summary">{escape(line[:1].upper() + line[1:])}</p>'
+    return f'<p class="summary">{escape(line[:1].upper() + line[1:])}</p>' + _host(report, targets)
+
+
+def _host(report: dict[str, Any], targets: Sequence[dict[str, Any]]) -> str:
+    """The machine every latency (and every accuracy of an artifact for another device) was measured on."""
+    host = _dict(report.get("host"))
+    if not host:
+        return ""
+    features = host.get("features") if isinstance(host.get("features"), list) else []
+    isa = ", ".join(str(v) for v in (host.get("int8_isa"), " ".join(map(str, features))) if v)
+    cpus = _number(host.get("logical_cpus"))
+    line = (f"Measured on this host: {_text(host.get('model'))}{f' ({isa})' if isa else ''}"
+            f"{f', {cpus:.0f} logical CPUs' if cpus is not None else ''}. Artifacts for other devices (Raspberry "
+            "Pi, microcontroller) ran in this host's LiteRT: their latencies are not the device's."
+            + _threads(targets))
+    return f'<p class="summary host">{escape(line)}</p>'
 
 
 _VARIANT_COLUMNS = [("variant", False), ("backend", False), ("precision", False), ("model KiB", True),
                     ("top-1", True), ("top-5", True), ("top-1 agreement", True), ("min cosine", True),
-                    ("p50 ms", True), ("p90 ms", True)]
+                    ("p50 ms", True), ("p90 ms", True), ("timed on", False)]
+
+
+def _agreement(agreement: dict[str, Any]) -> str:
+    """The share and the counts behind it: 96.88% (31/32) says how much one flipped sample weighs."""
+    share, samples = _number(agreement.get("top1_agreement")), _number(agreement.get("samples"))
+    if share is None or samples is None:
+        return _percent(share)
+    return f"{share:.2%} ({round(share * samples):.0f}/{samples:.0f})"
+
+
+def _timed_on(record: dict[str, Any], *, reference: bool) -> str:
+    """Where the latency comes from: this host runs x86 artifacts natively, the others in its LiteRT."""
+    latency = _dict(record.get("latency"))
+    if not latency:
+        return MISSING
+    backend = record.get("backend") or latency.get("runtime")
+    if reference or backend == "onnxruntime":
+        return "host"
+    return f"host {'LiteRT' if backend == 'tflite' else _text(backend)}"
+
+
+def _threads(targets: Sequence[dict[str, Any]]) -> str:
+    """'x86 default, rpi4 4': the intra-op threads each timed variant ran with (its artifact's setting)."""
+    parts = []
+    for target in targets:
+        latency = _dict(target.get("latency"))
+        if latency:
+            threads = _number(latency.get("threads"))
+            parts.append(f"{_variant_name(target)} {'default' if threads is None else f'{threads:.0f}'}")
+    return f" Threads: {', '.join(parts)} (default: the runtime's choice)." if parts else ""
 
 
 def _variant_row(name: str, record: dict[str, Any], size: float | None, *, reference: bool) -> str:
@@ -217,9 +262,10 @@ def _variant_row(name: str, record: dict[str, Any], size: float | None, *, refer
     cells = [_cell(name), _cell(_text(record.get("backend"))), _cell(_text(record.get("precision"))),
              _cell(_kib(size), numeric=True), _cell(_percent(accuracy.get("top1")), numeric=True),
              _cell(_percent(accuracy.get("top5")), numeric=True),
-             _cell(_percent(agreement.get("top1_agreement")), numeric=True),
+             _cell(_agreement(agreement), numeric=True),
              _cell(_general(agreement.get("min_cosine"), ".4f"), numeric=True),
-             _cell(_ms(latency.get("p50_ms")), numeric=True), _cell(_ms(latency.get("p90_ms")), numeric=True)]
+             _cell(_ms(latency.get("p50_ms")), numeric=True), _cell(_ms(latency.get("p90_ms")), numeric=True),
+             _cell(_timed_on(record, reference=reference))]
     attr = ' class="reference"' if reference else f' data-target="{escape(name)}"'
     return f"<tr{attr}>{''.join(cells)}</tr>"
 
@@ -249,8 +295,36 @@ def _variants_section(targets: Sequence[dict[str, Any]], reference: dict[str, An
         rows.insert(0, _variant_row(REFERENCE_LABEL, ref, _number(reference.get("size_bytes")), reference=True))
     if not rows:
         return '<h2 id="variants">Variants</h2><p class="missing">No targets in this report.</p>'
-    return ('<h2 id="variants">Variants</h2>' + _table("variants", _VARIANT_COLUMNS, rows)
-            + _variant_notes(targets))
+    return ('<h2 id="variants">Variants</h2>' + _table("variants", _VARIANT_COLUMNS, rows) + _VARIANTS_KEY
+            + _variant_notes(targets) + _mcu_section(targets))
+
+
+_VARIANTS_KEY = ('<p class="summary key">Top-1 agreement: share of images on which the variant\'s top class is the '
+                 "FP32 model's, with the counts (a seeded choice from the calibration folder; each INT8 "
+                 "artifact's manifest has its accuracy guard's result on the held-out samples). Timed on: "
+                 "<i>host</i> is this machine, natively; <i>host LiteRT</i> is this machine running a Raspberry Pi "
+                 "or microcontroller artifact, not that device's latency.</p>")
+
+
+_MCU_COLUMNS = [("variant", False), ("model in flash KiB", True), ("tensor arena KiB", True), ("arena from", False),
+                ("firmware flash KiB", True), ("firmware RAM KiB", True)]
+
+
+def _mcu_section(targets: Sequence[dict[str, Any]]) -> str:
+    """Flash and RAM a microcontroller variant needs; the firmware's own only where it ran on a Cortex-M4."""
+    rows = []
+    for target in targets:
+        mcu = _dict(target.get("mcu"))
+        if not mcu:
+            continue
+        where = mcu.get("arena_measured_on")
+        source = f"measured on the {where}, plus 10%" if where else "edgekiln's estimate (not run on a Cortex-M4)"
+        cells = [_cell(_variant_name(target)), _cell(_kib(mcu.get("model_flash_bytes")), numeric=True),
+                 _cell(_kib(mcu.get("arena_bytes")), numeric=True), _cell(source),
+                 _cell(_kib(mcu.get("firmware_flash_bytes")), numeric=True),
+                 _cell(_kib(mcu.get("firmware_ram_bytes")), numeric=True)]
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return ('<h3 id="mcu">Microcontroller budget</h3>' + _table("mcu", _MCU_COLUMNS, rows)) if rows else ""
 
 
 def _variant_notes(targets: Sequence[dict[str, Any]]) -> str:
@@ -294,12 +368,13 @@ def _scatter_figure(targets: Sequence[dict[str, Any]], reference: dict[str, Any]
     any_hollow = any(p.hollow for p in points)
     hollow = " Hollow markers: top-1 agreement with the FP32 model (no labelled images)." if any_hollow else ""
     y_label = "top-1 or top-1 agreement (%)" if any_hollow else "top-1 (%)"
-    svg = svg_plots.scatter_svg(points, x_label="latency p50 (ms, this machine)", y_label=y_label,
+    svg = svg_plots.scatter_svg(points, x_label="latency p50 (ms, on this host)", y_label=y_label,
                                 aria_label=f"Latency against accuracy for {len(points)} variants", y_floor=0.0,
                                 # 2 points at least: one image in 300 must not fill the whole axis.
                                 y_ceil=100.0, y_min_span=2.0)
-    caption = ("One point per variant: median latency against top-1 accuracy on the labelled images; "
-               f"marker area is proportional to artifact size.{hollow}{not_plotted}")
+    caption = ("One point per variant: median latency on this host (Raspberry Pi and microcontroller variants in "
+               "its LiteRT, not on the device) against top-1 accuracy on the labelled images; marker area is "
+               f"proportional to artifact size; the key under the chart names every point.{hollow}{not_plotted}")
     return "<h3>Latency vs accuracy</h3>" + _figure(svg, caption)
 
 

@@ -230,50 +230,79 @@ def _overlaps(a: Box, b: Box) -> bool:
 
 
 def _label_position(cx: float, cy: float, r: float, text: str, placed: list[Box],
-                    bounds: tuple[float, float]) -> tuple[float, float, str]:
-    """Right of the point if it fits, else left; moved up or down until it clears earlier labels.
+                    bounds: tuple[float, float, float, float]) -> tuple[float, float, str] | None:
+    """Right of the point if it fits, else left; moved up or down until it clears earlier labels and every
+    marker; None when nowhere near the point is clear (the legend under the chart still names it).
 
-    Variants often share an accuracy (every INT8 build of the example scores 95 %), so labels
-    would otherwise be printed on top of each other.
+    Variants often share an accuracy and a latency (every INT8 build of the example scores 95 %), so
+    labels would otherwise be printed on top of each other.
     """
     width = text_width(text)
     candidates = []
-    for dy in (0, -13, 13, -26, 26, -39, 39):
+    for dy in (0, -13, 13, -26, 26, -39, 39, -52, 52):
         candidates.append((cx + r + 3, cy + 4 + dy, "start"))
         candidates.append((cx - r - 3, cy + 4 + dy, "end"))
-    fallback = None
     for x, y, anchor in candidates:
         left = x if anchor == "start" else x - width
         box = (left, y - FONT_SIZE * 0.85, left + width, y + FONT_SIZE * 0.25)
-        if left < bounds[0] or left + width > bounds[1]:
+        if left < bounds[0] or left + width > bounds[1] or box[1] < bounds[2] or box[3] > bounds[3]:
             continue
-        fallback = fallback or (x, y, anchor, box)
         if not any(_overlaps(box, other) for other in placed):
             placed.append(box)
             return x, y, anchor
-    x, y, anchor, box = fallback or (cx + r + 3, cy + 4, "start", (0.0, 0.0, 0.0, 0.0))
-    placed.append(box)
-    return x, y, anchor
+    return None
 
 
 def _point_mark(point: ScatterPoint, cx: float, cy: float, r: float, color: str,
-                label_at: tuple[float, float, str]) -> str:
+                label_at: tuple[float, float, str] | None) -> str:
     fill = "#FFFFFF" if point.hollow else color
     tooltip = point.tooltip or point.label
-    x, y, anchor = label_at
+    label = ""
+    if label_at is not None:
+        x, y, anchor = label_at
+        label = (f'<text class="point-label" x="{_num(x)}" y="{_num(y)}" text-anchor="{anchor}">'
+                 f'{escape(point.label)}</text>')
     return (f'<g class="point"><title>{escape(tooltip)}</title>'
             f'<circle class="mark" cx="{_num(cx)}" cy="{_num(cy)}" r="{_num(r)}" fill="{fill}" '
-            f'fill-opacity="{"1" if point.hollow else "0.75"}" stroke="{color}" stroke-width="1.5"/>'
-            f'<text class="point-label" x="{_num(x)}" y="{_num(y)}" text-anchor="{anchor}">'
-            f'{escape(point.label)}</text></g>')
+            f'fill-opacity="{"1" if point.hollow else "0.75"}" stroke="{color}" stroke-width="1.5"/>{label}</g>')
+
+
+LEGEND_ROW = 16.0
+
+
+def _legend_layout(labels: Sequence[str], left: float, right: float) -> list[tuple[float, int]]:
+    """(x, row) of each legend entry: a swatch and its label, wrapped into rows within [left, right]."""
+    x, row, placed = left, 0, []
+    for label in labels:
+        width = 14 + text_width(label) + 18
+        if x + width > right and x > left:
+            x, row = left, row + 1
+        placed.append((x, row))
+        x += width
+    return placed
+
+
+def _legend(points: Sequence[ScatterPoint], colors: dict[int, str], layout: list[tuple[float, int]],
+            top: float) -> list[str]:
+    """The key under the chart: every point, so one whose label found no room beside it is still named."""
+    parts = []
+    for i, (point, (x, row)) in enumerate(zip(points, layout)):
+        y = top + row * LEGEND_ROW
+        fill = "#FFFFFF" if point.hollow else colors[i]
+        parts.append(f'<g class="legend-entry"><circle class="legend-swatch" cx="{_num(x + 5)}" cy="{_num(y - 4)}" '
+                     f'r="5" fill="{fill}" stroke="{colors[i]}" stroke-width="1.5"/>'
+                     f'<text class="legend-label" x="{_num(x + 14)}" y="{_num(y)}">{escape(point.label)}</text></g>')
+    return parts
 
 
 def scatter_svg(points: Sequence[ScatterPoint], *, x_label: str, y_label: str, aria_label: str,
                 css_class: str = "chart chart-scatter", y_floor: float | None = None,
                 y_ceil: float | None = None, y_min_span: float = 0.0) -> str:
     """A labelled scatter plot; x starts at zero, or is a log axis when it spans more than two decades."""
-    height = 380.0
-    left, right, top, bottom = 64.0, WIDTH - 16.0, 16.0, height - 52.0
+    left, right, top, bottom = 64.0, WIDTH - 16.0, 16.0, 328.0
+    layout = _legend_layout([p.label for p in points], left, right)
+    legend_top = bottom + 56  # under the x axis' ticks and title
+    height = legend_top + LEGEND_ROW * max((row for _, row in layout), default=0) + 12
     # x from zero so that "twice as far right" reads as "twice as slow".
     x_scale = _axis_scale([p.x for p in points], left, right, floor=0.0, from_zero=True)
     y_scale = _axis_scale([p.y for p in points], bottom, top, allow_log=False, floor=y_floor, ceil=y_ceil,
@@ -292,8 +321,9 @@ def scatter_svg(points: Sequence[ScatterPoint], *, x_label: str, y_label: str, a
     colors = {i: REFERENCE_COLOR if p.reference else PALETTE[i % len(PALETTE)] for i, p in enumerate(points)}
     for i in order:
         (cx, cy), r = centres[i], radii[i]
-        label_at = _label_position(cx, cy, r, points[i].label, placed, (left + 2, right - 2))
+        label_at = _label_position(cx, cy, r, points[i].label, placed, (left + 2, right - 2, top, bottom))
         parts.append(_point_mark(points[i], cx, cy, r, colors[i], label_at))
+    parts += _legend(points, colors, layout, legend_top)
     parts.append("</svg>")
     return "".join(parts)
 
