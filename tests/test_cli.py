@@ -183,3 +183,28 @@ def test_optimize_and_build_with_lowrank(tmp_path):
     bad = runner.invoke(cli, ["optimize", str(tmp_path / "m.onnx"), "--lowrank", "--lowrank-rank", "fc",
                               "-o", str(tmp_path / "x.onnx")])
     assert bad.exit_code != 0 and "NODE=RANK" in str(bad.exception or bad.output)
+
+
+def test_build_ends_with_next_steps_on_stderr_except_quiet_or_json(tmp_path, capsys):
+    """Issue #17: after a build, where the artifacts are and ready-to-paste commands for them."""
+    import onnx
+
+    onnx.save(make_onnx_model(batch="N"), str(tmp_path / "m.onnx"))
+    write_images(tmp_path / "images", count=20)
+    args = ["build", str(tmp_path / "m.onnx"), "--target", "x86", "--target", "x86:int8", "--calib",
+            str(tmp_path / "images"), "--bench-iterations", "0"]
+    code, out, err = run_main([*args, "-o", str(tmp_path / "b")], capsys)
+    assert code == 0, err
+    steps = err[err.index("next steps:"):].splitlines()
+    first_image = tmp_path / "images" / "img_0.png"
+    assert f"  x86-int8 (onnxruntime, int8): {tmp_path / 'b' / 'x86-int8'}/" in steps
+    assert f"    edgekiln run {tmp_path / 'b' / 'x86'} --input {first_image}" in steps
+    assert f"    edgekiln bench {tmp_path / 'b' / 'x86-int8'}" in steps
+    assert steps[-1].startswith(f"  report: {tmp_path / 'b' / 'report.html'}")
+    assert "next steps" not in out  # stdout keeps the tables only
+    ran = subprocess.run([sys.executable, "-m", "toolchain", "run", str(tmp_path / "b" / "x86"), "--input",
+                          str(first_image)], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0 and "top-" in ran.stdout  # the printed command works as printed
+    for quiet in (["-q"], ["--json"]):
+        code, out, err = run_main([*args, "-o", str(tmp_path / "q"), *quiet], capsys)
+        assert code == 0 and "next steps" not in err + out

@@ -153,7 +153,8 @@ def test_quick_start_and_build_examples_run(tmp_path):
     for name in re.findall(r"^\| `([^`]+)` \|", table, re.M):
         assert (out / name.rstrip("/")).exists(), name
     first_build = done.stderr.split(">>> 0")[0]
-    assert "next steps:" in first_build and f"report: {out / 'report.html'}" in first_build
+    assert "next steps:" in first_build and "report: edgekiln-out/report.html" in first_build
+    assert "edgekiln run edgekiln-out/x86 --input " in first_build
     # The README's accuracy line is the one the build measures (x86-int8's depends on the CPU).
     report = json.loads((out / "report.json").read_text())
     for target in report["targets"]:
@@ -166,6 +167,6 @@ def test_quick_start_and_build_examples_run(tmp_path):
                 or f"and {top1:.2%} on an {report['host']['int8_isa']} CPU" in text, top1
         else:
             assert re.search(rf"\b{target['artifact']}\b[^.;]* score {top1:.2%}", text), (target["artifact"], top1)
-    # The last example (a recipe) replaced build/ with the bundled example's five targets.
-    recipe_report = json.loads((checkout / "build" / "report.json").read_text())
+    # The last example (a recipe) replaced out/ with the bundled example's five targets.
+    recipe_report = json.loads((checkout / "out" / "report.json").read_text())
     assert [t["artifact"] for t in recipe_report["targets"]] == ["x86", "x86-int8", "rpi4", "mcu", "jetson-nano"]
