@@ -144,7 +144,7 @@ def test_quick_start_and_build_examples_run(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     installed = subprocess.run([str(checkout / ".venv" / "bin" / "python"), "-c",
                                 "import toolchain; print(toolchain.__file__)"], capture_output=True, text=True,
-                               env=env)
+                               env=env, cwd=tmp_path)  # not the checkout: python -c imports from its folder
     assert installed.stdout.startswith(str(checkout / ".venv")), installed.stdout  # built from the copy
 
     # The quick start's build wrote what the README's table lists, and said what to do next.
