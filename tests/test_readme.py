@@ -87,6 +87,15 @@ def test_the_documented_test_command_is_what_ci_runs():
     assert quick_start[-1] == ci_last
 
 
+def test_the_json_error_example_is_what_the_command_prints(tmp_path):
+    section = _section("## Commands")
+    command = re.search(r"`(edgekiln [^`]+ --json)` without that file prints", section).group(1)
+    shown = json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
+    done = subprocess.run([sys.executable, "-m", "toolchain", *command.split()[1:]], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == shown["error"]["exit_code"] and json.loads(done.stdout) == shown
+
+
 def _checkout_copy(destination: Path) -> Path:
     """The repository's files (tracked and new, as git lists them) in a fresh folder: pip builds there."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
