@@ -147,3 +147,20 @@ def test_compression_commands_print_their_result(tmp_path, capsys):
                        "toolchain.examples.fashion_mnist.model:FashionCNN", "--images", samples, "--input",
                        "1x1x28x28", "--epochs", "1", "--iterations", "2", "-o", str(tmp_path / "s.pt")], capsys)
     assert distilled["output"] == str(tmp_path / "s.pt")
+
+
+def test_the_readme_lists_every_error_kind_with_its_exit_code():
+    """Each error class, a bug and both signals map to the kind and code the README documents."""
+    import re
+    import signal
+
+    from toolchain import errors, failures
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    listed = dict(re.findall(r"`([a-z_]+)` \((\d+)\)", " ".join(readme[readme.index("`kind` is "):].split()[:40])))
+    described = {failures.kind(cls("x")): cls.exit_code for cls in vars(errors).values()
+                 if isinstance(cls, type) and issubclass(cls, errors.ToolchainError) and cls is not errors.ToolchainError}
+    for failure in (failures.describe(ZeroDivisionError("x"), [], []), failures.interruption([signal.SIGINT]),
+                    failures.interruption([signal.SIGTERM])):
+        described[failure.kind] = failure.exit_code
+    assert {k: int(v) for k, v in listed.items()} == described

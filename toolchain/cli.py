@@ -8,7 +8,6 @@ are printed as one line with the error's exit code; tracebacks only with --debug
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
@@ -20,10 +19,6 @@ import click
 
 from toolchain import __version__
 from toolchain.json_output import echo_json, json_flag
-
-EXIT_INTERNAL = 70
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process killed by it
 
 _existing_path = click.Path(path_type=Path)
 
@@ -768,10 +763,6 @@ def _progress_logging() -> Iterator[None]:
         logger.propagate = saved[1]
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 # Click's shell-completion variable for the 'edgekiln' program name (see Click's shell completion).
 COMPLETE_VAR = "_EDGEKILN_COMPLETE"
 
@@ -795,7 +786,9 @@ def main(argv: list[str] | None = None) -> None:
     except BaseException as exc:
         if interrupted and not debug and not isinstance(exc, SystemExit):
             # Ctrl-C inside a library's import or cleanup can surface as another error type.
-            _fail(_interruption(interrupted), args)
+            from toolchain.failures import interruption
+
+            interruption(interrupted).end(args)
         _exit_for(exc, args, debug, interrupted)
     finally:
         debug_output.reset(token)
@@ -824,74 +817,15 @@ def _note_interrupts() -> list[int]:
     return seen
 
 
-@dataclasses.dataclass(frozen=True)
-class Failure:
-    """How a failed command ends: the stderr line, the exit code, and the JSON error's fields."""
-
-    line: str
-    message: str
-    exit_code: int
-    kind: str
-    hint: str | None = None
-    result: object = None
-
-
-def _interruption(seen: list[int]) -> Failure:
-    """The first signal that stopped the command."""
-    import signal
-
-    if seen and seen[0] == signal.SIGTERM:
-        return Failure("edgekiln: terminated (SIGTERM)", "terminated (SIGTERM)", EXIT_TERMINATED, "terminated")
-    return Failure("interrupted", "interrupted", EXIT_INTERRUPTED, "interrupted")
-
-
-def _kind(exc: BaseException) -> str:
-    """'input_file' for InputFileError: the nearest class of toolchain.errors, in snake case."""
-    import re
-
-    from toolchain import errors
-
-    cls = next(c for c in type(exc).__mro__ if c.__module__ == errors.__name__)
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__.removesuffix("Error")).lower() or "toolchain"
-
-
-def _failure(exc: BaseException, args: list[str], interrupted: list[int] | None) -> Failure:
-    """What the user is told about ``exc``; a bug (any other exception) is an internal error."""
-    from toolchain.errors import ToolchainError, clip
-
-    if isinstance(exc, ToolchainError):
-        message = _one_line(exc.one_line())
-        return Failure(f"error: {message}", message, exc.exit_code, _kind(exc),
-                       exc.hint and _one_line(exc.hint), getattr(exc, "result", None))
-    if isinstance(exc, (click.exceptions.Abort, KeyboardInterrupt)):
-        return _interruption(interrupted or [])
-    if isinstance(exc, click.ClickException):
-        command = " ".join(a for a in args[:1] if not a.startswith("-"))
-        message, hint = _one_line(exc.format_message()), f"see 'edgekiln {command + ' ' if command else ''}--help'"
-        return Failure(f"error: {message} ({hint})", message, exc.exit_code, "usage", hint)
-    message = f"{type(exc).__name__}: {clip(_one_line(str(exc)), 300)}"
-    hint = "rerun with --debug for the traceback and please report it"
-    return Failure(f"internal error: {message} ({hint})", message, EXIT_INTERNAL, "internal", hint)
-
-
 def _exit_for(exc: BaseException, args: list[str], debug: bool, interrupted: list[int] | None = None) -> None:
     """One line and the error's exit code for a failed command; --debug adds the traceback, same exit code."""
+    from toolchain.failures import describe
+
     if isinstance(exc, SystemExit):
         raise exc
-    failure = _failure(exc, args, interrupted)
+    failure = describe(exc, args, interrupted or [])
     if debug and not isinstance(exc, (click.ClickException, click.exceptions.Abort, KeyboardInterrupt)):
         import traceback
 
         traceback.print_exception(exc)
-    _fail(failure, args)
-
-
-def _fail(failure: Failure, args: list[str]) -> None:
-    """End the command: the line on stderr, with --json the error document on stdout, the exit code."""
-    from toolchain.json_output import echo_json, error_document, wants_json
-
-    click.echo(failure.line, err=True)
-    if wants_json(args):
-        echo_json(error_document(failure.message, exit_code=failure.exit_code, kind=failure.kind,
-                                 hint=failure.hint, result=failure.result))
-    sys.exit(failure.exit_code)
+    failure.end(args)
