@@ -158,9 +158,27 @@ def test_the_readme_lists_every_error_kind_with_its_exit_code():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     listed = dict(re.findall(r"`([a-z_]+)` \((\d+)\)", " ".join(readme[readme.index("`kind` is "):].split()[:40])))
-    described = {failures.kind(cls("x")): cls.exit_code for cls in vars(errors).values()
-                 if isinstance(cls, type) and issubclass(cls, errors.ToolchainError) and cls is not errors.ToolchainError}
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.ToolchainError)]
+    described = {failures.kind(cls("x")): cls.exit_code for cls in classes if cls is not errors.ToolchainError}
     for failure in (failures.describe(ZeroDivisionError("x"), [], []), failures.interruption([signal.SIGINT]),
                     failures.interruption([signal.SIGTERM])):
         described[failure.kind] = failure.exit_code
     assert {k: int(v) for k, v in listed.items()} == described
+
+
+@pytest.mark.slow
+def test_verify_prints_its_result(made, capsys):
+    """verify on aarch64 LiteRT under QEMU (needs the prepared tool cache, as tests/backends/test_rpi_qemu.py)."""
+    import os
+
+    from backends.tflite import TFLiteBackend, emulate
+    from backends.tflite.tool_cache import TOOLS_ENV
+
+    tools = os.environ.get(TOOLS_ENV)
+    missing = emulate.missing(Path(tools)) if tools else f"${TOOLS_ENV} is not set"
+    if not TFLiteBackend().is_available()[0] or missing:
+        pytest.skip(f"aarch64 LiteRT under QEMU: {missing or 'no tflite backend'}")
+    artifact = made["root"] / "tfl"
+    _json(["compile", str(made["model"]), "--backend", "tflite", "-o", str(artifact)], capsys)
+    verified = _json(["verify", str(artifact), "--on", "qemu-aarch64", "--count", "2"], capsys)
+    assert verified["device"] == "qemu-aarch64" and verified["artifact"] == str(artifact) and verified["seconds"] > 0
