@@ -182,3 +182,11 @@ def test_verify_prints_its_result(made, capsys):
     _json(["compile", str(made["model"]), "--backend", "tflite", "-o", str(artifact)], capsys)
     verified = _json(["verify", str(artifact), "--on", "qemu-aarch64", "--count", "2"], capsys)
     assert verified["device"] == "qemu-aarch64" and verified["artifact"] == str(artifact) and verified["seconds"] > 0
+
+
+def test_json_documents_are_strict_json():
+    """NaN and infinities (a broken model's outputs) become null: JSON has no NaN, and parsers reject it."""
+    from toolchain.json_output import jsonable
+
+    assert jsonable({"y": np.array([1.0, np.nan, -np.inf], np.float32), "n": np.int64(3), "p": Path("a/b")}) == {
+        "y": [1.0, None, None], "n": 3, "p": "a/b"}

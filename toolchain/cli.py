@@ -576,7 +576,7 @@ def run(artifact: Path, inputs: tuple[str, ...], top_k: int, save: Path | None, 
     if save is not None:
         save_outputs(outputs, save)
     if as_json:
-        echo_json(outputs)
+        echo_json(outputs, indent=None)  # tensors: one line, as large as they are
     else:
         click.echo(describe_outputs(outputs, top_k=top_k))
 

@@ -57,9 +57,9 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def echo_json(document: Any) -> None:
-    """Print ``document`` as one JSON document on stdout."""
-    click.echo(json.dumps(jsonable(document), indent=2, allow_nan=False))
+def echo_json(document: Any, *, indent: int | None = 2) -> None:
+    """Print ``document`` as one JSON document on stdout (``indent=None``: one line, for large tensors)."""
+    click.echo(json.dumps(jsonable(document), indent=indent, allow_nan=False))
 
 
 def error_document(message: str, *, exit_code: int, kind: str, hint: str | None = None,
