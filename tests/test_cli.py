@@ -208,3 +208,11 @@ def test_build_ends_with_next_steps_on_stderr_except_quiet_or_json(tmp_path, cap
     for quiet in (["-q"], ["--json"]):
         code, out, err = run_main([*args, "-o", str(tmp_path / "q"), *quiet], capsys)
         assert code == 0 and "next steps" not in err + out
+
+
+def test_compile_for_a_jetson_prints_its_summary(tiny_onnx, tmp_path, capsys):
+    """A TensorRT bundle's manifest has "int8": null; the summary ended in 'internal error: AttributeError'."""
+    code, out, err = run_main(["compile", str(tiny_onnx), "--target", "jetson-nano", "-o", str(tmp_path / "nano")],
+                              capsys)
+    assert code == 0, err
+    assert "compiled" in out and (tmp_path / "nano" / "build_engine.sh").is_file()

@@ -267,6 +267,8 @@ def test_where_each_latency_was_timed_the_agreement_counts_and_the_mcu_budget() 
     rpi4["latency"]["threads"] = 4
     mcu["mcu"] = {"model_flash_bytes": 71080, "arena_bytes": 20112, "arena_measured_on": None,
                   "firmware_flash_bytes": None, "firmware_ram_bytes": None}
+    rpi4["held_out"] = {"samples": 128, "top1_agreement": 0.984375, "accuracy_fp32": 0.9375, "accuracy": 0.9296875,
+                        "min_cosine": 0.9988, "passed": True}
     found = census(render_report_html(report))
     text = " ".join("".join(found.text).split())
     assert "Measured on this host: AMD EPYC (x86-avx2, avx2 fma), 2 logical CPUs." in text
@@ -276,6 +278,7 @@ def test_where_each_latency_was_timed_the_agreement_counts_and_the_mcu_budget() 
     rows = {name: page[page.index(f'data-target="{name}"'):].split("</tr>")[0] for name in ("x86", "rpi4", "mcu")}
     assert "<td>host</td>" in rows["x86"] and "<td>host LiteRT</td>" in rows["rpi4"] + rows["mcu"]
     assert found.rows["mcu"] == 1 and "69.4" in text and "19.6" in text and "edgekiln's estimate" in text
+    assert found.rows["held-out"] == 1 and "98.44% (126/128)" in text and "93.75% \u2192 92.97%" in text
 
 
 def test_crowded_scatter_labels_never_overlap_and_the_key_names_every_point() -> None:

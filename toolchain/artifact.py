@@ -63,6 +63,14 @@ class Artifact:
     def preprocess(self) -> dict[str, Any] | None:
         return self.manifest.get("preprocess")
 
+    @property
+    def guard(self) -> dict[str, Any] | None:
+        """The accuracy guard's report of a lossy artifact (backends record it in one of three places)."""
+        metrics = self.manifest.get("metrics") or {}
+        details = metrics.get("details") or {}
+        return ((metrics.get("precision") or {}).get("guard") or details.get("guard")
+                or (details.get("int8") or {}).get("guard"))
+
     @classmethod
     def open(cls, path: Path) -> "Artifact":
         if not path.exists():

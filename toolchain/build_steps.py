@@ -107,7 +107,17 @@ def compile_step(stage: PlannedStage, context: StepContext) -> Record:
                         "notes": list(details.get("notes", []))}
     if details.get("mcu"):
         record["target"]["mcu"] = _mcu_budget(details["mcu"])
+    if compiled.artifact.guard:
+        record["target"]["held_out"] = _held_out(compiled.artifact.guard)
     return record
+
+
+def _held_out(guard: dict[str, Any]) -> dict[str, Any]:
+    """The accuracy guard's verdict on the held-out samples (never used for calibration) for the report."""
+    quality = ((guard.get("attempts") or [{}])[-1]).get("quality") or {}
+    return {"samples": quality.get("samples"), "top1_agreement": quality.get("top1_agreement"),
+            "accuracy_fp32": quality.get("accuracy_reference"), "accuracy": quality.get("accuracy_candidate"),
+            "min_cosine": quality.get("min_cosine"), "passed": guard.get("passed")}
 
 
 def _mcu_budget(mcu: dict[str, Any]) -> dict[str, Any]:

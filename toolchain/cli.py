@@ -509,8 +509,7 @@ def compile_command(model: Path, output: Path, backend: str | None, target: str 
         say(f"  note: {note}")
     if details.get("not_verified_here"):
         say(f"  not verified on this machine: {details['not_verified_here']}")
-    guard = (manifest["metrics"].get("precision", {}).get("guard") or details.get("guard")
-             or details.get("int8", {}).get("guard"))
+    guard = result.artifact.guard
     if guard:
         print_guard(guard)
     print_parity(result.parity)

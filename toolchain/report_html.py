@@ -296,12 +296,35 @@ def _variants_section(targets: Sequence[dict[str, Any]], reference: dict[str, An
     if not rows:
         return '<h2 id="variants">Variants</h2><p class="missing">No targets in this report.</p>'
     return ('<h2 id="variants">Variants</h2>' + _table("variants", _VARIANT_COLUMNS, rows) + _VARIANTS_KEY
-            + _variant_notes(targets) + _mcu_section(targets))
+            + _variant_notes(targets) + _held_out_section(targets) + _mcu_section(targets))
+
+
+_HELD_OUT_COLUMNS = [("variant", False), ("held-out samples", True), ("top-1 agreement", True),
+                     ("accuracy FP32 \u2192 variant", True), ("min cosine", True), ("guard", False)]
+
+
+def _held_out_section(targets: Sequence[dict[str, Any]]) -> str:
+    """The accuracy guard's check of each lossy variant on samples never used to calibrate it."""
+    rows = []
+    for target in targets:
+        held = _dict(target.get("held_out"))
+        if not held:
+            continue
+        share, samples = _number(held.get("top1_agreement")), _number(held.get("samples"))
+        accuracy = (MISSING if _number(held.get("accuracy")) is None else
+                    f"{_percent(held.get('accuracy_fp32'))} \u2192 {_percent(held.get('accuracy'))}")
+        cells = [_cell(_variant_name(target)), _cell(_general(samples, ".0f"), numeric=True),
+                 _cell(_agreement({"top1_agreement": share, "samples": samples}), numeric=True),
+                 _cell(accuracy, numeric=True), _cell(_general(held.get("min_cosine"), ".4f"), numeric=True),
+                 _cell({True: "passed", False: "failed"}.get(held.get("passed"), MISSING))]
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return ('<h3 id="held-out">Accuracy guard on held-out samples</h3>'
+            + _table("held-out", _HELD_OUT_COLUMNS, rows)) if rows else ""
 
 
 _VARIANTS_KEY = ('<p class="summary key">Top-1 agreement: share of images on which the variant\'s top class is the '
-                 "FP32 model's, with the counts (a seeded choice from the calibration folder; each INT8 "
-                 "artifact's manifest has its accuracy guard's result on the held-out samples). Timed on: "
+                 "FP32 model's, with the counts (a seeded choice from the calibration folder, which may include "
+                 "calibration images; the accuracy guard's check on held-out samples only is below). Timed on: "
                  "<i>host</i> is this machine, natively; <i>host LiteRT</i> is this machine running a Raspberry Pi "
                  "or microcontroller artifact, not that device's latency.</p>")
 
