@@ -303,23 +303,27 @@ _HELD_OUT_COLUMNS = [("variant", False), ("held-out samples", True), ("top-1 agr
                      ("accuracy FP32 \u2192 variant", True), ("min cosine", True), ("guard", False)]
 
 
+def _per_target_table(targets: Sequence[dict[str, Any]], key: str, css_class: str, title: str,
+                      columns: Sequence[tuple[str, bool]], cells: Any) -> str:
+    """A table of the variants whose record has ``key``, a row each from ``cells(target, record)``; else nothing."""
+    rows = [f"<tr>{''.join(cells(t, _dict(t.get(key))))}</tr>" for t in targets if _dict(t.get(key))]
+    return (f'<h3 id="{css_class}">{escape(title)}</h3>' + _table(css_class, columns, rows)) if rows else ""
+
+
+def _held_out_cells(target: dict[str, Any], held: dict[str, Any]) -> list[str]:
+    samples = _number(held.get("samples"))
+    accuracy = (MISSING if _number(held.get("accuracy")) is None else
+                f"{_percent(held.get('accuracy_fp32'))} \u2192 {_percent(held.get('accuracy'))}")
+    return [_cell(_variant_name(target)), _cell(_general(samples, ".0f"), numeric=True),
+            _cell(_agreement(held), numeric=True), _cell(accuracy, numeric=True),
+            _cell(_general(held.get("min_cosine"), ".4f"), numeric=True),
+            _cell({True: "passed", False: "failed"}.get(held.get("passed"), MISSING))]
+
+
 def _held_out_section(targets: Sequence[dict[str, Any]]) -> str:
     """The accuracy guard's check of each lossy variant on samples never used to calibrate it."""
-    rows = []
-    for target in targets:
-        held = _dict(target.get("held_out"))
-        if not held:
-            continue
-        share, samples = _number(held.get("top1_agreement")), _number(held.get("samples"))
-        accuracy = (MISSING if _number(held.get("accuracy")) is None else
-                    f"{_percent(held.get('accuracy_fp32'))} \u2192 {_percent(held.get('accuracy'))}")
-        cells = [_cell(_variant_name(target)), _cell(_general(samples, ".0f"), numeric=True),
-                 _cell(_agreement({"top1_agreement": share, "samples": samples}), numeric=True),
-                 _cell(accuracy, numeric=True), _cell(_general(held.get("min_cosine"), ".4f"), numeric=True),
-                 _cell({True: "passed", False: "failed"}.get(held.get("passed"), MISSING))]
-        rows.append(f"<tr>{''.join(cells)}</tr>")
-    return ('<h3 id="held-out">Accuracy guard on held-out samples</h3>'
-            + _table("held-out", _HELD_OUT_COLUMNS, rows)) if rows else ""
+    return _per_target_table(targets, "held_out", "held-out", "Accuracy guard on held-out samples",
+                             _HELD_OUT_COLUMNS, _held_out_cells)
 
 
 _VARIANTS_KEY = ('<p class="summary key">Top-1 agreement: share of images on which the variant\'s top class is the '
@@ -333,21 +337,18 @@ _MCU_COLUMNS = [("variant", False), ("model in flash KiB", True), ("tensor arena
                 ("firmware flash KiB", True), ("firmware RAM KiB", True)]
 
 
+def _mcu_cells(target: dict[str, Any], mcu: dict[str, Any]) -> list[str]:
+    where = mcu.get("arena_measured_on")
+    source = f"measured on the {where}, plus 10%" if where else "edgekiln's estimate (not run on a Cortex-M4)"
+    return [_cell(_variant_name(target)), _cell(_kib(mcu.get("model_flash_bytes")), numeric=True),
+            _cell(_kib(mcu.get("arena_bytes")), numeric=True), _cell(source),
+            _cell(_kib(mcu.get("firmware_flash_bytes")), numeric=True),
+            _cell(_kib(mcu.get("firmware_ram_bytes")), numeric=True)]
+
+
 def _mcu_section(targets: Sequence[dict[str, Any]]) -> str:
     """Flash and RAM a microcontroller variant needs; the firmware's own only where it ran on a Cortex-M4."""
-    rows = []
-    for target in targets:
-        mcu = _dict(target.get("mcu"))
-        if not mcu:
-            continue
-        where = mcu.get("arena_measured_on")
-        source = f"measured on the {where}, plus 10%" if where else "edgekiln's estimate (not run on a Cortex-M4)"
-        cells = [_cell(_variant_name(target)), _cell(_kib(mcu.get("model_flash_bytes")), numeric=True),
-                 _cell(_kib(mcu.get("arena_bytes")), numeric=True), _cell(source),
-                 _cell(_kib(mcu.get("firmware_flash_bytes")), numeric=True),
-                 _cell(_kib(mcu.get("firmware_ram_bytes")), numeric=True)]
-        rows.append(f"<tr>{''.join(cells)}</tr>")
-    return ('<h3 id="mcu">Microcontroller budget</h3>' + _table("mcu", _MCU_COLUMNS, rows)) if rows else ""
+    return _per_target_table(targets, "mcu", "mcu", "Microcontroller budget", _MCU_COLUMNS, _mcu_cells)
 
 
 def _variant_notes(targets: Sequence[dict[str, Any]]) -> str:
