@@ -106,8 +106,8 @@ FAILURES = {
     "build": (["build", "{model}", "--target", "nowhere", "-o", "{root}/b"], 2, "usage"),
     "prune": (["prune", *FASHION, "--ratio", "1.5", "-o", "{root}/p.pt"], 2, "usage"),
     "distill": (["distill", "--student-class", "nowhere.py:Net", "--images", "{root}/missing", "--input",
-                 "1x1x8x8", "-o", "{root}/s.pt"], None, None),
-    "qat": (["qat", *FASHION, "--calib", "{root}/missing", "-o", "{root}/q.onnx"], None, None),
+                 "1x1x8x8", "-o", "{root}/s.pt"], 2, "usage"),  # no teacher
+    "qat": (["qat", *FASHION, "--calib", "{root}/missing", "-o", "{root}/q.onnx"], 3, "input_file"),
 }
 
 
@@ -119,11 +119,11 @@ def test_every_command_is_covered():
 def test_a_failure_is_one_json_error_with_the_usual_exit_code(command, made, capsys):
     args, code, kind = FAILURES[command]
     args = [a.format(root=made["root"], model=made["model"]) for a in args]
-    plain_code, _, _ = run_main(args, capsys)
-    assert plain_code != 0 and plain_code == (code or plain_code)
-    document = _json(args, capsys, code=plain_code)
+    plain_code, _, plain_err = run_main(args, capsys)
+    assert plain_code == code, plain_err
+    document = _json(args, capsys, code=code)
     assert set(document) == {"error"} and set(document["error"]) == {"message", "exit_code", "kind", "hint"}
-    assert document["error"]["kind"] == (kind or document["error"]["kind"])
+    assert document["error"]["kind"] == kind and document["error"]["message"] in plain_err
 
 
 def test_usage_errors_before_parsing_are_json_too(capsys):
