@@ -87,6 +87,12 @@ def test_a_build_with_failed_targets_prints_the_error_with_its_report(made, caps
                       "-o", str(made["root"] / "b")], capsys, code=8)
     assert document["error"]["kind"] == "targets_failed" and "x86-int8 refused" in document["error"]["message"]
     assert {t["artifact"]: t["status"] for t in document["result"]["targets"]} == {"x86": "ok", "x86-int8": "refused"}
+    # A recipe's `json: true` is --json too, failures included.
+    recipe = made["root"] / "recipe.yaml"
+    recipe.write_text(f"source: {made['model']}\ntargets: [x86, 'x86:int8']\ncalib: {made['labels']}\nholdout: 8\n"
+                      "min-cosine: 0.9999999\nbench-iterations: 0\njson: true\n")
+    code, out, err = run_main(["build", "-c", str(recipe), "-o", str(made["root"] / "r")], capsys)
+    assert code == 8 and json.loads(out)["error"]["kind"] == "targets_failed", err
 
 
 # One failing command line per command: a missing file, or a bad option where a command reads no file.

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from toolchain import __version__
-from toolchain.json_output import echo_json, json_flag
+from toolchain.json_output import echo_json, json_flag, json_requested, wants_json
 
 _existing_path = click.Path(path_type=Path)
 
@@ -324,6 +324,8 @@ def build(ctx: click.Context, **options: object) -> None:
 
     kwargs = _build_kwargs(ctx, options)
     quiet, as_json, dry_run = kwargs.pop("quiet"), kwargs.pop("json"), kwargs.pop("dry_run")
+    if as_json:  # also from a recipe: a failure is then a JSON error too
+        json_requested.set(True)
     announce = None if quiet or as_json else _announce
     if dry_run:
         _print_plan(api.build(**kwargs, dry_run=True, announce=announce), as_json)
@@ -777,7 +779,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     from toolchain.quiet import debug_output
 
-    token = debug_output.set(debug)
+    token, json_token = debug_output.set(debug), json_requested.set(wants_json(args))
     interrupted = _note_interrupts()
     try:
         with _progress_logging():
@@ -787,10 +789,11 @@ def main(argv: list[str] | None = None) -> None:
             # Ctrl-C inside a library's import or cleanup can surface as another error type.
             from toolchain.failures import interruption
 
-            interruption(interrupted).end(args)
+            interruption(interrupted).end()
         _exit_for(exc, args, debug, interrupted)
     finally:
         debug_output.reset(token)
+        json_requested.reset(json_token)
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -827,4 +830,4 @@ def _exit_for(exc: BaseException, args: list[str], debug: bool, interrupted: lis
         import traceback
 
         traceback.print_exception(exc)
-    failure.end(args)
+    failure.end()

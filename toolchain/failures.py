@@ -28,12 +28,12 @@ class Failure:
     hint: str | None = None
     result: object = None
 
-    def end(self, args: list[str]) -> None:
+    def end(self) -> None:
         """Print the line (and with --json the error document on stdout), then exit with the code."""
-        from toolchain.json_output import echo_json, error_document, wants_json
+        from toolchain.json_output import echo_json, error_document, json_requested
 
         click.echo(self.line, err=True)
-        if wants_json(args):
+        if json_requested.get():
             echo_json(error_document(self.message, exit_code=self.exit_code, kind=self.kind, hint=self.hint,
                                      result=self.result))
         sys.exit(self.exit_code)

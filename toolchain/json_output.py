@@ -8,6 +8,7 @@ The CLI imports this at start-up: the standard library and click only.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import enum
 import json
@@ -26,8 +27,13 @@ def json_flag(command: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help=JSON_HELP)(command)
 
 
+# Whether this command's output is JSON: set by the entry point from the command line (before parsing, so
+# usage errors are JSON too), and by a build whose recipe says `json: true`; read when a failure is printed.
+json_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("edgekiln_json", default=False)
+
+
 def wants_json(args: list[str]) -> bool:
-    """Whether a command line asks for JSON (read before parsing, so usage errors are JSON too)."""
+    """Whether a command line asks for JSON."""
     return "--json" in args
 
 
