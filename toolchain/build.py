@@ -260,6 +260,11 @@ def _targets(records: dict[str, dict[str, Any]], stages: list[PlannedStage],
         target["notes"] = target["notes"] + measure["notes"]
         target["status"] = "ok"
         targets.append(target)
+    from toolchain.hostcpu import host_cpu
+    from toolchain.speed_flags import flag_slower_variants
+
+    reference = records.get("measure reference", {}).get("measured", {})
+    flag_slower_variants(targets, reference.get("latency"), host_cpu().int8_isa)
     return targets
 
 
