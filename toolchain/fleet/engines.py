@@ -72,6 +72,22 @@ def _check_feasible(tasks: list[Task], cluster: dict[str, float]) -> None:
                                  hint="Add a node with it, change the fleet file's 'resources', or drop the target.")
 
 
+def _probe(address: str) -> None:
+    """Fail in seconds on an address nobody listens at: Ray itself retries for minutes."""
+    import socket
+
+    if address == "auto":
+        return  # Ray finds the local cluster's address itself, and says at once when there is none
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address '{address}' is not auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UsageError(f"cannot reach the Ray cluster at '{address}': {exc.strerror or exc}",
+                         hint="Check --address (auto, HOST:6379 or ray://HOST:10001), or run with --no-ray.") from None
+
+
 def connect(ray: Any, address: str | None, workers: int | None) -> bool:
     """Join ``address`` or start an embedded local instance; True when this call started Ray (so stops it)."""
     if ray.is_initialized():
@@ -79,6 +95,7 @@ def connect(ray: Any, address: str | None, workers: int | None) -> bool:
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False}
     try:
         if address:
+            _probe(address)
             ray.init(address=address, **quiet)
         else:
             ray.init(num_cpus=workers or os.cpu_count() or 1, object_store_memory=OBJECT_STORE_BYTES, **quiet)
