@@ -1,15 +1,15 @@
-"""Helpers for tests/fleet. Tiny fleets: small ONNX CNNs (tests/helpers.make_onnx_model with shifted biases) and the bundled
-example's sample images for calibration, built for x86 and x86:int8."""
+"""Helpers for tests/fleet: tiny fleets of small ONNX CNNs (tests/helpers.make_onnx_model with shifted
+biases) and the bundled example's sample images for calibration, built for x86 and x86:int8."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import onnx
+
 from helpers import make_onnx_model
 
 
@@ -31,23 +31,6 @@ def write_fleet(folder: Path, count: int = 2, extra: str = "", targets: str = "[
     path.write_text(f"targets: {targets}\ndefaults:\n  calib: {example.samples_dir()}\n  bench-iterations: 2\n"
                     f"models:\n{models}{extra}")
     return path
-
-
-def artifact_hashes(output: Path) -> dict[str, str]:
-    """Every delivered file's content, except what holds times (reports, the manifest's 'timings') and the
-    manifest's note of whether the calibration samples came from their cache (which model of a fleet built
-    them first depends on scheduling order; the samples, ranges and models are the same)."""
-    hashes = {}
-    for path in sorted(output.rglob("*")):
-        if not path.is_file() or path.name in ("report.json", "report.html"):
-            continue
-        data = path.read_bytes()
-        if path.name == "manifest.json":
-            manifest = json.loads(data)
-            manifest.pop("timings", None)
-            data = re.sub(r"; cache (hit|miss, built)", "", json.dumps(manifest, sort_keys=True)).encode()
-        hashes[path.relative_to(output).as_posix()] = hashlib.sha256(data).hexdigest()
-    return hashes
 
 
 def cache_is_sound(cache: Path) -> int:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet_helpers import artifact_hashes, write_fleet, write_model
+from fleet_helpers import write_fleet, write_model
 from helpers import assert_one_line_error, run_main
+from toolchain.fleet.inspect import delivered_digests
 from toolchain.fleet.plan import plan_fleet
 from toolchain.fleet.spec import load_fleet
 
@@ -79,10 +80,10 @@ def test_no_ray_delivers_every_model_and_a_rerun_is_all_cached(fleet_file, tmp_p
     assert (out / "m0" / "x86-int8" / "model.onnx").is_file() and (out / "m1" / "report.json").is_file()
     html = (out / "report.html").read_text()
     assert "<h2 id=\"model-m0\">m0</h2>" in html and "KiB" in html
-    first = artifact_hashes(out)
+    first = delivered_digests(out)
     code, _stdout, err = run_main(args, capsys)
     assert code == 0 and err.count(" cached ") == 8
-    assert artifact_hashes(out) == first
+    assert delivered_digests(out) == first
 
 
 def test_a_failing_target_is_reported_and_the_other_models_delivered(tmp_path, capsys):
@@ -118,7 +119,7 @@ def test_changing_one_model_reruns_only_its_tasks(fleet_file, tmp_path):
         "m1/prepare": False, "m1/reference": False, "m1/x86": False, "m1/x86-int8": False}
     result = run_fleet(plan, engine="local")
     assert sorted(r["model"] for r in result.results if not r["cached"]) == ["m1"] * 4
-    assert artifact_hashes(tmp_path / "a" / "m0") == artifact_hashes(tmp_path / "b" / "m0")
+    assert delivered_digests(tmp_path / "a" / "m0") == delivered_digests(tmp_path / "b" / "m0")
 
 
 def test_without_ray_installed_the_fleet_says_what_to_install(fleet_file, tmp_path):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet_helpers import artifact_hashes, cache_is_sound, write_fleet, write_model
+from fleet_helpers import cache_is_sound, write_fleet, write_model
+from toolchain.fleet.inspect import delivered_digests, running_task_pids
 from toolchain.fleet.plan import plan_fleet
 from toolchain.fleet.run import run_fleet
 from toolchain.fleet.spec import load_fleet
@@ -46,8 +47,8 @@ def test_ray_gives_the_same_artifacts_as_no_ray_and_shares_the_cache(tmp_path):
     on_ray = _run(fleet, tmp_path / "ray", tmp_path / "c-ray")
     assert not local.failed and not on_ray.failed
     assert {r["pid"] for r in on_ray.results}.isdisjoint({os.getpid()})  # ran on workers
-    assert artifact_hashes(tmp_path / "ray") == artifact_hashes(tmp_path / "local")
-    assert len(artifact_hashes(tmp_path / "ray")) > 10
+    assert delivered_digests(tmp_path / "ray") == delivered_digests(tmp_path / "local")
+    assert len(delivered_digests(tmp_path / "ray")) > 10
     # Rerun: every stage is in the shared cache; then one retrained model reruns only its own tasks.
     again = plan_fleet(load_fleet(fleet), tmp_path / "again", tmp_path / "c-ray")
     assert all(t.cached for t in again.tasks)
@@ -56,20 +57,8 @@ def test_ray_gives_the_same_artifacts_as_no_ray_and_shares_the_cache(tmp_path):
     assert sorted(r["task"] for r in changed.results if not r["cached"]) == [
         "prepare", "reference", "x86", "x86-int8"]
     assert {r["model"] for r in changed.results if not r["cached"]} == {"m0"}
-    assert artifact_hashes(tmp_path / "changed" / "m1") == artifact_hashes(tmp_path / "local" / "m1")
+    assert delivered_digests(tmp_path / "changed" / "m1") == delivered_digests(tmp_path / "local" / "m1")
     assert cache_is_sound(tmp_path / "c-ray") > 0
-
-
-def _running_tasks() -> list[int]:
-    """Ray workers executing an edgekiln task (their title is 'ray::edgekiln:<model>/<task>')."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::edgekiln:"):
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
 
 
 def test_a_worker_killed_mid_task_is_retried_and_nothing_is_damaged(tmp_path):
@@ -81,7 +70,7 @@ def test_a_worker_killed_mid_task_is_retried_and_nothing_is_damaged(tmp_path):
 
     def killer() -> None:
         while not done.is_set() and len(killed) < 2:
-            for pid in _running_tasks()[:1]:
+            for pid in running_task_pids()[:1]:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
                 time.sleep(0.5)  # let Ray notice and resubmit before the next kill
@@ -96,7 +85,7 @@ def test_a_worker_killed_mid_task_is_retried_and_nothing_is_damaged(tmp_path):
         thread.join()
     assert killed, "no task was caught running"
     assert not result.failed, result.failed
-    assert artifact_hashes(tmp_path / "out") == artifact_hashes(tmp_path / "clean")
+    assert delivered_digests(tmp_path / "out") == delivered_digests(tmp_path / "clean")
     assert cache_is_sound(tmp_path / "c") == cache_is_sound(tmp_path / "c-clean")
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from toolchain.errors import MissingDependencyError, UsageError
+from toolchain.fleet.inspect import TASK_TITLE
 from toolchain.fleet.plan import Task
 from toolchain.fleet.tasks import Result, lost, run_task
 
@@ -119,7 +120,7 @@ def run_on_ray(tasks: list[Task], on_result: OnResult, address: str | None = Non
         by_ref: dict[Any, Task] = {}
         for task in tasks:
             upstream = refs.get(_upstream_id(task) or "")
-            ref = remote.options(name=f"edgekiln:{task.id}", **_ray_options(task, retries)).remote(task, upstream)
+            ref = remote.options(name=f"{TASK_TITLE}{task.id}", **_ray_options(task, retries)).remote(task, upstream)
             refs[task.id] = ref
             by_ref[ref] = task
         return _collect(ray, by_ref, on_result)
