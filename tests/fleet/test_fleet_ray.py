@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from fleet_helpers import cache_is_sound, write_fleet, write_model
 from toolchain.fleet.inspect import delivered_digests, running_task_pids
 from toolchain.fleet.plan import plan_fleet
 from toolchain.fleet.run import run_fleet
+from toolchain.fleet.tasks import STAGING_NAME
 from toolchain.fleet.spec import load_fleet
 
 ray = pytest.importorskip("ray")
@@ -87,6 +89,10 @@ def test_a_worker_killed_mid_task_is_retried_and_nothing_is_damaged(tmp_path):
     assert not result.failed, result.failed
     assert delivered_digests(tmp_path / "out") == delivered_digests(tmp_path / "clean")
     assert cache_is_sound(tmp_path / "c") == cache_is_sound(tmp_path / "c-clean")
+    # The killed tasks' staging folders are gone too: later tasks on this node removed them.
+    stale = [p for p in Path(tempfile.gettempdir()).glob(f".{STAGING_NAME}.*.tmp")
+             if int(p.name.split(".")[2]) in killed]
+    assert stale == []
 
 
 def test_a_failing_model_does_not_stop_the_others_on_ray(tmp_path):

@@ -17,6 +17,9 @@ from typing import Any
 from toolchain.fleet.plan import Task
 
 Result = dict[str, Any]
+# A task's staging folder: '.edgekiln-fleet-task.<pid>.<random>.tmp' in the temporary folder, the
+# fileio convention, so the next task on the node removes the ones SIGKILLed workers left.
+STAGING_NAME = "edgekiln-fleet-task"
 
 
 def result(task: Task, status: str, seconds: float, cached: bool = False,
@@ -47,6 +50,7 @@ def run_task(task: Task, upstream: Result | None = None) -> Result:
     from toolchain.build import advance, failure_record, run_stage
     from toolchain.build_steps import StepContext
     from toolchain.errors import ToolchainError
+    from toolchain.fileio import _remove_stale_staging
     from toolchain.stage_cache import StageCache
 
     if upstream is not None and upstream["status"] != "ok":
@@ -55,7 +59,8 @@ def run_task(task: Task, upstream: Result | None = None) -> Result:
     cache = StageCache(task.cache_root)
     own = set(id(stage) for stage in task.own_stages)
     all_cached = True
-    with tempfile.TemporaryDirectory(prefix=f"edgekiln-fleet-{task.model}-") as work:
+    _remove_stale_staging(Path(tempfile.gettempdir()), STAGING_NAME)
+    with tempfile.TemporaryDirectory(prefix=f".{STAGING_NAME}.{os.getpid()}.", suffix=".tmp") as work:
         context = StepContext(task.request, Path(work))
         for stage in task.stages:
             began = time.perf_counter()
