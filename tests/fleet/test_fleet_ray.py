@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import onnx
 import pytest
 
 from fleet_helpers import cache_is_sound, write_fleet, write_model
@@ -95,13 +96,21 @@ def test_a_worker_killed_mid_task_is_retried_and_nothing_is_damaged(tmp_path):
     assert stale == []
 
 
-def test_a_failing_model_does_not_stop_the_others_on_ray(tmp_path):
+def test_failing_models_do_not_stop_the_others_on_ray(tmp_path):
     fleet = write_fleet(tmp_path / "f", count=2, targets="[x86:int8]")
+    broken = onnx.load(str(fleet.parent / "m1.onnx"))
+    broken.graph.node[1].op_type = "NoSuchOp"  # passes planning, fails the ONNX checker in convert
+    onnx.save(broken, str(fleet.parent / "broken.onnx"))
     text = fleet.read_text().replace("  - source: m0.onnx\n", "  - {source: m0.onnx, min-cosine: 0.9999999, "
-                                                               "max-drop: 0.0}\n")
+                                                               "max-drop: 0.0}\n  - source: broken.onnx\n")
     fleet.write_text(text)
     result = _run(fleet, tmp_path / "out", tmp_path / "c")
-    assert [(r["model"], r["task"], r["status"]) for r in result.failed] == [("m0", "x86-int8", "refused")]
+    assert sorted((r["model"], r["task"], r["status"]) for r in result.failed) == [
+        ("broken", "prepare", "failed"), ("broken", "reference", "skipped"), ("broken", "x86-int8", "skipped"),
+        ("m0", "x86-int8", "refused")]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["summary"]["m1"] == {"ok": 3, "cached": 0}
+    broken_target = next(m for m in report["models"] if m["model"] == "broken")["targets"][0]
+    assert broken_target["status"] == "failed" and "NoSuchOp" in broken_target["error"]["message"]
+    assert not (tmp_path / "out" / "broken").exists()
     assert (tmp_path / "out" / "m1" / "x86-int8" / "model.onnx").is_file()

@@ -91,7 +91,8 @@ def _assemble(model: ModelPlan, by_task: dict[str, Result], folder: Path) -> dic
     for shared in (PREPARE, REFERENCE):
         if shared in failed:
             entry["failure"] = failed[shared]["failure"]
-            entry["targets"] = [_failed_target(v, failed.get(v.name, failed[shared])) for v in model.request.variants]
+            # Every target shows why: the shared stage's failure, not just "skipped".
+            entry["targets"] = [_failed_target(v, failed[shared]) for v in model.request.variants]
             return entry
     ok = [v for v in model.request.variants if v.name not in failed]
     try:

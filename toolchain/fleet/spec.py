@@ -54,7 +54,8 @@ class FleetSpec:
 def _read(path: Path) -> str:
     if not path.is_file():
         raise UsageError(f"{path}: no such fleet file")
-    data = path.read_bytes()[:MAX_RECIPE_BYTES + 1]
+    with path.open("rb") as handle:
+        data = handle.read(MAX_RECIPE_BYTES + 1)  # bounded, whatever the file's size
     if len(data) > MAX_RECIPE_BYTES or b"\0" in data:
         raise UsageError(f"{path}: not a fleet file (binary, or over 1 MiB)")
     try:
