@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,12 +125,8 @@ def test_changing_one_model_reruns_only_its_tasks(fleet_file, tmp_path):
     assert delivered_digests(tmp_path / "a" / "m0") == delivered_digests(tmp_path / "b" / "m0")
 
 
-def _without_ray(args: list[str]) -> "subprocess.CompletedProcess[str]":
+def _without_ray(args: list[str]) -> subprocess.CompletedProcess[str]:
     """Run the CLI in a fresh interpreter where importing ray fails, as on a machine without it."""
-    import os
-    import subprocess
-    import sys
-
     script = ("import importlib.abc, sys\n"
               "class Blocker(importlib.abc.MetaPathFinder):\n"
               "    def find_spec(self, name, path=None, target=None):\n"
