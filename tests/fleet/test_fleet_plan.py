@@ -147,3 +147,17 @@ def test_without_ray_the_fleet_says_what_to_install_and_no_ray_still_builds(flee
                          "--no-ray"])
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o" / "m1" / "x86-int8" / "model.onnx").is_file()
+
+
+def test_an_unreachable_address_is_one_line_before_any_planning(fleet_file, tmp_path, capsys):
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as unused:  # a port nobody listens at: bind, note it, close
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    code, _out, err = run_main(["fleet", str(fleet_file), "-o", str(tmp_path / "o"), "--address",
+                                f"127.0.0.1:{port}"], capsys)
+    assert_one_line_error(code, err, f"cannot reach the Ray cluster at '127.0.0.1:{port}'", "--no-ray")
+    code, _out, err = run_main(["fleet", str(fleet_file), "--address", "nowhere"], capsys)
+    assert_one_line_error(code, err, "--address 'nowhere' is not auto, HOST:PORT or ray://HOST:PORT")

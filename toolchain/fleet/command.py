@@ -44,9 +44,11 @@ def fleet(fleet_file: Path, output: Path, dry_run: bool, address: str | None, no
     if address and workers:
         raise UsageError("--workers sizes a local Ray instance; a cluster joined with --address has its own")
     if not no_ray and not dry_run:
-        from toolchain.fleet.engines import import_ray
+        from toolchain.fleet.engines import import_ray, probe_address
 
-        import_ray()  # "install edgekiln[fleet]" before any planning work
+        import_ray()  # "install edgekiln[fleet]" and an unreachable --address fail before any planning work
+        if address:
+            probe_address(address)
     say = _say
     plan = plan_fleet(load_fleet(fleet_file), output, (cache_dir or default_cache_root()).absolute(),
                       announce=lambda line: click.echo(f"  {line}", err=True))

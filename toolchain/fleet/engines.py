@@ -73,7 +73,7 @@ def _check_feasible(tasks: list[Task], cluster: dict[str, float]) -> None:
                                  hint="Add a node with it, change the fleet file's 'resources', or drop the target.")
 
 
-def _probe(address: str) -> None:
+def probe_address(address: str) -> None:
     """Fail in seconds on an address nobody listens at: Ray itself retries for minutes."""
     import socket
 
@@ -96,7 +96,7 @@ def connect(ray: Any, address: str | None, workers: int | None) -> bool:
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False}
     try:
         if address:
-            _probe(address)
+            probe_address(address)
             ray.init(address=address, **quiet)
         else:
             ray.init(num_cpus=workers or os.cpu_count() or 1, object_store_memory=OBJECT_STORE_BYTES, **quiet)

@@ -125,12 +125,26 @@ def plan_fleet(spec: FleetSpec, output: Path, cache_root: Path, announce: Any = 
         except ToolchainError as exc:
             exc.message = f"{spec.path}:{model.line}: model '{model.name}': {exc.message}"
             raise
-        for line in checked.notes:
-            if announce is not None:
-                announce(f"{model.name}: {line}")
         models.append(ModelPlan(model.name, model.line, request, stages,
                                 _tasks(model.name, request, stages, cache_root, spec.resources), list(checked.notes)))
+    if announce is not None:
+        for line in decisions_by_text(models):
+            announce(line)
     return FleetPlan(spec, output, cache_root, models)
+
+
+def decisions_by_text(models: list[ModelPlan]) -> list[str]:
+    """What the builds decided, each sentence once with the models it applies to (a fleet of hundreds
+    of models shares its calibration folder and preprocessing: one line, not hundreds)."""
+    by_text: dict[str, list[str]] = {}
+    for model in models:
+        for line in model.decisions:
+            by_text.setdefault(line, []).append(model.name)
+    lines = []
+    for text, names in by_text.items():
+        who = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        lines.append(f"{who}: {text}")
+    return lines
 
 
 def plan_lines(plan: FleetPlan) -> list[str]:
