@@ -17,7 +17,7 @@ import backends
 import calibration
 import toolchain
 
-HEAVY = ("torch", "tensorflow", "onnx2tf", "tensorrt", "keras", "tf2onnx")
+HEAVY = ("torch", "tensorflow", "onnx2tf", "tensorrt", "keras", "tf2onnx", "ray")
 OPTIONAL_MODULES = ("toolchain.examples.fashion_mnist.model", "toolchain.examples.fashion_mnist.train")
 
 

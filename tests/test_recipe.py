@@ -160,11 +160,11 @@ def test_the_example_recipes_load_and_agree():
 
     example = example_defaults()
     assert values["calib_size"] == example["calib_size"] and values["preprocess"] == example["preprocess"]
-    inspect.signature(api.build).bind(**{k: v for k, v in values.items() if k not in CLI_ONLY_KEYS})
+    inspect.signature(api.build_request).bind(**{k: v for k, v in values.items() if k not in CLI_ONLY_KEYS})
 
 
 def test_every_recipe_value_is_a_build_argument(tmp_path):
-    """A recipe using every key yields only api.build keyword names (or the CLI-only ones)."""
+    """A recipe using every key yields only build_request's keyword names (api.build forwards them) or CLI-only ones."""
     from toolchain import api
 
     path = write(tmp_path, "all.yaml", """
@@ -216,10 +216,10 @@ def test_every_recipe_value_is_a_build_argument(tmp_path):
         """)
     values = load_recipe(path).values
     assert len(values) == 45
-    parameters = inspect.signature(api.build).parameters
+    parameters = inspect.signature(api.build_request).parameters
     for key in values:
         assert key in parameters or key.startswith("lowrank") or key in CLI_ONLY_KEYS, key
-    inspect.signature(api.build).bind(**{k: v for k, v in values.items() if k not in CLI_ONLY_KEYS})
+    inspect.signature(api.build_request).bind(**{k: v for k, v in values.items() if k not in CLI_ONLY_KEYS})
 
 
 def test_every_build_flag_has_a_recipe_key(tmp_path):

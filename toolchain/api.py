@@ -22,32 +22,24 @@ from toolchain.verify import DEFAULT_ATOL, DEFAULT_RTOL
 EXAMPLE_TARGETS = ("x86", "x86:int8", "rpi4", "mcu", "jetson-nano")
 
 
-def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, targets: Sequence[str] = (),
-          labels: PathLike | None = None, simplify: bool = True, bench_iterations: int = 50,
-          inputs: Sequence[str] = (), dynamic_batch: bool = False, opset: int | None = None,
-          model_class: str | None = None, weights: PathLike | None = None, model_kwargs: str | dict | None = None,
-          trust_pickle: bool = False, exporter: str = "auto", keras_safe_mode: bool = True, verify: bool = True,
-          atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, calib: PathLike | None = None, seed: int = 0,
-          preprocess: str | dict | None = None, calib_size: int | None = None, holdout: int | None = None,
-          max_drop: float = 1.0, min_cosine: float = 0.99, method: str | None = None, guard: bool = True,
-          task: str = "auto", cache_dir: PathLike | None = None, no_cache: bool = False, fail_fast: bool = False,
-          dry_run: bool = False,
-          progress: Any = None, announce: Any = None, **lowrank_options: Any):
-    """``edgekiln build``: convert, simplify, (low-rank), compile per target, verify, evaluate and time; with
-    no source, the bundled Fashion-MNIST example. Targets are ``TARGET`` or ``TARGET:PRECISION``.
-    ``lowrank_options`` are ``optimize``'s ``lowrank*`` arguments. Stages are cached under ``cache_dir``
-    (``no_cache`` turns that off). ``calib_size``/``holdout`` None: chosen from the folder's size.
+def build_request(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, targets: Sequence[str] = (),
+                  labels: PathLike | None = None, simplify: bool = True, bench_iterations: int = 50,
+                  inputs: Sequence[str] = (), dynamic_batch: bool = False, opset: int | None = None,
+                  model_class: str | None = None, weights: PathLike | None = None,
+                  model_kwargs: str | dict | None = None, trust_pickle: bool = False, exporter: str = "auto",
+                  keras_safe_mode: bool = True, verify: bool = True, atol: float = DEFAULT_ATOL,
+                  rtol: float = DEFAULT_RTOL, calib: PathLike | None = None, seed: int = 0,
+                  preprocess: str | dict | None = None, calib_size: int | None = None, holdout: int | None = None,
+                  max_drop: float = 1.0, min_cosine: float = 0.99, method: str | None = None, guard: bool = True,
+                  task: str = "auto", cache_dir: PathLike | None = None, no_cache: bool = False,
+                  fail_fast: bool = False, **lowrank_options: Any):
+    """``edgekiln build``'s options (one per flag) as a ``BuildRequest`` and its ``StageCache``; runs nothing.
 
-    A target that fails (the accuracy guard refuses its INT8, its backend cannot convert the model) is
-    recorded in the result (``result.failed``) while the other targets and the report are written;
-    ``fail_fast`` raises on the first failure instead and writes nothing. Everything that can be checked
-    before a stage runs (each target's needs, sample counts, the model's input) is checked first.
-    ``dry_run`` returns the plan (a list of ``PlannedStage``) instead of building;
-    ``progress(stage, index, total, state, seconds)`` is called as stages start and finish (state "start",
-    "done", "cached", "failed" or "skipped"); ``announce(line)`` gets what the build decided for the user
-    (the sample split, inferred preprocessing, warnings)."""
-    from toolchain.build import build as run_build
-    from toolchain.build import check_variants, example_defaults, plan
+    Targets are ``TARGET`` or ``TARGET:PRECISION``. ``lowrank_options`` are ``optimize``'s ``lowrank*``
+    arguments. Stages are cached under ``cache_dir`` (``no_cache`` turns that off). ``calib_size``/``holdout``
+    None: chosen from the folder's size. ``edgekiln fleet`` plans each of its models with this.
+    """
+    from toolchain.build import check_variants, example_defaults
     from toolchain.build_plan import BuildRequest
     from toolchain.stage_cache import StageCache, default_cache_root
 
@@ -77,7 +69,26 @@ def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, 
                            labels=Path(labels) if labels else None, simplify=simplify,
                            bench_iterations=bench_iterations, quant_options=quant_options,
                            lowrank_options=_lowrank_build_options(lowrank_options), fail_fast=fail_fast)
-    cache = StageCache(Path(cache_dir) if cache_dir else default_cache_root(), enabled=not no_cache)
+    return request, StageCache(Path(cache_dir) if cache_dir else default_cache_root(), enabled=not no_cache)
+
+
+def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, dry_run: bool = False,
+          progress: Any = None, announce: Any = None, **options: Any):
+    """``edgekiln build``: convert, simplify, (low-rank), compile per target, verify, evaluate and time; with
+    no source, the bundled Fashion-MNIST example. ``options`` are ``build_request``'s (one per flag).
+
+    A target that fails (the accuracy guard refuses its INT8, its backend cannot convert the model) is
+    recorded in the result (``result.failed``) while the other targets and the report are written;
+    ``fail_fast`` raises on the first failure instead and writes nothing. Everything that can be checked
+    before a stage runs (each target's needs, sample counts, the model's input) is checked first.
+    ``dry_run`` returns the plan (a list of ``PlannedStage``) instead of building;
+    ``progress(stage, index, total, state, seconds)`` is called as stages start and finish (state "start",
+    "done", "cached", "failed" or "skipped"); ``announce(line)`` gets what the build decided for the user
+    (the sample split, inferred preprocessing, warnings)."""
+    from toolchain.build import build as run_build
+    from toolchain.build import plan
+
+    request, cache = build_request(source, output, **options)
     if dry_run:
         return plan(request, cache, announce)
     return run_build(request, cache, progress, announce)

@@ -103,7 +103,7 @@ def check_variants(specs: list[str]) -> list[Any]:
     return variants
 
 
-def _prepare(request: BuildRequest, cache: StageCache) -> tuple[BuildRequest, Any, list[PlannedStage]]:
+def prepare(request: BuildRequest, cache: StageCache) -> tuple[BuildRequest, Any, list[PlannedStage]]:
     """Check everything that can be checked now, then plan; writes nothing."""
     from toolchain.build_checks import check_request
     from toolchain.stages import refuse_foreign_folder
@@ -120,7 +120,7 @@ def _prepare(request: BuildRequest, cache: StageCache) -> tuple[BuildRequest, An
 
 def plan(request: BuildRequest, cache: StageCache, announce: Announce | None = None) -> list[PlannedStage]:
     """The build's stages, each marked cached or not; runs every up-front check but writes nothing."""
-    _request, checked, stages = _prepare(request, cache)
+    _request, checked, stages = prepare(request, cache)
     _tell(announce, checked.notes)
     return stages
 
@@ -131,7 +131,7 @@ def _tell(announce: Announce | None, lines: list[str]) -> None:
             announce(line)
 
 
-def _run_stage(stage: PlannedStage, context: Any, cache: StageCache) -> tuple[dict[str, Any], bool]:
+def run_stage(stage: PlannedStage, context: Any, cache: StageCache) -> tuple[dict[str, Any], bool]:
     """Restore the stage from the cache, or run it and cache what it wrote. Returns (record, cached).
 
     Only a stage that succeeded is stored, so a failed target is retried by the next build."""
@@ -146,7 +146,7 @@ def _run_stage(stage: PlannedStage, context: Any, cache: StageCache) -> tuple[di
     return record, False
 
 
-def _advance(context: Any, stage: PlannedStage, record: dict[str, Any]) -> None:
+def advance(context: Any, stage: PlannedStage, record: dict[str, Any]) -> None:
     """Model stages hand their output to the next; convert/simplify output is the FP32 reference."""
     if "model" in record:
         context.model = record["model"]
@@ -186,7 +186,7 @@ def _tried(guard: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def _failure(stage: PlannedStage, exc: ToolchainError, seconds: float) -> dict[str, Any]:
+def failure_record(stage: PlannedStage, exc: ToolchainError, seconds: float) -> dict[str, Any]:
     guard = _guard_dict(exc)
     return {"status": "refused" if isinstance(exc, VerificationError) else "failed",
             "error": {"stage": stage.name, "kind": type(exc).__name__, "exit_code": exc.exit_code,
@@ -260,6 +260,11 @@ def _targets(records: dict[str, dict[str, Any]], stages: list[PlannedStage],
         target["notes"] = target["notes"] + measure["notes"]
         target["status"] = "ok"
         targets.append(target)
+    from toolchain.hostcpu import host_cpu
+    from toolchain.speed_flags import flag_slower_variants
+
+    reference = records.get("measure reference", {}).get("measured", {})
+    flag_slower_variants(targets, reference.get("latency"), host_cpu().int8_isa)
     return targets
 
 
@@ -272,7 +277,7 @@ def build(request: BuildRequest, cache: StageCache, progress: Progress | None = 
     from toolchain.report_html import write_report_html
 
     started = time.perf_counter()
-    request, checked, stages = _prepare(request, cache)
+    request, checked, stages = prepare(request, cache)
     decisions = list(checked.notes)
     _tell(announce, checked.notes)
     records: dict[str, dict[str, Any]] = {}
@@ -293,17 +298,17 @@ def build(request: BuildRequest, cache: StageCache, progress: Progress | None = 
             began = time.perf_counter()
             before = files_under(staging)
             try:
-                record, cached = _run_stage(stage, context, cache)
+                record, cached = run_stage(stage, context, cache)
             except ToolchainError as exc:
                 if variant is None or request.fail_fast:
                     raise _named(exc, variant)
                 _discard(staging, before, variant)
-                failures[variant.name] = _failure(stage, exc, time.perf_counter() - began)
+                failures[variant.name] = failure_record(stage, exc, time.perf_counter() - began)
                 stage_rows.append(_failure_row(stage, failures[variant.name]))
                 if progress:
                     progress(stage, index, total, "failed", time.perf_counter() - began)
                 continue
-            _advance(context, stage, record)
+            advance(context, stage, record)
             records[stage.name] = record
             stage_rows.append({k: v for k, v in record.items() if k not in ("target", "measured", "model")}
                               | {"cached": cached, "status": "ok"})

@@ -741,6 +741,16 @@ def _register_compression_commands() -> None:
 _register_compression_commands()
 
 
+def _register_fleet_command() -> None:
+    """'edgekiln fleet' lives in toolchain.fleet (its command module imports only click; Ray loads when it runs)."""
+    from toolchain.fleet.command import fleet
+
+    cli.add_command(fleet)
+
+
+_register_fleet_command()
+
+
 @contextlib.contextmanager
 def _progress_logging() -> Iterator[None]:
     """Show the 'edgekiln' logger's progress lines on stderr while a command runs.

@@ -51,6 +51,20 @@ def preload_tensorflow() -> None:
         _tf()
 
 
+def saved_model_proto(saved_model: Path):
+    """The parsed ``saved_model.pb`` of a SavedModel folder (TensorFlow's own protobuf class)."""
+    _tf()
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString((saved_model / "saved_model.pb").read_bytes())
+    except (OSError, DecodeError) as exc:
+        raise ConversionError(f"could not read the SavedModel's signature: {first_line(exc)}") from exc
+    return proto
+
+
 def _converter(saved_model: Path, config: LowerConfig, representative: Representative | None):
     tf = _tf()
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))

@@ -54,11 +54,14 @@ def _raw_steps(steps: Sequence[dict[str, Any]], group: str, prefix: str = "") ->
 
 def breakdown(timed: dict[str, Any]) -> list[tuple[str, float, float]]:
     """(work, B seconds, C seconds) for the paired timed run of B and run of C; the rows add up to each
-    run's wall clock. The call order of each timed function is fixed by the build: the float TFLite
-    conversion is the first ``lower`` call; the second ``simplify.run`` call is the TFLite backend's."""
+    run's wall clock. The call order of each timed function is fixed by the build: where there are two
+    ``lower`` calls the first is the float TFLite conversion older edgekiln ran only to bind inputs and
+    outputs (newer edgekiln reads them from the SavedModel: one call); the second ``simplify.run`` call is
+    the TFLite backend's."""
     stages: dict[str, float] = collections.defaultdict(float, timed["report"]["stages"])
     steps = timed["raw"]["steps"]
-    lower = _calls(timed, "backends.tflite.converter.lower") + [0.0, 0.0]
+    lower_calls = _calls(timed, "backends.tflite.converter.lower")
+    lower = (lower_calls if len(lower_calls) > 1 else [0.0, *lower_calls]) + [0.0, 0.0]
     simplify = _calls(timed, "toolchain.passes.simplify.run") + [0.0, 0.0]
     tf_import = _first(timed, "backends.tflite.converter._tf")
     # Newer edgekiln imports TensorFlow while the onnx2tf child runs (``preload_tensorflow``): the import then

@@ -121,8 +121,10 @@ def test_fp32_matches_onnx_runtime_tightly(fp32):
     assert "Model conversion started" in (folder / "onnx2tf.log").read_text()
 
 
-def test_two_outputs_and_an_nchw_feature_map_come_back_in_onnx_layout(work):
-    result = api.compile(work / "rgb.onnx", work / "rgb_fp32", backend="tflite", precision="fp32",
+# dynamic: bound from the SavedModel's signature, the float TFLite model lowered only for the probe.
+@pytest.mark.parametrize("precision", ["fp32", "dynamic"])
+def test_two_outputs_and_an_nchw_feature_map_come_back_in_onnx_layout(work, precision):
+    result = api.compile(work / "rgb.onnx", work / f"rgb_{precision}", backend="tflite", precision=precision,
                          calib=work / "rgb_images")
     assert all(r.passed for r in result.parity)
     assert {o.name for r in result.parity for o in r.outputs} == {"scores", "features"}
