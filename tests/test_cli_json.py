@@ -81,6 +81,18 @@ def test_build_prints_the_report_and_a_dry_run_the_plan(made, capsys):
     assert [t["artifact"] for t in report["targets"]] == ["x86"] and (out / "x86").is_dir()
 
 
+def test_fleet_prints_its_report_and_a_dry_run_its_plan(tmp_path, capsys):
+    from fleet_helpers import write_fleet
+
+    fleet = write_fleet(tmp_path / "f", count=2, targets="[x86]")
+    common = ["fleet", str(fleet), "-o", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c"), "--no-ray"]
+    plan = _json([*common, "--dry-run"], capsys)
+    assert [m["name"] for m in plan["models"]] == ["m0", "m1"] and plan["targets"] == ["x86"]
+    report = _json(common, capsys)
+    assert set(report["summary"]) == {"m0", "m1"} and all(c.get("ok") for c in report["summary"].values())
+    assert {t["model"] for t in report["tasks"]} == {"m0", "m1"} and all(t["status"] == "ok" for t in report["tasks"])
+
+
 def test_a_build_with_failed_targets_prints_the_error_with_its_report(made, capsys):
     document = _json(["build", str(made["model"]), "--target", "x86", "--target", "x86:int8", "--calib",
                       str(made["labels"]), "--holdout", "8", "--min-cosine", "0.9999999", "--bench-iterations", "0",
@@ -111,6 +123,7 @@ FAILURES = {
     "targets": (["targets", "--bogus"], 2, "usage"),
     "build": (["build", "{model}", "--target", "nowhere", "-o", "{root}/b"], 2, "usage"),
     "prune": (["prune", *FASHION, "--ratio", "1.5", "-o", "{root}/p.pt"], 2, "usage"),
+    "fleet": (["fleet", "{root}/missing.yaml", "--no-ray"], 2, "usage"),  # as a missing recipe
     "distill": (["distill", "--student-class", "nowhere.py:Net", "--images", "{root}/missing", "--input",
                  "1x1x8x8", "-o", "{root}/s.pt"], 2, "usage"),  # no teacher
     "qat": (["qat", *FASHION, "--calib", "{root}/missing", "-o", "{root}/q.onnx"], 3, "input_file"),

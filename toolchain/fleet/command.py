@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from toolchain.json_output import echo_json, json_flag
+
 _path = click.Path(path_type=Path)
 
 
@@ -25,8 +27,9 @@ _path = click.Path(path_type=Path)
               help="Stage cache root every worker sees (a shared file system on a cluster; default: "
                    "$EDGEKILN_CACHE_DIR or ~/.cache/edgekiln).")
 @click.option("--fail-fast", is_flag=True, help="Stop the fleet at the first failed task and write nothing.")
+@json_flag
 def fleet(fleet_file: Path, output: Path, dry_run: bool, address: str | None, no_ray: bool, workers: int | None,
-          retries: int, cache_dir: Path | None, fail_fast: bool) -> None:
+          retries: int, cache_dir: Path | None, fail_fast: bool, as_json: bool) -> None:
     """Build many models for many targets: stage tasks on Ray sharing one stage cache.
 
     FLEET_FILE (YAML) lists models (build recipes, or the same keys inline) and targets. Each model's
@@ -34,7 +37,8 @@ def fleet(fleet_file: Path, output: Path, dry_run: bool, address: str | None, no
     Exit 8 when a task failed (the other models are still delivered).
     """
     from toolchain.errors import TargetsFailedError, UsageError
-    from toolchain.fleet.plan import plan_fleet, plan_lines
+    from toolchain.fleet.plan import plan_document, plan_fleet, plan_lines
+    from toolchain.fleet.report import fleet_report
     from toolchain.fleet.run import run_fleet
     from toolchain.fleet.spec import load_fleet
     from toolchain.stage_cache import default_cache_root
@@ -53,6 +57,9 @@ def fleet(fleet_file: Path, output: Path, dry_run: bool, address: str | None, no
     plan = plan_fleet(load_fleet(fleet_file), output, (cache_dir or default_cache_root()).absolute(),
                       announce=lambda line: click.echo(f"  {line}", err=True))
     if dry_run:
+        if as_json:
+            echo_json(plan_document(plan))
+            return
         for line in plan_lines(plan):
             click.echo(line)
         return
@@ -67,7 +74,9 @@ def fleet(fleet_file: Path, output: Path, dry_run: bool, address: str | None, no
         more = f" and {len(result.failed) - 5} more" if len(result.failed) > 5 else ""
         raise TargetsFailedError(f"{len(result.failed)} of {len(result.results)} fleet tasks failed or were "
                                  f"skipped: {names}{more}; the others were delivered to '{output}' "
-                                 "(reasons in report.html)")
+                                 "(reasons in report.html)", result=fleet_report(result))
+    if as_json:
+        echo_json(fleet_report(result))
 
 
 def _say(line: str) -> None:

@@ -161,3 +161,13 @@ def plan_lines(plan: FleetPlan) -> list[str]:
             needs = f"  needs {task.resources}" if task.resources else ""
             lines.append(f"    {'cached' if task.cached else 'run   '}  {task.name}: {stages}{needs}")
     return lines
+
+
+def plan_document(plan: FleetPlan) -> dict[str, Any]:
+    """The plan as data (``fleet --dry-run --json``): what ``plan_lines`` says, per model and task."""
+    return {"fleet": str(plan.spec.path), "targets": plan.targets, "cache": str(plan.cache_root),
+            "output": str(plan.output),
+            "models": [{"name": model.name, "tasks": [
+                {"task": task.name, "cached": task.cached, "resources": task.resources,
+                 "stages": [{"stage": s.name, "cached": s.cached} for s in task.own_stages]}
+                for task in model.tasks]} for model in plan.models]}
