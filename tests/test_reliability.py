@@ -34,6 +34,25 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
+def _with_weight(model: onnx.ModelProto, name: str, value: float | None = None,
+                 scale: float = 1.0) -> onnx.ModelProto:
+    """``model`` with one value of weight ``name`` set to ``value`` (NaN, Inf), or the whole weight scaled."""
+    from onnx import numpy_helper
+
+    for tensor in model.graph.initializer:
+        if tensor.name == name:
+            array = numpy_helper.to_array(tensor).copy() * np.float32(scale)
+            if value is not None:
+                array.reshape(-1)[3] = value
+            tensor.CopyFrom(numpy_helper.from_array(array.astype(np.float32), name))
+    return model
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
 def _onnx_with_external_data(folder: Path, location: str) -> Path:
     model = make_onnx_model()
     tensor = model.graph.initializer[0]
@@ -66,6 +85,11 @@ def hostile(tmp_path: Path, bad_inputs: dict[str, Path], tiny_onnx: Path) -> dic
     dangling.graph.node[1].input[0] = "nowhere"
     files["dangling"] = tmp_path / "dangling.onnx"
     files["dangling"].write_bytes(dangling.SerializeToString())
+    # issue #17, defect 2: NaN compared with NaN used to "agree" (cosine 1.000000, ok)
+    files["nan_weight"] = _save(_with_weight(make_onnx_model(), "fc_b", np.nan), tmp_path / "nan_weight.onnx")
+    files["inf_weight"] = _save(_with_weight(make_onnx_model(), "w", np.inf), tmp_path / "inf_weight.onnx")
+    files["dead"] = _save(_with_weight(_with_weight(make_onnx_model(), "w", scale=0.0), "b", scale=0.0),
+                          tmp_path / "dead.onnx")  # Conv weights zeroed: the output is fc_b whatever the input
     files["ext_missing"] = _onnx_with_external_data(tmp_path / "ext_missing", "weights.bin")
     (tmp_path / "secret.bin").write_bytes(bytes(144))
     files["ext_outside"] = _onnx_with_external_data(tmp_path / "ext_outside", "../secret.bin")
@@ -226,10 +250,26 @@ CASES = [
      ["only 8 images", "at least 16"]),
     (["inspect", "{random_pt}"], ["is a PyTorch file", "edgekiln convert"]),
     (["compare", "{tiny}", "{tiny}", "--calib", "{images}", "--preprocess", "sepia"], ["unknown preprocessing preset"]),
+    # non-finite and constant outputs (issue #17, defect 2): each used to pass as "cosine 1.000000, ok"
+    (["convert", "{nan_weight}", "-o", "{out}/m.onnx"], ["output 'y' has 2 NaN values", "the source model is broken"]),
+    (["convert", "{inf_weight}", "-o", "{out}/m.onnx"], ["NaN", "the source model is broken"]),
+    (["optimize", "{nan_weight}", "-o", "{out}/m.onnx", "--simplify"], ["NaN values", "the source model is broken"]),
+    (["optimize", "{nan_weight}", "-o", "{out}/m.onnx", "--fp16"], ["NaN values", "the source model is broken"]),
+    (["compile", "{nan_weight}", "-o", "{out}/art"], ["NaN values", "the source model is broken"]),
+    (["build", "{nan_weight}", "-o", "{out}/b", "--target", "x86", "--cache-dir", "{cache}"],
+     ["NaN values", "the source model is broken"]),
+    (["convert", "{dead}", "-o", "{out}/m.onnx", "--calib", "{images}"], ["same output 'y' for all 8 images"]),
+    (["compare", "{nan_weight}", "{tiny}"], ["NaN values", "nan_weight.onnx"]),
+    (["compare", "{tiny}", "{nan_weight}"], ["NaN values", "nan_weight.onnx"]),
 ]
 
 
-@pytest.mark.parametrize("args, fragments", CASES)
+def _case_id(index: int, args: list[str]) -> str:
+    """The row number, the command and the files it names, so ``-k nan_weight`` picks rows."""
+    return "-".join([f"{index:03d}", *(a.strip("{}").split("}")[0] for a in args if a.startswith("{"))][:3])
+
+
+@pytest.mark.parametrize("args, fragments", CASES, ids=[_case_id(i, args) for i, (args, _) in enumerate(CASES)])
 def test_hostile_input_gets_one_line_and_leaves_nothing(args, fragments, hostile, capsys):
     code, _, err = run_main([a.format(**hostile) for a in args], capsys)
     assert_one_line_error(code, err, *fragments)
