@@ -282,6 +282,55 @@ def test_the_table_has_at_least_60_cases():
     assert len(CASES) >= 60
 
 
+@pytest.fixture
+def places(tmp_path: Path, tiny_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """An existing build folder and artifact (each holding a model), and an empty tmpfs mount point."""
+    for folder, marker in (("build", "report.json"), ("art", "manifest.json")):
+        (tmp_path / folder / "sub").mkdir(parents=True)
+        (tmp_path / folder / marker).write_text("{}")
+        shutil.copyfile(tiny_onnx, tmp_path / folder / "model.onnx")
+    write_images(tmp_path / "build" / "images", count=20)
+    (tmp_path / "mnt").mkdir()
+    mounted = _mount_tiny_tmpfs(tmp_path / "mnt", "1m")
+    yield {"tiny": str(tiny_onnx), "root": str(tmp_path), "mounted": mounted}
+    if mounted:
+        subprocess.run(["umount", str(tmp_path / "mnt")], capture_output=True)
+
+
+# (folder to run in, arguments, fragments of the one line): outputs that would replace the folder the user
+# is in, the source or the samples, or that cannot be replaced at all (issue #17, defect 5: `-o .` inside a
+# build folder ran the whole build, then failed with "could not write '.': Device or resource busy" and left
+# `..<pid>.*.tmp` in the parent folder)
+UNSAFE_OUTPUTS = [
+    ("build", ["build", "{tiny}", "-o", "."], ["output '.' is the current folder"]),
+    ("build/sub", ["build", "{tiny}", "-o", ".."], ["output '..' contains the current folder"]),
+    ("art", ["compile", "{tiny}", "-o", "."], ["output '.' is the current folder"]),
+    (".", ["build", "{tiny}", "-o", "/"], ["output '/' contains the current folder"]),
+    (".", ["build", "build/model.onnx", "-o", "build"], ["output 'build' contains the source", "model.onnx"]),
+    (".", ["compile", "art/model.onnx", "-o", "art"], ["output 'art' contains the source"]),
+    (".", ["convert", "{tiny}", "-o", "{tiny}"], ["is the source model itself"]),
+    (".", ["optimize", "{tiny}", "--simplify", "-o", "{tiny}"], ["is the source model itself"]),
+    (".", ["calibrate", "{tiny}", "--calib", "build/images", "-o", "{tiny}"], ["is the source model itself"]),
+    (".", ["build", "{tiny}", "-o", "build", "--target", "x86:int8", "--calib", "build/images"],
+     ["output 'build' contains the --calib folder"]),
+    (".", ["build", "{tiny}", "-o", "mnt"], ["output 'mnt' is a mount point"]),
+    (".", ["compile", "{tiny}", "-o", "mnt"], ["output 'mnt' is a mount point"]),
+]
+
+
+@pytest.mark.parametrize("where, args, fragments", UNSAFE_OUTPUTS,
+                         ids=[f"{i:02d}-{a[0]}-{a[a.index('-o') + 1]}" for i, (_, a, _) in enumerate(UNSAFE_OUTPUTS)])
+def test_unsafe_output_is_refused_before_any_work(where, args, fragments, places, capsys, monkeypatch):
+    root = Path(places["root"])
+    if "mnt" in args and not places["mounted"]:
+        pytest.skip("cannot mount a tmpfs here (needs root and mount)")
+    before = files_in(root)
+    monkeypatch.chdir(root / where)
+    code, _, err = run_main([a.format(**places) for a in args], capsys)
+    assert_one_line_error(code, err, *fragments)
+    assert files_in(root) == before, "nothing may be written, replaced or left behind (no *.tmp anywhere)"
+
+
 def _mount_tiny_tmpfs(folder: Path, size: str) -> bool:
     if shutil.which("mount") is None or os.geteuid() != 0:
         return False

@@ -61,9 +61,16 @@ def require_file(path: Path, what: str = "input file") -> Path:
     return path
 
 
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute and normalised without following links: ``.`` gets its real name, so a
+    staging name never starts ``..`` and never lands in the wrong folder."""
+    return Path(os.path.abspath(path))
+
+
 def check_writable_destination(dest: Path) -> None:
-    """Fail early, before any expensive work, if ``dest`` cannot be created."""
-    parent = dest.absolute().parent
+    """Fail early, before any expensive work, if ``dest`` cannot be created or replaced."""
+    refuse_unreplaceable(dest)
+    parent = _absolute(dest).parent
     if not parent.exists():
         raise OutputError(f"output folder '{parent}' does not exist", hint="Create it first.")
     if not parent.is_dir():
@@ -74,11 +81,45 @@ def check_writable_destination(dest: Path) -> None:
         raise OutputError(f"output path '{dest}' is an existing directory, expected a file name")
 
 
+def refuse_unreplaceable(dest: Path) -> None:
+    """Refuse outputs that cannot be swapped into place: the current folder or one holding it (the user's
+    shell would be left in a deleted folder) and mount points (rename(2) fails with EBUSY), before any work."""
+    target, here = Path(os.path.realpath(dest)), Path(os.path.realpath(os.getcwd()))
+    if target == here:
+        raise OutputError(f"output '{dest}' is the current folder, and an output folder is replaced as a whole",
+                          hint="Choose a new folder, e.g. -o edgekiln-out.")
+    if target in here.parents:
+        raise OutputError(f"output '{dest}' contains the current folder '{here}', and an output folder is replaced "
+                          "as a whole", hint="Choose a new folder beside or below the current one.")
+    if target.exists() and os.path.ismount(target):
+        raise OutputError(f"output '{dest}' is a mount point, which cannot be replaced",
+                          hint=f"Choose a folder inside it, e.g. -o {Path(dest) / 'edgekiln-out'}.")
+
+
+def refuse_clobbering(dest: Path, sources: dict[str, Path | None]) -> None:
+    """Refuse an output that is, or holds, something the command reads (``{"the source": path}``): the
+    output replaces it, so the source model or its samples would be deleted."""
+    target = Path(os.path.realpath(dest))
+    for what, source in sources.items():
+        if source is None:
+            continue
+        resolved = Path(os.path.realpath(source))
+        if resolved == target and not target.is_dir():
+            raise OutputError(f"output '{dest}' is {what} itself, which would be overwritten",
+                              hint="Write to another file.")
+        if target == resolved or target in resolved.parents:
+            raise OutputError(f"output '{dest}' contains {what} '{source}', which replacing it would delete",
+                              hint="Choose another output folder.")
+
+
 @contextlib.contextmanager
 def atomic_file(dest: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; rename it to ``dest`` only if the block succeeds."""
     check_writable_destination(dest)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.absolute().parent)
+    if dest.is_dir():
+        raise OutputError(f"output path '{dest}' is an existing directory, expected a file name")
+    dest = _absolute(dest)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -129,6 +170,19 @@ def _swap_lock(parent: Path) -> Iterator[None]:
         os.close(descriptor)  # closing releases the lock
 
 
+def _swap(new: Path, dest: Path, previous: Path) -> None:
+    """Put ``new`` at ``dest``, moving an existing ``dest`` to ``previous``, and back if the swap fails."""
+    moved = dest.exists()
+    if moved:
+        os.replace(dest, previous)
+    try:
+        os.replace(new, dest)
+    except OSError:
+        if moved:
+            os.replace(previous, dest)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_directory(dest: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``dest``; swap it into place only if the block succeeds.
@@ -140,24 +194,23 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
     check_writable_destination(dest)
     if dest.exists() and not dest.is_dir():
         raise OutputError(f"output path '{dest}' exists and is not a folder")
-    parent = dest.absolute().parent
+    shown, dest = dest, _absolute(dest)
+    parent = dest.parent
     _remove_stale_staging(parent, dest.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=parent))
+    # One staging place per run: the new folder is built in it and the old one moved into it, so
+    # whatever fails, removing it removes everything this run made.
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=parent))
+    tmp = staging / "new"
+    tmp.mkdir()
     try:
         yield tmp
         publishable(tmp)
         with _swap_lock(parent):
-            if dest.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=parent))
-                os.replace(dest, old / "previous")
-                os.replace(tmp, dest)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, dest)
+            _swap(tmp, dest, staging / "previous")
     except OSError as exc:
-        raise OutputError(f"could not write '{dest}': {exc.strerror or exc}") from exc
+        raise OutputError(f"could not write '{shown}': {exc.strerror or exc}") from exc
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def check_npy_size(path: Path) -> None:
