@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,20 @@ def _with_weight(model: onnx.ModelProto, name: str, value: float | None = None,
 
 def _save(model: onnx.ModelProto, path: Path) -> Path:
     path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _npz(path: Path, shape: tuple[int, ...], data: bytes = bytes(16), member: str = "x") -> Path:
+    """An .npz whose one member's header declares ``shape`` (float32) but holds ``data``."""
+    import io
+
+    from numpy.lib import format as npy_format
+
+    buffer = io.BytesIO()
+    npy_format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    buffer.write(data)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(f"{member}.npy", buffer.getvalue())
     return path
 
 
@@ -118,6 +133,12 @@ def hostile(tmp_path: Path, bad_inputs: dict[str, Path], tiny_onnx: Path) -> dic
     files["flat_labels"] = write_images(tmp_path / "calib" / "flat", count=4)  # images but no class folders
     np.save(tmp_path / "x.npy", np.zeros((1, 1, 8, 8), np.float32))
     files["npy"] = tmp_path / "x.npy"
+    # .npz members (issue #17): headers that lie, ask for 111 GiB, or hold a pickle
+    files["npz_lying"] = _npz(tmp_path / "lying.npz", (20, 1, 8, 8))
+    files["npz_huge"] = _npz(tmp_path / "huge.npz", (1, 3, 100000, 100000))
+    files["npz_as_npy"] = _npz(tmp_path / "zip_inside.npy", (1, 3, 100000, 100000))
+    files["npz_pickle"] = tmp_path / "pickle.npz"
+    np.savez(files["npz_pickle"], x=np.array([_Payload(files["marker"])] * 20, dtype=object))
     recipes = {"recipe_unknown.yaml": "targets: [x86]\ncalib_sise: 3\n",
                "recipe_type.toml": "targets = ['x86']\nmax-drop = 'lots'\n",
                "recipe_duplicate.yaml": "targets: [x86]\nholdout: 3\nholdout: 4\n",
@@ -250,6 +271,18 @@ CASES = [
      ["only 8 images", "at least 16"]),
     (["inspect", "{random_pt}"], ["is a PyTorch file", "edgekiln convert"]),
     (["compare", "{tiny}", "{tiny}", "--calib", "{images}", "--preprocess", "sepia"], ["unknown preprocessing preset"]),
+    # .npz inputs and samples: every member's header is read before anything is allocated (issue #17)
+    (["run", "{tiny}", "--input", "{npz_lying}"], ["lying.npz", "member 'x'", "holds only 16 bytes"]),
+    (["run", "{tiny}", "--input", "{npz_huge}"], ["member 'x'", "(1, 3, 100000, 100000)", "more than the 1 GiB"]),
+    (["run", "{tiny}", "--input", "x={npz_as_npy}"], ["zip_inside.npy", "more than the 1 GiB"]),
+    (["run", "{tiny}", "--input", "{npz_pickle}"], ["member 'x'", "pickled data"]),
+    (["calibrate", "{tiny}", "--calib", "{npz_lying}", "-o", "{out}/q.onnx", "--cache-dir", "{cache}"],
+     ["member 'x'", "holds only 16 bytes"]),
+    (["calibrate", "{tiny}", "--calib", "{npz_pickle}", "-o", "{out}/q.onnx", "--cache-dir", "{cache}"],
+     ["pickled data"]),
+    (["build", "{tiny}", "-o", "{out}/b", "--target", "x86:int8", "--calib", "{npz_huge}", "--cache-dir", "{cache}"],
+     ["more than the 1 GiB"]),
+    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--calib", "{npz_lying}"], ["holds only 16 bytes"]),
     # non-finite and constant outputs (issue #17, defect 2): each used to pass as "cosine 1.000000, ok"
     (["convert", "{nan_weight}", "-o", "{out}/m.onnx"], ["output 'y' has 2 NaN values", "the source model is broken"]),
     (["convert", "{inf_weight}", "-o", "{out}/m.onnx"], ["NaN", "the source model is broken"]),
@@ -266,7 +299,8 @@ CASES = [
 
 def _case_id(index: int, args: list[str]) -> str:
     """The row number, the command and the files it names, so ``-k nan_weight`` picks rows."""
-    return "-".join([f"{index:03d}", *(a.strip("{}").split("}")[0] for a in args if a.startswith("{"))][:3])
+    names = [n for n in re.findall(r"\{(\w+)\}", " ".join(args)) if n not in ("out", "cache")]
+    return "-".join([f"{index:03d}", args[0], *names[:2]])
 
 
 @pytest.mark.parametrize("args, fragments", CASES, ids=[_case_id(i, args) for i, (args, _) in enumerate(CASES)])

@@ -213,31 +213,65 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def check_npy_size(path: Path) -> None:
-    """Refuse a ``.npy`` whose header declares more data than the file holds, before numpy allocates it.
+MAX_ARRAY_BYTES = 1 << 30
+"""The largest array edgekiln allocates from one .npz member (or makes up as one input): far above any edge
+model's input, far below what would exhaust a build machine's memory."""
 
-    ``np.load`` trusts the header and allocates the declared array first (a 100-byte file can ask for
-    100 GiB); memory-mapped loads check it, full loads do not. Headers it cannot parse are left to np.load.
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def check_array_file(path: Path) -> None:
+    """Refuse a ``.npy`` or ``.npz`` whose headers would make numpy allocate more than the file holds, more
+    than ``MAX_ARRAY_BYTES`` (for compressed members), or unpickle objects, before numpy reads it.
+
+    ``np.load`` trusts a header and allocates the declared array first (a 100-byte file can ask for
+    100 GiB); it also opens any zip as an ``.npz``, whatever the name. Headers it cannot parse are left
+    to np.load, which reports them.
     """
+    import zipfile
+
+    with open(path, "rb") as handle:
+        is_zip = handle.read(4) == _ZIP_MAGIC
+        if not is_zip:
+            handle.seek(0)
+            _check_npy_header(handle, os.fstat(handle.fileno()).st_size, f"'{path}'", limit=None)
+            return
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):
+        return
+    with archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                _check_npy_header(member, info.file_size,
+                                  f"'{path}' member '{info.filename.removesuffix('.npy')}'", MAX_ARRAY_BYTES)
+
+
+def _check_npy_header(handle, size: int, label: str, limit: int | None) -> None:
+    """Check one array header read from ``handle`` (``size`` bytes in all, header included)."""
     import numpy as np
     from numpy.lib import format as npy_format
 
     readers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
-    with open(path, "rb") as handle:
-        try:
-            reader = readers.get(npy_format.read_magic(handle))
-            if reader is None:
-                return
-            shape, _fortran, dtype = reader(handle)
-        except (ValueError, OSError, EOFError):
+    try:
+        reader = readers.get(npy_format.read_magic(handle))
+        if reader is None:
             return
-        if dtype.hasobject:
-            return  # np.load refuses pickled arrays itself (allow_pickle=False)
-        declared = dtype.itemsize
-        for dim in shape:
-            declared *= int(dim)
-        available = os.fstat(handle.fileno()).st_size - handle.tell()
+        shape, _fortran, dtype = reader(handle)
+    except (ValueError, OSError, EOFError):
+        return
+    if dtype.hasobject:
+        raise InputFileError(f"{label} holds pickled data (Python objects, dtype {dtype}), which could run code when "
+                             "loaded; edgekiln reads only numeric arrays",
+                             hint="Save the samples as a numeric array (np.save / np.savez).")
+    declared = dtype.itemsize
+    for dim in shape:
+        declared *= int(dim)  # Python ints: huge dims must not wrap around
+    described = f"an array of shape {tuple(shape)} ({np.dtype(dtype).name}, {declared:,} bytes)"
+    if limit is not None and declared > limit:
+        raise InputFileError(f"{label} declares {described}, more than the {limit >> 30} GiB edgekiln loads from "
+                             "one array")
+    available = size - handle.tell()
     if declared > available:
-        raise InputFileError(f"'{path}' declares an array of shape {tuple(shape)} ({np.dtype(dtype).name}, "
-                             f"{declared:,} bytes) but holds only {available:,} bytes of data: a damaged or "
-                             "forged .npy file")
+        raise InputFileError(f"{label} declares {described} but holds only {available:,} bytes of data: a damaged "
+                             "or forged file")

@@ -8,7 +8,7 @@ import numpy as np
 
 from toolchain.artifact import Artifact
 from toolchain.errors import InputFileError, UsageError
-from toolchain.fileio import check_npy_size, require_file
+from toolchain.fileio import check_array_file, require_file
 from toolchain.frontends.base import Feed
 from toolchain.onnx_io import TensorInfo
 
@@ -16,8 +16,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".g
 
 
 def _load_array(path: Path) -> np.ndarray:
-    if path.suffix.lower() == ".npy":
-        check_npy_size(path)
+    check_array_file(path)
     try:
         value = np.load(path, allow_pickle=False)  # pickled object arrays could run code
     except (ValueError, OSError, EOFError) as exc:
@@ -47,6 +46,7 @@ def build_feed(values: list[str], inputs: list[TensorInfo], preprocess: dict | N
         name, sep, file_text = value.rpartition("=")
         path = require_file(Path(file_text if sep else value), "input")
         if path.suffix.lower() == ".npz" and not sep:
+            check_array_file(path)
             with np.load(path, allow_pickle=False) as archive:
                 feed.update({key: archive[key] for key in archive.files})
             continue
