@@ -68,6 +68,28 @@ def _npz(path: Path, shape: tuple[int, ...], data: bytes = bytes(16), member: st
     return path
 
 
+def _keras_without_units(path: Path) -> Path:
+    """A Keras model whose Dense layer lacks its required ``units``: Keras' error nests the reason 3 deep."""
+    import json
+
+    dense = {"module": "keras.layers", "class_name": "Dense", "config": {"name": "head", "activation": "linear"}}
+    config = {"module": "keras", "class_name": "Sequential", "registered_name": None, "config": {"name": "seq", "layers": [
+        {"module": "keras.layers", "class_name": "InputLayer",
+         "config": {"batch_shape": [None, 4], "dtype": "float32", "name": "in"}}, dense]}}
+    if path.suffix == ".keras":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("config.json", json.dumps(config))
+            archive.writestr("metadata.json", json.dumps({"keras_version": "3.5.0"}))
+    else:
+        import h5py
+
+        with h5py.File(path, "w") as handle:
+            handle.attrs["model_config"] = json.dumps(config)
+            handle.attrs["keras_version"] = "3.5.0"
+            handle.create_group("model_weights")
+    return path
+
+
 def _onnx_with_external_data(folder: Path, location: str) -> Path:
     model = make_onnx_model()
     tensor = model.graph.initializer[0]
@@ -105,6 +127,8 @@ def hostile(tmp_path: Path, bad_inputs: dict[str, Path], tiny_onnx: Path) -> dic
     files["inf_weight"] = _save(_with_weight(make_onnx_model(), "w", np.inf), tmp_path / "inf_weight.onnx")
     files["dead"] = _save(_with_weight(_with_weight(make_onnx_model(), "w", scale=0.0), "b", scale=0.0),
                           tmp_path / "dead.onnx")  # Conv weights zeroed: the output is fc_b whatever the input
+    files["keras_no_units"] = _keras_without_units(tmp_path / "no_units.keras")
+    files["h5_no_units"] = _keras_without_units(tmp_path / "no_units.h5")
     files["ext_missing"] = _onnx_with_external_data(tmp_path / "ext_missing", "weights.bin")
     (tmp_path / "secret.bin").write_bytes(bytes(144))
     files["ext_outside"] = _onnx_with_external_data(tmp_path / "ext_outside", "../secret.bin")
@@ -271,6 +295,12 @@ CASES = [
      ["only 8 images", "at least 16"]),
     (["inspect", "{random_pt}"], ["is a PyTorch file", "edgekiln convert"]),
     (["compare", "{tiny}", "{tiny}", "--calib", "{images}", "--preprocess", "sepia"], ["unknown preprocessing preset"]),
+    # messages that were cut (issue #17, defect 7): "...input 'nowhere' of node: ." and Keras' outer sentence only
+    (["inspect", "{dangling}"], ["input 'nowhere' of an unnamed Relu node is not output of any previous nodes"]),
+    (["convert", "{keras_no_units}", "-o", "{out}/m.onnx"],
+     ["layer 'head' (Dense)", "missing 1 required positional argument: 'units'"]),
+    (["convert", "{h5_no_units}", "-o", "{out}/m.onnx"],
+     ["layer 'head' (Dense)", "missing 1 required positional argument: 'units'"]),
     # .npz inputs and samples: every member's header is read before anything is allocated (issue #17)
     (["run", "{tiny}", "--input", "{npz_lying}"], ["lying.npz", "member 'x'", "holds only 16 bytes"]),
     (["run", "{tiny}", "--input", "{npz_huge}"], ["member 'x'", "(1, 3, 100000, 100000)", "more than the 1 GiB"]),
