@@ -90,6 +90,39 @@ def _keras_without_units(path: Path) -> Path:
     return path
 
 
+def _odd_onnx_models(folder: Path) -> dict[str, Path]:
+    """ONNX files that parse but lie or ask for what no runtime has, and model paths that are not files."""
+    from onnx import helper, numpy_helper
+
+    def one_node(op: str, elem: int, domain: str = "") -> onnx.ModelProto:
+        graph = helper.make_graph([helper.make_node(op, ["x"], ["y"], domain=domain)], "g",
+                                  [helper.make_tensor_value_info("x", elem, [1, 4])],
+                                  [helper.make_tensor_value_info("y", elem, [1, 4])])
+        opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+        model = helper.make_model(graph, opset_imports=opsets)
+        model.ir_version = 8
+        return model
+
+    lying, future, ghost, silent = (make_onnx_model() for _ in range(4))
+    lying.graph.initializer[2].dims[:] = [100000, 100000]  # fc_w declares 40 GB, holds 10 KB
+    future.ir_version = 99
+    ghost.graph.output[0].name = "ghost"
+    del silent.graph.output[:]
+    models = {"lying_init": lying, "ir99": future, "ghost_out": ghost, "no_outputs": silent,
+              "foreign_op": one_node("Frob", onnx.TensorProto.FLOAT, "com.example"),
+              "string_input": one_node("Identity", onnx.TensorProto.STRING)}
+    files = {name: _save(model, folder / f"{name}.onnx") for name, model in models.items()}
+    files["tensor_proto"] = folder / "tensor_proto.onnx"  # a valid protobuf, but a TensorProto
+    files["tensor_proto"].write_bytes(numpy_helper.from_array(np.ones(4, np.float32), "t").SerializeToString())
+    files["fifo"] = folder / "fifo.onnx"
+    os.mkfifo(files["fifo"])  # reading it would block for ever
+    files["dev_zero"] = folder / "zero.onnx"
+    files["dev_zero"].symlink_to("/dev/zero")  # reading it would never end
+    files["complex_npy"] = folder / "complex.npy"
+    np.save(files["complex_npy"], np.ones((1, 1, 8, 8), np.complex64))
+    return files
+
+
 def _onnx_with_external_data(folder: Path, location: str) -> Path:
     model = make_onnx_model()
     tensor = model.graph.initializer[0]
@@ -129,6 +162,7 @@ def hostile(tmp_path: Path, bad_inputs: dict[str, Path], tiny_onnx: Path) -> dic
                           tmp_path / "dead.onnx")  # Conv weights zeroed: the output is fc_b whatever the input
     files["keras_no_units"] = _keras_without_units(tmp_path / "no_units.keras")
     files["h5_no_units"] = _keras_without_units(tmp_path / "no_units.h5")
+    files.update(_odd_onnx_models(tmp_path))
     files["ext_missing"] = _onnx_with_external_data(tmp_path / "ext_missing", "weights.bin")
     (tmp_path / "secret.bin").write_bytes(bytes(144))
     files["ext_outside"] = _onnx_with_external_data(tmp_path / "ext_outside", "../secret.bin")
@@ -301,6 +335,18 @@ CASES = [
      ["layer 'head' (Dense)", "missing 1 required positional argument: 'units'"]),
     (["convert", "{h5_no_units}", "-o", "{out}/m.onnx"],
      ["layer 'head' (Dense)", "missing 1 required positional argument: 'units'"]),
+    # model files that parse but lie, name what no runtime has, or are not files at all (issue #17)
+    (["convert", "{lying_init}", "-o", "{out}/m.onnx"], ["fc_w", "too small for the declared shape"]),
+    (["inspect", "{lying_init}"], ["fc_w", "too small for the declared shape"]),
+    (["convert", "{ir99}", "-o", "{out}/m.onnx"], ["ir_version 99"]),
+    (["convert", "{ghost_out}", "-o", "{out}/m.onnx"], ["'ghost' is not an output of any node"]),
+    (["convert", "{no_outputs}", "-o", "{out}/m.onnx"], ["declares no graph outputs"]),
+    (["convert", "{foreign_op}", "-o", "{out}/m.onnx"], ["com.example:Frob", "not a registered"]),
+    (["convert", "{string_input}", "-o", "{out}/m.onnx"], ["input 'x' takes strings", "--no-verify"]),
+    (["convert", "{tensor_proto}", "-o", "{out}/m.onnx"], ["not a valid ONNX model"]),
+    (["convert", "{fifo}", "-o", "{out}/m.onnx"], ["is not a regular file"]),
+    (["inspect", "{dev_zero}"], ["is not a regular file"]),
+    (["run", "{tiny}", "--input", "{complex_npy}"], ["complex64", "input 'x' (float32)"]),
     # .npz inputs and samples: every member's header is read before anything is allocated (issue #17)
     (["run", "{tiny}", "--input", "{npz_lying}"], ["lying.npz", "member 'x'", "holds only 16 bytes"]),
     (["run", "{tiny}", "--input", "{npz_huge}"], ["member 'x'", "(1, 3, 100000, 100000)", "more than the 1 GiB"]),

@@ -43,6 +43,9 @@ def random_feed(inputs: list[TensorInfo], *, seed: int = 0, batch: int = 1) -> F
     rng = np.random.default_rng(seed)
     feed: Feed = {}
     for info in inputs:
+        if info.dtype.kind not in "fciub":
+            raise UsageError(f"input '{info.name}' takes strings; edgekiln makes up verification and benchmark "
+                             "inputs only for numbers and booleans", hint="Skip verification with --no-verify.")
         shape = concrete_shape(info, batch)
         count = check_input_size(info.name, shape, info.dtype)
         if np.issubdtype(info.dtype, np.floating):

@@ -56,6 +56,8 @@ def require_file(path: Path, what: str = "input file") -> Path:
         raise InputFileError(f"{what} '{path}' does not exist")
     if path.is_dir():
         raise InputFileError(f"{what} '{path}' is a directory, expected a file")
+    if not path.is_file():  # a FIFO would block the read, /dev/zero would never end it
+        raise InputFileError(f"{what} '{path}' is not a regular file (a device, FIFO or socket)")
     if not os.access(path, os.R_OK):
         raise InputFileError(f"{what} '{path}' is not readable (permission denied)")
     return path

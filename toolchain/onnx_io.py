@@ -74,6 +74,8 @@ def load_onnx(path: Path, *, check: bool = True) -> onnx.ModelProto:
         raise InputFileError(f"'{path}' is not a valid ONNX model (cannot be parsed: {type(exc).__name__})") from exc
     if not model.graph.node and not model.graph.output:
         raise InputFileError(f"'{path}' parsed as ONNX but holds no graph; it is probably not an ONNX model")
+    if not model.graph.output:
+        raise InputFileError(f"'{path}' declares no graph outputs, so the model computes nothing anyone can read")
     _check_external_data_paths(model, path.parent)
     try:
         external_data_helper.load_external_data_for_model(model, str(path.parent))
@@ -196,6 +198,8 @@ def _value_info(value: onnx.ValueInfoProto) -> TensorInfo:
         else:
             dims.append(dim.dim_param or "?")
     dtype = np.dtype(_ONNX_TO_NUMPY.get(tensor_type.elem_type, np.float32))
+    if tensor_type.elem_type == onnx.TensorProto.STRING:
+        dtype = np.dtype(object)  # not float32: made-up float inputs for it only confuse ONNX Runtime
     return TensorInfo(value.name, tuple(dims), dtype)
 
 

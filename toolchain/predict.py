@@ -26,6 +26,14 @@ def _load_array(path: Path) -> np.ndarray:
     return value
 
 
+def _cast(value: np.ndarray, info: TensorInfo, path: Path) -> np.ndarray:
+    """``value`` in the input's dtype; refused where that would drop part of it (complex to real, text)."""
+    if value.dtype.kind not in "biuf":
+        raise InputFileError(f"'{path.name}' holds {value.dtype} values, which input '{info.name}' ({info.dtype}) "
+                             "cannot take without losing part of them")
+    return value.astype(info.dtype, copy=False)
+
+
 def _load_image(path: Path, info: TensorInfo, preprocess: dict | None) -> np.ndarray:
     from calibration.folder import load_images
     from calibration.spec import PreprocessSpec
@@ -58,7 +66,7 @@ def build_feed(values: list[str], inputs: list[TensorInfo], preprocess: dict | N
             raise UsageError(f"the model has no input '{name}'; its inputs are {', '.join(by_name)}")
         info = by_name[name]
         feed[name] = (_load_image(path, info, preprocess) if path.suffix.lower() in IMAGE_SUFFIXES
-                      else _load_array(path).astype(info.dtype, copy=False))
+                      else _cast(_load_array(path), info, path))
     missing = sorted(set(by_name) - set(feed))
     if missing:
         raise UsageError(f"no value given for input(s) {', '.join(missing)}")
