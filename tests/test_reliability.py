@@ -388,8 +388,8 @@ def test_hostile_input_gets_one_line_and_leaves_nothing(args, fragments, hostile
     assert not Path(hostile["marker"]).exists(), "no code from a pickle may run"
 
 
-def test_the_table_has_at_least_60_cases():
-    assert len(CASES) >= 60
+def test_the_table_has_at_least_120_cases():
+    assert len(CASES) >= 120
 
 
 @pytest.fixture
