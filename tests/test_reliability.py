@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from helpers import (assert_one_line_error, files_in, make_onnx_model, make_single_layer_model, run_main,
-                     write_images)
+                     with_weight, write_images)
 
 
 class _Payload:
@@ -33,20 +33,6 @@ class _Payload:
 
     def __reduce__(self):
         return (Path.touch, (self.marker,))
-
-
-def _with_weight(model: onnx.ModelProto, name: str, value: float | None = None,
-                 scale: float = 1.0) -> onnx.ModelProto:
-    """``model`` with one value of weight ``name`` set to ``value`` (NaN, Inf), or the whole weight scaled."""
-    from onnx import numpy_helper
-
-    for tensor in model.graph.initializer:
-        if tensor.name == name:
-            array = numpy_helper.to_array(tensor).copy() * np.float32(scale)
-            if value is not None:
-                array.reshape(-1)[3] = value
-            tensor.CopyFrom(numpy_helper.from_array(array.astype(np.float32), name))
-    return model
 
 
 def _save(model: onnx.ModelProto, path: Path) -> Path:
@@ -156,9 +142,9 @@ def hostile(tmp_path: Path, bad_inputs: dict[str, Path], tiny_onnx: Path) -> dic
     files["dangling"] = tmp_path / "dangling.onnx"
     files["dangling"].write_bytes(dangling.SerializeToString())
     # issue #17, defect 2: NaN compared with NaN used to "agree" (cosine 1.000000, ok)
-    files["nan_weight"] = _save(_with_weight(make_onnx_model(), "fc_b", np.nan), tmp_path / "nan_weight.onnx")
-    files["inf_weight"] = _save(_with_weight(make_onnx_model(), "w", np.inf), tmp_path / "inf_weight.onnx")
-    files["dead"] = _save(_with_weight(_with_weight(make_onnx_model(), "w", scale=0.0), "b", scale=0.0),
+    files["nan_weight"] = _save(with_weight(make_onnx_model(), "fc_b", np.nan), tmp_path / "nan_weight.onnx")
+    files["inf_weight"] = _save(with_weight(make_onnx_model(), "w", np.inf), tmp_path / "inf_weight.onnx")
+    files["dead"] = _save(with_weight(with_weight(make_onnx_model(), "w", scale=0.0), "b", scale=0.0),
                           tmp_path / "dead.onnx")  # Conv weights zeroed: the output is fc_b whatever the input
     files["keras_no_units"] = _keras_without_units(tmp_path / "no_units.keras")
     files["h5_no_units"] = _keras_without_units(tmp_path / "no_units.h5")

@@ -7,11 +7,9 @@ Real ONNX Runtime sessions of models built with onnx.helper; NaN compared with N
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
-from helpers import make_onnx_model, write_images
+from helpers import make_onnx_model, with_weight, write_images
 from toolchain.errors import VerificationError
 from toolchain.onnx_io import graph_inputs
 from toolchain.runtime import OnnxRuntimeRunner
@@ -19,14 +17,7 @@ from toolchain.verify import VerifyOptions, verify_callables
 
 
 def _runner(value: float | None = None, weight: str = "fc_b", scale: float = 1.0) -> OnnxRuntimeRunner:
-    model = make_onnx_model()
-    for tensor in model.graph.initializer:
-        if tensor.name == weight:
-            array = numpy_helper.to_array(tensor).copy() * np.float32(scale)
-            if value is not None:
-                array.reshape(-1)[3] = value
-            tensor.CopyFrom(numpy_helper.from_array(array.astype(np.float32), weight))
-    return OnnxRuntimeRunner.from_model(model)
+    return OnnxRuntimeRunner.from_model(with_weight(make_onnx_model(), weight, value, scale))
 
 
 def _verify(reference: OnnxRuntimeRunner, candidate: OnnxRuntimeRunner, options: VerifyOptions = VerifyOptions(),

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
-from toolchain.errors import InputFileError, OutputError, first_line, whole_message
+from toolchain.errors import InputFileError, OutputError, whole_message
 from toolchain.fileio import check_writable_destination, publishable, require_file
 
 # Protobuf cannot serialise a message over 2 GiB; stay well below it.
