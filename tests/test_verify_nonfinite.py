@@ -56,11 +56,12 @@ def test_finite_models_still_pass():
 
 def test_an_output_that_ignores_real_images_fails(tmp_path):
     dead = _runner(weight="w", scale=0.0)  # Conv weights zero: y is Gemm(bias) whatever the image
-    options = VerifyOptions(calib=write_images(tmp_path / "images", count=8), preprocess="gray01")
+    # The folder's name is printed as given, braces too (labels are not format strings).
+    options = VerifyOptions(calib=write_images(tmp_path / "images {0}", count=8), preprocess="gray01")
     with pytest.raises(VerificationError) as caught:
         _verify(dead, dead, options)
     message = str(caught.value)
-    assert "gives the same output 'y' for all 8 images from images" in message
+    assert "gives the same output 'y' for all 8 images from images {0}" in message
     assert "ignores its input" in message
 
 

@@ -72,7 +72,9 @@ class ParityReport:
         for kind, message, hint in self._broken_messages():
             found = [o for o in failing if o.kind == kind]
             if found:
-                raise VerificationError(message.format(details="; ".join(o.describe() for o in found)), hint=hint)
+                # replace, not format: labels hold folder names, which may hold braces
+                raise VerificationError(message.replace("{details}", "; ".join(o.describe() for o in found)),
+                                        hint=hint)
         if failing:
             details = "; ".join(o.describe() for o in failing)
             criterion = (f"cosine >= {self.min_cosine:g}" if self.min_cosine is not None
@@ -183,7 +185,7 @@ def _fail_constant(report: ParityReport, references: Sequence[Feed], candidates:
     if not floating:
         return
     still_ref = constant_outputs({n: stack(references, n) for n in floating})
-    if len(still_ref) == len(floating):
+    if len(still_ref) == len(passing):  # an integer output that varies (a class id) shows the input matters
         flagged, kind = still_ref, "source constant"
     else:
         flagged = [n for n in constant_outputs({n: stack(candidates, n) for n in floating}) if n not in still_ref]
