@@ -34,7 +34,7 @@ from calibration.folder import (IMAGE_SUFFIXES, labelled_folder, list_images, lo
                                sample_files)
 from calibration.spec import PreprocessSpec
 from toolchain.errors import InputFileError, OutputError, ToolchainError, UsageError
-from toolchain.fileio import atomic_file, check_npy_size, sha256_file
+from toolchain.fileio import atomic_file, check_array_file, sha256_file
 
 # Part of every cache key: bump it whenever the stored layout, or code that changes
 # what a given key should produce (preprocessing, split rule), changes.
@@ -310,6 +310,7 @@ def _array_file(path: Path) -> _Found:
 
 def _read_array(path: Path) -> np.ndarray:
     """The numeric array in a .npy (memory-mapped) or single-array .npz; pickles are refused unread."""
+    check_array_file(path)
     try:
         if path.suffix.lower() == ".npz":
             with np.load(path, allow_pickle=False) as archive:
@@ -605,8 +606,7 @@ def _load_arrays(found: _Found, cal: list[_Item], hold: list[_Item]) -> _Built:
 
 
 def _read_sample(path: Path) -> np.ndarray:
-    if path.suffix.lower() == ".npy":
-        check_npy_size(path)
+    check_array_file(path)
     try:
         sample = np.load(path, allow_pickle=False)
     except _READ_ERRORS as exc:

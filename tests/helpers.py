@@ -37,6 +37,18 @@ def make_onnx_model(batch: int | str = 1) -> onnx.ModelProto:
     return model
 
 
+def with_weight(model: onnx.ModelProto, name: str, value: float | None = None,
+                scale: float = 1.0) -> onnx.ModelProto:
+    """``model`` with weight ``name`` scaled by ``scale`` and, given ``value`` (NaN, Inf), its 4th value set to it."""
+    for tensor in model.graph.initializer:
+        if tensor.name == name:
+            array = numpy_helper.to_array(tensor).copy() * np.float32(scale)
+            if value is not None:
+                array.reshape(-1)[3] = value
+            tensor.CopyFrom(numpy_helper.from_array(array.astype(np.float32), name))
+    return model
+
+
 def write_images(folder: Path, count: int = 6, size: int = 8, mode: str = "L") -> Path:
     """Real PNG files with seeded random pixels."""
     from PIL import Image

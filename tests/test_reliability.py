@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 from PIL import Image
 
 from helpers import (assert_one_line_error, files_in, make_onnx_model, make_single_layer_model, run_main,
-                     write_images)
+                     with_weight, write_images)
 
 
 class _Payload:
@@ -32,6 +33,80 @@ class _Payload:
 
     def __reduce__(self):
         return (Path.touch, (self.marker,))
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _npz(path: Path, shape: tuple[int, ...], data: bytes = bytes(16), member: str = "x") -> Path:
+    """An .npz whose one member's header declares ``shape`` (float32) but holds ``data``."""
+    import io
+
+    from numpy.lib import format as npy_format
+
+    buffer = io.BytesIO()
+    npy_format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    buffer.write(data)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(f"{member}.npy", buffer.getvalue())
+    return path
+
+
+def _keras_without_units(path: Path) -> Path:
+    """A Keras model whose Dense layer lacks its required ``units``: Keras' error nests the reason 3 deep."""
+    import json
+
+    dense = {"module": "keras.layers", "class_name": "Dense", "config": {"name": "head", "activation": "linear"}}
+    config = {"module": "keras", "class_name": "Sequential", "registered_name": None, "config": {"name": "seq", "layers": [
+        {"module": "keras.layers", "class_name": "InputLayer",
+         "config": {"batch_shape": [None, 4], "dtype": "float32", "name": "in"}}, dense]}}
+    if path.suffix == ".keras":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("config.json", json.dumps(config))
+            archive.writestr("metadata.json", json.dumps({"keras_version": "3.5.0"}))
+    else:
+        import h5py
+
+        with h5py.File(path, "w") as handle:
+            handle.attrs["model_config"] = json.dumps(config)
+            handle.attrs["keras_version"] = "3.5.0"
+            handle.create_group("model_weights")
+    return path
+
+
+def _odd_onnx_models(folder: Path) -> dict[str, Path]:
+    """ONNX files that parse but lie or ask for what no runtime has, and model paths that are not files."""
+    from onnx import helper, numpy_helper
+
+    def one_node(op: str, elem: int, domain: str = "") -> onnx.ModelProto:
+        graph = helper.make_graph([helper.make_node(op, ["x"], ["y"], domain=domain)], "g",
+                                  [helper.make_tensor_value_info("x", elem, [1, 4])],
+                                  [helper.make_tensor_value_info("y", elem, [1, 4])])
+        opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+        model = helper.make_model(graph, opset_imports=opsets)
+        model.ir_version = 8
+        return model
+
+    lying, future, ghost, silent = (make_onnx_model() for _ in range(4))
+    lying.graph.initializer[2].dims[:] = [100000, 100000]  # fc_w declares 40 GB, holds 10 KB
+    future.ir_version = 99
+    ghost.graph.output[0].name = "ghost"
+    del silent.graph.output[:]
+    models = {"lying_init": lying, "ir99": future, "ghost_out": ghost, "no_outputs": silent,
+              "foreign_op": one_node("Frob", onnx.TensorProto.FLOAT, "com.example"),
+              "string_input": one_node("Identity", onnx.TensorProto.STRING)}
+    files = {name: _save(model, folder / f"{name}.onnx") for name, model in models.items()}
+    files["tensor_proto"] = folder / "tensor_proto.onnx"  # a valid protobuf, but a TensorProto
+    files["tensor_proto"].write_bytes(numpy_helper.from_array(np.ones(4, np.float32), "t").SerializeToString())
+    files["fifo"] = folder / "fifo.onnx"
+    os.mkfifo(files["fifo"])  # reading it would block for ever
+    files["dev_zero"] = folder / "zero.onnx"
+    files["dev_zero"].symlink_to("/dev/zero")  # reading it would never end
+    files["complex_npy"] = folder / "complex.npy"
+    np.save(files["complex_npy"], np.ones((1, 1, 8, 8), np.complex64))
+    return files
 
 
 def _onnx_with_external_data(folder: Path, location: str) -> Path:
@@ -66,6 +141,14 @@ def hostile(tmp_path: Path, bad_inputs: dict[str, Path], tiny_onnx: Path) -> dic
     dangling.graph.node[1].input[0] = "nowhere"
     files["dangling"] = tmp_path / "dangling.onnx"
     files["dangling"].write_bytes(dangling.SerializeToString())
+    # issue #17, defect 2: NaN compared with NaN used to "agree" (cosine 1.000000, ok)
+    files["nan_weight"] = _save(with_weight(make_onnx_model(), "fc_b", np.nan), tmp_path / "nan_weight.onnx")
+    files["inf_weight"] = _save(with_weight(make_onnx_model(), "w", np.inf), tmp_path / "inf_weight.onnx")
+    files["dead"] = _save(with_weight(with_weight(make_onnx_model(), "w", scale=0.0), "b", scale=0.0),
+                          tmp_path / "dead.onnx")  # Conv weights zeroed: the output is fc_b whatever the input
+    files["keras_no_units"] = _keras_without_units(tmp_path / "no_units.keras")
+    files["h5_no_units"] = _keras_without_units(tmp_path / "no_units.h5")
+    files.update(_odd_onnx_models(tmp_path))
     files["ext_missing"] = _onnx_with_external_data(tmp_path / "ext_missing", "weights.bin")
     (tmp_path / "secret.bin").write_bytes(bytes(144))
     files["ext_outside"] = _onnx_with_external_data(tmp_path / "ext_outside", "../secret.bin")
@@ -94,6 +177,12 @@ def hostile(tmp_path: Path, bad_inputs: dict[str, Path], tiny_onnx: Path) -> dic
     files["flat_labels"] = write_images(tmp_path / "calib" / "flat", count=4)  # images but no class folders
     np.save(tmp_path / "x.npy", np.zeros((1, 1, 8, 8), np.float32))
     files["npy"] = tmp_path / "x.npy"
+    # .npz members (issue #17): headers that lie, ask for 111 GiB, or hold a pickle
+    files["npz_lying"] = _npz(tmp_path / "lying.npz", (20, 1, 8, 8))
+    files["npz_huge"] = _npz(tmp_path / "huge.npz", (1, 3, 100000, 100000))
+    files["npz_as_npy"] = _npz(tmp_path / "zip_inside.npy", (1, 3, 100000, 100000))
+    files["npz_pickle"] = tmp_path / "pickle.npz"
+    np.savez(files["npz_pickle"], x=np.array([_Payload(files["marker"])] * 20, dtype=object))
     recipes = {"recipe_unknown.yaml": "targets: [x86]\ncalib_sise: 3\n",
                "recipe_type.toml": "targets = ['x86']\nmax-drop = 'lots'\n",
                "recipe_duplicate.yaml": "targets: [x86]\nholdout: 3\nholdout: 4\n",
@@ -226,10 +315,57 @@ CASES = [
      ["only 8 images", "at least 16"]),
     (["inspect", "{random_pt}"], ["is a PyTorch file", "edgekiln convert"]),
     (["compare", "{tiny}", "{tiny}", "--calib", "{images}", "--preprocess", "sepia"], ["unknown preprocessing preset"]),
+    # messages that were cut (issue #17, defect 7): "...input 'nowhere' of node: ." and Keras' outer sentence only
+    (["inspect", "{dangling}"], ["input 'nowhere' of an unnamed Relu node is not output of any previous nodes"]),
+    (["convert", "{keras_no_units}", "-o", "{out}/m.onnx"],
+     ["layer 'head' (Dense)", "missing 1 required positional argument: 'units'"]),
+    (["convert", "{h5_no_units}", "-o", "{out}/m.onnx"],
+     ["layer 'head' (Dense)", "missing 1 required positional argument: 'units'"]),
+    # model files that parse but lie, name what no runtime has, or are not files at all (issue #17)
+    (["convert", "{lying_init}", "-o", "{out}/m.onnx"], ["fc_w", "too small for the declared shape"]),
+    (["inspect", "{lying_init}"], ["fc_w", "too small for the declared shape"]),
+    (["convert", "{ir99}", "-o", "{out}/m.onnx"], ["ir_version 99"]),
+    (["convert", "{ghost_out}", "-o", "{out}/m.onnx"], ["'ghost' is not an output of any node"]),
+    (["convert", "{no_outputs}", "-o", "{out}/m.onnx"], ["declares no graph outputs"]),
+    (["convert", "{foreign_op}", "-o", "{out}/m.onnx"], ["com.example:Frob", "not a registered"]),
+    (["convert", "{string_input}", "-o", "{out}/m.onnx"], ["input 'x' takes strings", "--no-verify"]),
+    (["convert", "{tensor_proto}", "-o", "{out}/m.onnx"], ["not a valid ONNX model"]),
+    (["convert", "{fifo}", "-o", "{out}/m.onnx"], ["is not a regular file"]),
+    (["inspect", "{dev_zero}"], ["is not a regular file"]),
+    (["run", "{tiny}", "--input", "{complex_npy}"], ["complex64", "input 'x' (float32)"]),
+    # .npz inputs and samples: every member's header is read before anything is allocated (issue #17)
+    (["run", "{tiny}", "--input", "{npz_lying}"], ["lying.npz", "member 'x'", "holds only 16 bytes"]),
+    (["run", "{tiny}", "--input", "{npz_huge}"], ["member 'x'", "(1, 3, 100000, 100000)", "more than the 1 GiB"]),
+    (["run", "{tiny}", "--input", "x={npz_as_npy}"], ["zip_inside.npy", "more than the 1 GiB"]),
+    (["run", "{tiny}", "--input", "{npz_pickle}"], ["member 'x'", "pickled data"]),
+    (["calibrate", "{tiny}", "--calib", "{npz_lying}", "-o", "{out}/q.onnx", "--cache-dir", "{cache}"],
+     ["member 'x'", "holds only 16 bytes"]),
+    (["calibrate", "{tiny}", "--calib", "{npz_pickle}", "-o", "{out}/q.onnx", "--cache-dir", "{cache}"],
+     ["pickled data"]),
+    (["build", "{tiny}", "-o", "{out}/b", "--target", "x86:int8", "--calib", "{npz_huge}", "--cache-dir", "{cache}"],
+     ["more than the 1 GiB"]),
+    (["convert", "{tiny}", "-o", "{out}/m.onnx", "--calib", "{npz_lying}"], ["holds only 16 bytes"]),
+    # non-finite and constant outputs (issue #17, defect 2): each used to pass as "cosine 1.000000, ok"
+    (["convert", "{nan_weight}", "-o", "{out}/m.onnx"], ["output 'y' has 2 NaN values", "the source model is broken"]),
+    (["convert", "{inf_weight}", "-o", "{out}/m.onnx"], ["NaN", "the source model is broken"]),
+    (["optimize", "{nan_weight}", "-o", "{out}/m.onnx", "--simplify"], ["NaN values", "the source model is broken"]),
+    (["optimize", "{nan_weight}", "-o", "{out}/m.onnx", "--fp16"], ["NaN values", "the source model is broken"]),
+    (["compile", "{nan_weight}", "-o", "{out}/art"], ["NaN values", "the source model is broken"]),
+    (["build", "{nan_weight}", "-o", "{out}/b", "--target", "x86", "--cache-dir", "{cache}"],
+     ["NaN values", "the source model is broken"]),
+    (["convert", "{dead}", "-o", "{out}/m.onnx", "--calib", "{images}"], ["same output 'y' for all 8 images"]),
+    (["compare", "{nan_weight}", "{tiny}"], ["NaN values", "nan_weight.onnx"]),
+    (["compare", "{tiny}", "{nan_weight}"], ["NaN values", "nan_weight.onnx"]),
 ]
 
 
-@pytest.mark.parametrize("args, fragments", CASES)
+def _case_id(index: int, args: list[str]) -> str:
+    """The row number, the command and the files it names, so ``-k nan_weight`` picks rows."""
+    names = [n for n in re.findall(r"\{(\w+)\}", " ".join(args)) if n not in ("out", "cache")]
+    return "-".join([f"{index:03d}", args[0], *names[:2]])
+
+
+@pytest.mark.parametrize("args, fragments", CASES, ids=[_case_id(i, args) for i, (args, _) in enumerate(CASES)])
 def test_hostile_input_gets_one_line_and_leaves_nothing(args, fragments, hostile, capsys):
     code, _, err = run_main([a.format(**hostile) for a in args], capsys)
     assert_one_line_error(code, err, *fragments)
@@ -238,8 +374,57 @@ def test_hostile_input_gets_one_line_and_leaves_nothing(args, fragments, hostile
     assert not Path(hostile["marker"]).exists(), "no code from a pickle may run"
 
 
-def test_the_table_has_at_least_60_cases():
-    assert len(CASES) >= 60
+def test_the_table_has_at_least_120_cases():
+    assert len(CASES) >= 120
+
+
+@pytest.fixture
+def places(tmp_path: Path, tiny_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """An existing build folder and artifact (each holding a model), and an empty tmpfs mount point."""
+    for folder, marker in (("build", "report.json"), ("art", "manifest.json")):
+        (tmp_path / folder / "sub").mkdir(parents=True)
+        (tmp_path / folder / marker).write_text("{}")
+        shutil.copyfile(tiny_onnx, tmp_path / folder / "model.onnx")
+    write_images(tmp_path / "build" / "images", count=20)
+    (tmp_path / "mnt").mkdir()
+    mounted = _mount_tiny_tmpfs(tmp_path / "mnt", "1m")
+    yield {"tiny": str(tiny_onnx), "root": str(tmp_path), "mounted": mounted}
+    if mounted:
+        subprocess.run(["umount", str(tmp_path / "mnt")], capture_output=True)
+
+
+# (folder to run in, arguments, fragments of the one line): outputs that would replace the folder the user
+# is in, the source or the samples, or that cannot be replaced at all (issue #17, defect 5: `-o .` inside a
+# build folder ran the whole build, then failed with "could not write '.': Device or resource busy" and left
+# `..<pid>.*.tmp` in the parent folder)
+UNSAFE_OUTPUTS = [
+    ("build", ["build", "{tiny}", "-o", "."], ["output '.' is the current folder"]),
+    ("build/sub", ["build", "{tiny}", "-o", ".."], ["output '..' contains the current folder"]),
+    ("art", ["compile", "{tiny}", "-o", "."], ["output '.' is the current folder"]),
+    (".", ["build", "{tiny}", "-o", "/"], ["output '/' contains the current folder"]),
+    (".", ["build", "build/model.onnx", "-o", "build"], ["output 'build' contains the source", "model.onnx"]),
+    (".", ["compile", "art/model.onnx", "-o", "art"], ["output 'art' contains the source"]),
+    (".", ["convert", "{tiny}", "-o", "{tiny}"], ["is the source model itself"]),
+    (".", ["optimize", "{tiny}", "--simplify", "-o", "{tiny}"], ["is the source model itself"]),
+    (".", ["calibrate", "{tiny}", "--calib", "build/images", "-o", "{tiny}"], ["is the source model itself"]),
+    (".", ["build", "{tiny}", "-o", "build", "--target", "x86:int8", "--calib", "build/images"],
+     ["output 'build' contains the --calib folder"]),
+    (".", ["build", "{tiny}", "-o", "mnt"], ["output 'mnt' is a mount point"]),
+    (".", ["compile", "{tiny}", "-o", "mnt"], ["output 'mnt' is a mount point"]),
+]
+
+
+@pytest.mark.parametrize("where, args, fragments", UNSAFE_OUTPUTS,
+                         ids=[f"{i:02d}-{a[0]}-{a[a.index('-o') + 1]}" for i, (_, a, _) in enumerate(UNSAFE_OUTPUTS)])
+def test_unsafe_output_is_refused_before_any_work(where, args, fragments, places, capsys, monkeypatch):
+    root = Path(places["root"])
+    if "mnt" in args and not places["mounted"]:
+        pytest.skip("cannot mount a tmpfs here (needs root and mount)")
+    before = files_in(root)
+    monkeypatch.chdir(root / where)
+    code, _, err = run_main([a.format(**places) for a in args], capsys)
+    assert_one_line_error(code, err, *fragments)
+    assert files_in(root) == before, "nothing may be written, replaced or left behind (no *.tmp anywhere)"
 
 
 def _mount_tiny_tmpfs(folder: Path, size: str) -> bool:

@@ -113,7 +113,7 @@ def test_run_rejects_wrong_shape_and_pickled_arrays(tiny_onnx, tmp_path):
         api.run(tiny_onnx, [str(wrong)])
     pickled = tmp_path / "obj.npy"
     np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(InputFileError, match="cannot read"):
+    with pytest.raises(InputFileError, match="holds pickled data"):
         api.run(tiny_onnx, [str(pickled)])
 
 

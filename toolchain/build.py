@@ -23,7 +23,7 @@ from typing import Any
 
 from toolchain.build_plan import BuildRequest, PlannedStage, plan_build, source_label, require_inputs
 from toolchain.errors import ToolchainError, UsageError, VerificationError
-from toolchain.fileio import check_writable_destination
+from toolchain.fileio import check_writable_destination, refuse_clobbering
 from toolchain.stage_cache import StageCache, files_under
 
 REPORT_NAME = "report.json"
@@ -109,6 +109,8 @@ def prepare(request: BuildRequest, cache: StageCache) -> tuple[BuildRequest, Any
     from toolchain.stages import refuse_foreign_folder
 
     check_writable_destination(request.output)
+    refuse_clobbering(request.output, {"the source model": request.source, "the --calib folder": request.calib,
+                                       "the --labels folder": request.labels})
     refuse_foreign_folder(request.output, marker=REPORT_NAME)
     require_inputs(request)
     request, checked = check_request(request)

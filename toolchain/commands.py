@@ -146,7 +146,7 @@ def calibrate(model: PathLike, output: PathLike, *, calib: PathLike, target: str
     from toolchain.passes.calibrate import calibrate as run_calibrate
     from toolchain.passes.quantize import QuantizeConfig
 
-    from toolchain.fileio import check_writable_destination
+    from toolchain.fileio import check_writable_destination, refuse_clobbering
 
     quant = _quant_options(calib, calib_size, holdout, seed, preprocess, cache_dir, no_cache, method, per_channel,
                            activation_type, symmetric, guard, max_drop, min_cosine, task)
@@ -154,6 +154,7 @@ def calibrate(model: PathLike, output: PathLike, *, calib: PathLike, target: str
     for destination in (output, tensorrt_cache):
         if destination is not None:
             check_writable_destination(Path(destination))
+            refuse_clobbering(Path(destination), {"the source model": Path(model), "the --calib folder": Path(calib)})
     _check_split(quant)
     return run_calibrate(Path(model), Path(output), quant.calibration, config, quant.budget,
                          Path(tensorrt_cache) if tensorrt_cache else None, tensorrt_version)

@@ -15,9 +15,10 @@ import numpy as np
 import onnx
 
 from toolchain.artifact import Artifact
-from toolchain.errors import UsageError
+from toolchain.errors import UsageError, VerificationError
 from toolchain.feeds import image_feeds, random_feeds
 from toolchain.frontends.base import Feed
+from toolchain.quality import describe_non_finite
 
 _TOP_K = (1, 5)
 
@@ -63,11 +64,19 @@ def _top_k(reference: np.ndarray, candidate: np.ndarray) -> dict[int, float]:
     return {k: float((ranked[:, :k] == best[:, None]).any(axis=1).mean()) for k in _TOP_K if k <= reference.shape[1]}
 
 
-def diff_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> list[OutputDiff]:
+def diff_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+                 labels: tuple[str, str] = ("the reference", "the candidate")) -> list[OutputDiff]:
+    """Per-output differences; NaN/Inf on either side is refused (NaN minus NaN has no error to show)."""
     diffs = []
     for name, ref in reference.items():
         if name not in candidate or candidate[name].shape != ref.shape:
             raise UsageError(f"output '{name}' is missing or has another shape in the candidate")
+        for values, label, itself in ((ref, labels[0], " itself"), (candidate[name], labels[1], "")):
+            found = describe_non_finite(values)
+            if found:
+                raise VerificationError(f"{label}{itself} gives non-finite outputs: output '{name}' has {found}, "
+                                        "so there is nothing to compare",
+                                        hint="Check that model's weights (a NaN or Inf weight?).")
         error = np.abs(ref.astype(np.float64) - candidate[name])
         diffs.append(OutputDiff(name, float(error.max()), float(error.mean()), _cosine(ref, candidate[name]),
                                 _top_k(ref, candidate[name])))
@@ -105,7 +114,8 @@ def compare_artifacts(paths: list[Path], *, calib: Path | None = None, count: in
     artifacts = [Artifact.open(p) for p in paths]
     feeds = comparison_feeds(artifacts[0], calib, count, seed, preprocess)
     reference = _run(artifacts[0], feeds)
-    return [Comparison(str(paths[0]), str(path), len(feeds), diff_outputs(reference, _run(artifact, feeds)))
+    return [Comparison(str(paths[0]), str(path), len(feeds),
+                       diff_outputs(reference, _run(artifact, feeds), (str(paths[0]), str(path))))
             for path, artifact in zip(paths[1:], artifacts[1:])]
 
 

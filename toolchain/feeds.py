@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import UsageError
+from toolchain.fileio import MAX_ARRAY_BYTES, check_array_file
 from toolchain.frontends.base import Feed
 from toolchain.inputs import concrete_dims
 from toolchain.onnx_io import TensorInfo
@@ -17,9 +18,8 @@ def concrete_shape(info: TensorInfo, batch: int = 1) -> tuple[int, ...]:
     return concrete_dims(info.name, info.shape, batch)
 
 
-# The largest single input tensor the tool will make up (random verification and benchmark inputs): far above
-# any edge model's input, far below what would exhaust a build machine's memory.
-MAX_INPUT_BYTES = 1 << 30
+# The largest single input tensor the tool will make up (random verification and benchmark inputs).
+MAX_INPUT_BYTES = MAX_ARRAY_BYTES
 _SMALL_DRAW_BYTES = 64 << 20
 
 
@@ -43,6 +43,9 @@ def random_feed(inputs: list[TensorInfo], *, seed: int = 0, batch: int = 1) -> F
     rng = np.random.default_rng(seed)
     feed: Feed = {}
     for info in inputs:
+        if info.dtype.kind not in "fciub":
+            raise UsageError(f"input '{info.name}' takes strings; edgekiln makes up verification and benchmark "
+                             "inputs only for numbers and booleans", hint="Skip verification with --no-verify.")
         shape = concrete_shape(info, batch)
         count = check_input_size(info.name, shape, info.dtype)
         if np.issubdtype(info.dtype, np.floating):
@@ -129,6 +132,7 @@ def array_feeds(inputs: list[TensorInfo], source: Path, *, count: int = 8) -> li
 def _sample_count(source: Path) -> int:
     if source.is_dir():
         return len(list(source.glob("*.npy")))
+    check_array_file(source)
     data = np.load(source, mmap_mode="r", allow_pickle=False)
     if isinstance(data, np.lib.npyio.NpzFile):
         with data:

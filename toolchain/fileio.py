@@ -56,14 +56,23 @@ def require_file(path: Path, what: str = "input file") -> Path:
         raise InputFileError(f"{what} '{path}' does not exist")
     if path.is_dir():
         raise InputFileError(f"{what} '{path}' is a directory, expected a file")
+    if not path.is_file():  # a FIFO would block the read, /dev/zero would never end it
+        raise InputFileError(f"{what} '{path}' is not a regular file (a device, FIFO or socket)")
     if not os.access(path, os.R_OK):
         raise InputFileError(f"{what} '{path}' is not readable (permission denied)")
     return path
 
 
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute and normalised without following links: ``.`` gets its real name, so a
+    staging name never starts ``..`` and never lands in the wrong folder."""
+    return Path(os.path.abspath(path))
+
+
 def check_writable_destination(dest: Path) -> None:
-    """Fail early, before any expensive work, if ``dest`` cannot be created."""
-    parent = dest.absolute().parent
+    """Fail early, before any expensive work, if ``dest`` cannot be created or replaced."""
+    refuse_unreplaceable(dest)
+    parent = _absolute(dest).parent
     if not parent.exists():
         raise OutputError(f"output folder '{parent}' does not exist", hint="Create it first.")
     if not parent.is_dir():
@@ -74,11 +83,45 @@ def check_writable_destination(dest: Path) -> None:
         raise OutputError(f"output path '{dest}' is an existing directory, expected a file name")
 
 
+def refuse_unreplaceable(dest: Path) -> None:
+    """Refuse outputs that cannot be swapped into place: the current folder or one holding it (the user's
+    shell would be left in a deleted folder) and mount points (rename(2) fails with EBUSY), before any work."""
+    target, here = Path(os.path.realpath(dest)), Path(os.path.realpath(os.getcwd()))
+    if target == here:
+        raise OutputError(f"output '{dest}' is the current folder, and an output folder is replaced as a whole",
+                          hint="Choose a new folder, e.g. -o edgekiln-out.")
+    if target in here.parents:
+        raise OutputError(f"output '{dest}' contains the current folder '{here}', and an output folder is replaced "
+                          "as a whole", hint="Choose a new folder beside or below the current one.")
+    if target.exists() and os.path.ismount(target):
+        raise OutputError(f"output '{dest}' is a mount point, which cannot be replaced",
+                          hint=f"Choose a folder inside it, e.g. -o {Path(dest) / 'edgekiln-out'}.")
+
+
+def refuse_clobbering(dest: Path, sources: dict[str, Path | None]) -> None:
+    """Refuse an output that is, or holds, something the command reads (``{"the source": path}``): the
+    output replaces it, so the source model or its samples would be deleted."""
+    target = Path(os.path.realpath(dest))
+    for what, source in sources.items():
+        if source is None:
+            continue
+        resolved = Path(os.path.realpath(source))
+        if resolved == target and not target.is_dir():
+            raise OutputError(f"output '{dest}' is {what} itself, which would be overwritten",
+                              hint="Write to another file.")
+        if target == resolved or target in resolved.parents:
+            raise OutputError(f"output '{dest}' contains {what} '{source}', which replacing it would delete",
+                              hint="Choose another output folder.")
+
+
 @contextlib.contextmanager
 def atomic_file(dest: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; rename it to ``dest`` only if the block succeeds."""
     check_writable_destination(dest)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.absolute().parent)
+    if dest.is_dir():
+        raise OutputError(f"output path '{dest}' is an existing directory, expected a file name")
+    dest = _absolute(dest)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -129,6 +172,19 @@ def _swap_lock(parent: Path) -> Iterator[None]:
         os.close(descriptor)  # closing releases the lock
 
 
+def _swap(new: Path, dest: Path, previous: Path) -> None:
+    """Put ``new`` at ``dest``, moving an existing ``dest`` to ``previous``, and back if the swap fails."""
+    moved = dest.exists()
+    if moved:
+        os.replace(dest, previous)
+    try:
+        os.replace(new, dest)
+    except OSError:
+        if moved:
+            os.replace(previous, dest)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_directory(dest: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``dest``; swap it into place only if the block succeeds.
@@ -140,51 +196,84 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
     check_writable_destination(dest)
     if dest.exists() and not dest.is_dir():
         raise OutputError(f"output path '{dest}' exists and is not a folder")
-    parent = dest.absolute().parent
+    shown, dest = dest, _absolute(dest)
+    parent = dest.parent
     _remove_stale_staging(parent, dest.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=parent))
+    # One staging place per run: the new folder is built in it and the old one moved into it, so
+    # whatever fails, removing it removes everything this run made.
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=parent))
+    tmp = staging / "new"
+    tmp.mkdir()
     try:
         yield tmp
         publishable(tmp)
         with _swap_lock(parent):
-            if dest.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=parent))
-                os.replace(dest, old / "previous")
-                os.replace(tmp, dest)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, dest)
+            _swap(tmp, dest, staging / "previous")
     except OSError as exc:
-        raise OutputError(f"could not write '{dest}': {exc.strerror or exc}") from exc
+        raise OutputError(f"could not write '{shown}': {exc.strerror or exc}") from exc
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-def check_npy_size(path: Path) -> None:
-    """Refuse a ``.npy`` whose header declares more data than the file holds, before numpy allocates it.
+MAX_ARRAY_BYTES = 1 << 30
+"""The largest array edgekiln allocates from one .npz member (or makes up as one input): far above any edge
+model's input, far below what would exhaust a build machine's memory."""
 
-    ``np.load`` trusts the header and allocates the declared array first (a 100-byte file can ask for
-    100 GiB); memory-mapped loads check it, full loads do not. Headers it cannot parse are left to np.load.
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def check_array_file(path: Path) -> None:
+    """Refuse a ``.npy`` or ``.npz`` whose headers would make numpy allocate more than the file holds, more
+    than ``MAX_ARRAY_BYTES`` (for compressed members), or unpickle objects, before numpy reads it.
+
+    ``np.load`` trusts a header and allocates the declared array first (a 100-byte file can ask for
+    100 GiB); it also opens any zip as an ``.npz``, whatever the name. Headers it cannot parse are left
+    to np.load, which reports them.
     """
+    import zipfile
+
+    with open(path, "rb") as handle:
+        is_zip = handle.read(4) == _ZIP_MAGIC
+        if not is_zip:
+            handle.seek(0)
+            _check_npy_header(handle, os.fstat(handle.fileno()).st_size, f"'{path}'", limit=None)
+            return
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):
+        return
+    with archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                _check_npy_header(member, info.file_size,
+                                  f"'{path}' member '{info.filename.removesuffix('.npy')}'", MAX_ARRAY_BYTES)
+
+
+def _check_npy_header(handle, size: int, label: str, limit: int | None) -> None:
+    """Check one array header read from ``handle`` (``size`` bytes in all, header included)."""
     import numpy as np
     from numpy.lib import format as npy_format
 
     readers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
-    with open(path, "rb") as handle:
-        try:
-            reader = readers.get(npy_format.read_magic(handle))
-            if reader is None:
-                return
-            shape, _fortran, dtype = reader(handle)
-        except (ValueError, OSError, EOFError):
+    try:
+        reader = readers.get(npy_format.read_magic(handle))
+        if reader is None:
             return
-        if dtype.hasobject:
-            return  # np.load refuses pickled arrays itself (allow_pickle=False)
-        declared = dtype.itemsize
-        for dim in shape:
-            declared *= int(dim)
-        available = os.fstat(handle.fileno()).st_size - handle.tell()
+        shape, _fortran, dtype = reader(handle)
+    except (ValueError, OSError, EOFError):
+        return
+    if dtype.hasobject:
+        raise InputFileError(f"{label} holds pickled data (Python objects, dtype {dtype}), which could run code when "
+                             "loaded; edgekiln reads only numeric arrays",
+                             hint="Save the samples as a numeric array (np.save / np.savez).")
+    declared = dtype.itemsize
+    for dim in shape:
+        declared *= int(dim)  # Python ints: huge dims must not wrap around
+    described = f"an array of shape {tuple(shape)} ({np.dtype(dtype).name}, {declared:,} bytes)"
+    if limit is not None and declared > limit:
+        raise InputFileError(f"{label} declares {described}, more than the {limit >> 30} GiB edgekiln loads from "
+                             "one array")
+    available = size - handle.tell()
     if declared > available:
-        raise InputFileError(f"'{path}' declares an array of shape {tuple(shape)} ({np.dtype(dtype).name}, "
-                             f"{declared:,} bytes) but holds only {available:,} bytes of data: a damaged or "
-                             "forged .npy file")
+        raise InputFileError(f"{label} declares {described} but holds only {available:,} bytes of data: a damaged "
+                             "or forged file")

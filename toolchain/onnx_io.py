@@ -7,6 +7,7 @@ that every external-data file exists and stays inside the model's folder.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
-from toolchain.errors import InputFileError, OutputError, first_line
+from toolchain.errors import InputFileError, OutputError, whole_message
 from toolchain.fileio import check_writable_destination, publishable, require_file
 
 # Protobuf cannot serialise a message over 2 GiB; stay well below it.
@@ -73,6 +74,8 @@ def load_onnx(path: Path, *, check: bool = True) -> onnx.ModelProto:
         raise InputFileError(f"'{path}' is not a valid ONNX model (cannot be parsed: {type(exc).__name__})") from exc
     if not model.graph.node and not model.graph.output:
         raise InputFileError(f"'{path}' parsed as ONNX but holds no graph; it is probably not an ONNX model")
+    if not model.graph.output:
+        raise InputFileError(f"'{path}' declares no graph outputs, so the model computes nothing anyone can read")
     _check_external_data_paths(model, path.parent)
     try:
         external_data_helper.load_external_data_for_model(model, str(path.parent))
@@ -95,8 +98,19 @@ def check_model(model: onnx.ModelProto, path: Path | None = None) -> None:
         else:
             onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        first = first_line(exc)
-        raise InputFileError(f"{where} fails the ONNX checker: {first}") from exc
+        raise InputFileError(f"{where} fails the ONNX checker: {checker_message(exc)}") from exc
+
+
+def checker_message(exc: BaseException) -> str:
+    """The ONNX checker's message on one line, with its node dump (``name: X OpType: Relu`` on lines of their
+    own) made a phrase: cut at the first line, "...input 'b' of node: ." said nothing about which node."""
+    text = whole_message(exc)
+
+    def phrase(match: re.Match) -> str:
+        name, op = match.group(1), match.group(2)
+        return f"of node '{name}' ({op})" if name else f"of an unnamed {op} node"
+
+    return re.sub(r"of node:\s*name:\s*(\S*?)\s*OpType:\s*(\S+)", phrase, text)
 
 
 def _check_structure_only(model: onnx.ModelProto) -> None:
@@ -184,6 +198,8 @@ def _value_info(value: onnx.ValueInfoProto) -> TensorInfo:
         else:
             dims.append(dim.dim_param or "?")
     dtype = np.dtype(_ONNX_TO_NUMPY.get(tensor_type.elem_type, np.float32))
+    if tensor_type.elem_type == onnx.TensorProto.STRING:
+        dtype = np.dtype(object)  # not float32: made-up float inputs for it only confuse ONNX Runtime
     return TensorInfo(value.name, tuple(dims), dtype)
 
 

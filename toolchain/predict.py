@@ -8,7 +8,7 @@ import numpy as np
 
 from toolchain.artifact import Artifact
 from toolchain.errors import InputFileError, UsageError
-from toolchain.fileio import check_npy_size, require_file
+from toolchain.fileio import check_array_file, require_file
 from toolchain.frontends.base import Feed
 from toolchain.onnx_io import TensorInfo
 
@@ -16,8 +16,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".g
 
 
 def _load_array(path: Path) -> np.ndarray:
-    if path.suffix.lower() == ".npy":
-        check_npy_size(path)
+    check_array_file(path)
     try:
         value = np.load(path, allow_pickle=False)  # pickled object arrays could run code
     except (ValueError, OSError, EOFError) as exc:
@@ -25,6 +24,14 @@ def _load_array(path: Path) -> np.ndarray:
     if isinstance(value, np.lib.npyio.NpzFile):
         raise InputFileError(f"'{path.name}' is an .npz archive; pass it without a NAME= prefix")
     return value
+
+
+def _cast(value: np.ndarray, info: TensorInfo, path: Path) -> np.ndarray:
+    """``value`` in the input's dtype; refused where that would drop part of it (complex to real, text)."""
+    if value.dtype.kind not in "biuf":
+        raise InputFileError(f"'{path.name}' holds {value.dtype} values, which input '{info.name}' ({info.dtype}) "
+                             "cannot take without losing part of them")
+    return value.astype(info.dtype, copy=False)
 
 
 def _load_image(path: Path, info: TensorInfo, preprocess: dict | None) -> np.ndarray:
@@ -47,6 +54,7 @@ def build_feed(values: list[str], inputs: list[TensorInfo], preprocess: dict | N
         name, sep, file_text = value.rpartition("=")
         path = require_file(Path(file_text if sep else value), "input")
         if path.suffix.lower() == ".npz" and not sep:
+            check_array_file(path)
             with np.load(path, allow_pickle=False) as archive:
                 feed.update({key: archive[key] for key in archive.files})
             continue
@@ -58,7 +66,7 @@ def build_feed(values: list[str], inputs: list[TensorInfo], preprocess: dict | N
             raise UsageError(f"the model has no input '{name}'; its inputs are {', '.join(by_name)}")
         info = by_name[name]
         feed[name] = (_load_image(path, info, preprocess) if path.suffix.lower() in IMAGE_SUFFIXES
-                      else _load_array(path).astype(info.dtype, copy=False))
+                      else _cast(_load_array(path), info, path))
     missing = sorted(set(by_name) - set(feed))
     if missing:
         raise UsageError(f"no value given for input(s) {', '.join(missing)}")

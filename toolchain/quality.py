@@ -81,6 +81,15 @@ def non_finite(outputs: dict[str, np.ndarray]) -> list[str]:
             if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all()]
 
 
+def describe_non_finite(array: np.ndarray) -> str:
+    """``"12 NaN values"``, ``"3 Inf values"`` or ``"2 NaN and 1 Inf values"``; empty when all are finite."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return ""
+    nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+    parts = [f"{count} {kind}" for count, kind in ((nan, "NaN"), (inf, "Inf")) if count]
+    return f"{' and '.join(parts)} values" if parts else ""
+
+
 def constant_outputs(outputs: dict[str, np.ndarray]) -> list[str]:
     """Outputs identical for every sample (a model that ignores its input), when there are two or more."""
     found = []

@@ -17,7 +17,7 @@ import onnx
 
 from toolchain.artifact import Artifact, sdk_versions, tool_versions, write_manifest
 from toolchain.errors import MissingDependencyError, OutputError, UsageError
-from toolchain.fileio import atomic_directory, check_writable_destination, sha256_path
+from toolchain.fileio import atomic_directory, check_writable_destination, refuse_clobbering, sha256_path
 from toolchain.feeds import image_preprocess_or_none
 from toolchain.frontends import ingest
 from toolchain.hostcpu import host_cpu
@@ -34,10 +34,11 @@ def _ort_runner(model: onnx.ModelProto, integer_reference: bool = False):
     return OnnxRuntimeRunner.from_model(model, integer_reference=integer_reference)
 
 
-def _require_onnx_suffix(output: Path) -> None:
+def _require_onnx_suffix(output: Path, source: Path | None) -> None:
     if output.suffix.lower() != ".onnx":
         raise UsageError(f"output '{output}' must end in .onnx")
     check_writable_destination(output)
+    refuse_clobbering(output, {"the source model": source})
 
 
 @dataclass
@@ -59,7 +60,7 @@ def convert(source: Path | None, output: Path, options: ConvertOptions,
             verify: VerifyOptions = VerifyOptions()) -> ConvertResult:
     """Ingest ``source`` into ONNX at ``output``, verified against the source framework."""
     started = time.perf_counter()
-    _require_onnx_suffix(output)
+    _require_onnx_suffix(output, source)
     ingested = ingest(source, options)
     model = ingested.model
     inputs = graph_inputs(model)
@@ -109,7 +110,7 @@ def optimize(model_path: Path, output: Path, *, simplify: Any | None = None, low
     started = time.perf_counter()
     if simplify is None and lowrank is None and lossy is None:
         raise UsageError("nothing to do: choose at least one pass (--simplify, --lowrank, --fp16, --dynamic-int8)")
-    _require_onnx_suffix(output)
+    _require_onnx_suffix(output, model_path)
     original = load_onnx(model_path)
     model, reports = original, []
     if simplify is not None:
@@ -178,6 +179,7 @@ def compile_artifact(model_path: Path, out_dir: Path, backend_name: str, options
 
     started = time.perf_counter()
     check_writable_destination(out_dir)
+    refuse_clobbering(out_dir, {"the source model": model_path, "the --calib folder": verify.calib})
     refuse_foreign_folder(out_dir)
     source = load_onnx(model_path)
     backend = _checked_backend(backend_name, options.precision, source)

@@ -330,6 +330,16 @@ def test_comparison_catches_wrong_outputs(nano):
     assert "shape" in device_script.compare(np.ones(3), np.ones(4), strict)["problem"]
 
 
+def test_device_comparison_fails_nan_on_either_side():
+    """NaN against NaN used to pass on the Jetson too (issue #17, defect 2)."""
+    nan = np.array([1.0, np.nan, 2.0])
+    for check in ({"mode": "allclose", "atol": 1e-3, "rtol": 1e-3}, {"mode": "cosine", "min_cosine": 0.99}):
+        both = device_script.compare(nan, nan, check)
+        assert not both["passed"] and "the reference has 1 NaN/Inf values (the source model is broken)" in both["problem"]
+        engine = device_script.compare(np.ones(3), np.array([1.0, np.inf, 1.0]), check)
+        assert not engine["passed"] and engine["problem"] == "has 1 NaN/Inf values"
+
+
 def _python36() -> str | None:
     found = shutil.which("python3.6")
     candidates = ([found] if found else []) + sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.6*/bin/python3.6")))

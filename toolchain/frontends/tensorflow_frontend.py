@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from toolchain.errors import ConversionError, InputFileError, ToolchainError, UsageError, first_line
+from toolchain.errors import ConversionError, InputFileError, ToolchainError, UsageError, clip, first_line
 from toolchain.fileio import require_file
 from toolchain.frontends.base import ConvertOptions, Feed, IngestedModel, ReferenceFn
 from toolchain.inputs import InputSpec
 from toolchain.lazy import require
+from toolchain.onnx_io import checker_message
 from toolchain.quiet import quiet
 
 Dim = int | str
@@ -277,7 +278,7 @@ def _check_converted(model: onnx.ModelProto, opset: int) -> None:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        raise ConversionError(f"the converted model fails the ONNX checker: {first_line(exc)}") from exc
+        raise ConversionError(f"the converted model fails the ONNX checker: {checker_message(exc)}") from exc
 
 
 def _reference(signature: _Signature) -> ReferenceFn:
@@ -322,7 +323,20 @@ def _load_keras(keras: Any, path: Path, source_format: str, options: ConvertOpti
     except Exception as exc:
         if "safe_mode" in str(exc):  # unsafe code the config scan did not spot
             _refuse_unsafe(path, [])
-        raise InputFileError(f"cannot load Keras model '{path}': {first_line(exc)}") from exc
+        raise InputFileError(f"cannot load Keras model '{path}': {_keras_reason(exc)}") from exc
+
+
+def _keras_reason(exc: BaseException) -> str:
+    """Keras nests the cause of a failed load ("Sequential could not be deserialized ... Exception encountered:
+    Error when deserializing class 'Dense' ... Exception encountered: <reason>"): name the layer and the
+    innermost reason, which its first line leaves out."""
+    text = str(exc)
+    causes = [c.strip() for c in re.findall(r"Exception encountered: ([^\n]+)", text)]
+    if not causes:
+        return first_line(exc)
+    layers = re.findall(r"deserializing class '([^']+)' using config=\{'name': '([^']*)'", text)
+    where = f"layer '{layers[-1][1]}' ({layers[-1][0]}) cannot be built from its config: " if layers else ""
+    return clip(where + causes[-1])
 
 
 def _keras_archive_config(path: Path) -> Any:
