@@ -1,4 +1,5 @@
-"""Post-training quantization passes, in order, each measured: equalize, range search, bias correction.
+"""Post-training quantization passes, in order, each measured: equalization, range search, learned
+rounding (opt-in), bias correction.
 
 ``prepare_int8`` takes the FP32 model (BatchNorm folded) and its calibration feeds and returns the float
 model to quantize (equalized, biases corrected), the activation ranges to quantize it with, and a report
@@ -88,6 +89,7 @@ def prepare_int8(model: onnx.ModelProto, feeds: Sequence[Feed], config: Quantize
     from toolchain.passes.bias_correction import correct_biases
     from toolchain.passes.equalize import equalize
     from toolchain.passes.range_search import search_ranges
+    from toolchain.passes.weight_rounding import round_weights
 
     feeds = list(feeds)
     report = PtqReport()
@@ -115,6 +117,16 @@ def prepare_int8(model: onnx.ModelProto, feeds: Sequence[Feed], config: Quantize
         if meter is not None:
             quantized = quantize_static(current, ranges, config)
             report.steps.append(meter.measure("+ range search", quantized))
+    if config.weight_rounding == "learned":
+        current, rounded = round_weights(current, feeds, reduce_range=config.reduce_range,
+                                         depthwise_full_range=config.depthwise_full_range,
+                                         per_channel=config.per_channel and config.weight_type == "int8"
+                                         and config.weight_symmetric)
+        report.notes.append(rounded.summary())
+        quantized = None
+        if meter is not None:
+            quantized = quantize_static(current, ranges, config)
+            report.steps.append(meter.measure("+ learned rounding", quantized))
     if config.bias_correction:
         quantized = quantized or quantize_static(current, ranges, config)
         current, corrected = correct_biases(current, quantized, feeds)

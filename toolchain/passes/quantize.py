@@ -63,6 +63,10 @@ class QuantizeConfig(PassConfig):
     range_search: Literal["mse", "off"] = Field(
         "mse", description="Narrow each activation range to its lowest-MSE quantization range on the calibration "
                            "samples ('off': the method's ranges as measured).")
+    weight_rounding: Literal["nearest", "learned"] = Field(
+        "nearest", description="'learned': round each weight up or down to minimise its layer's output error on "
+                               "the calibration samples (AdaRound's objective, GPTQ's solver); for hard cases, "
+                               "costs a pass over the calibration samples and a few seconds per layer.")
     bias_correction: bool = Field(
         True, description="Shift each INT8 layer's bias by its mean output error per channel on the calibration "
                           "samples (NNCF-style fast bias correction).")
