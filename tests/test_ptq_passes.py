@@ -190,3 +190,16 @@ def test_prepare_int8_reports_each_pass_with_a_measurement():
     assert any(line.startswith("cross-layer equalization: 3 layer pairs") for line in lines)
     assert any(line.startswith("bias correction:") for line in lines)
     assert set(ranges.ranges) and improved is not model
+
+
+def test_a_layer_the_guard_keeps_in_float_gets_its_uncorrected_bias_back():
+    from toolchain.quant_guard import with_float_biases
+
+    model = separable_model(seed=4)
+    calibration = _feeds(16, seed=1)
+    ranges = compute_ranges(model, calibration, CONFIG)
+    corrected, _ = correct_biases(model, quantize_static(model, ranges, CONFIG), calibration)
+    restored = with_float_biases(corrected, model, ["stem"])
+    np.testing.assert_array_equal(_weight(restored, "b1"), _weight(model, "b1"))
+    np.testing.assert_array_equal(_weight(restored, "b2"), _weight(corrected, "b2"))  # the others keep theirs
+    assert not np.array_equal(_weight(corrected, "b1"), _weight(model, "b1"))

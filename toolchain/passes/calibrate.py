@@ -140,7 +140,8 @@ def calibrate(model_path: Path, output: Path, calibration: CalibrationOptions, c
         if len(samples.holdout) == 0:
             raise UsageError("the accuracy guard needs held-out samples; raise --holdout or pass --no-guard")
         quantized, guard = guarded_quantize(model, ranges, config, _batched(samples, info.name, "holdout", fixed_batch),
-                                            budget, samples.holdout_labels, reference=reference)
+                                            budget, samples.holdout_labels, reference=reference,
+                                            bias_source=ptq.uncorrected)
     if not int8_weighted_nodes(quantized):
         raise VerificationError(f"the INT8 model of '{model_path.name}' has no INT8 layer left (every weighted "
                                 f"layer is excluded or kept in float), so it is not an INT8 model",

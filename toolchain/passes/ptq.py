@@ -40,6 +40,9 @@ class PtqReport:
     steps: list[StepQuality] = field(default_factory=list)
     """INT8-vs-FP32 cosine on calibration feeds after each step (empty when not measured)."""
     details: dict = field(default_factory=dict)
+    uncorrected: onnx.ModelProto | None = field(default=None, repr=False)
+    """The model before bias correction (equalized; None without bias correction): the biases a layer kept
+    in float by the guard must have, since each correction is for that layer's own INT8 error."""
 
     def lines(self) -> list[str]:
         measured = []
@@ -129,6 +132,7 @@ def prepare_int8(model: onnx.ModelProto, feeds: Sequence[Feed], config: Quantize
             report.steps.append(meter.measure("+ learned rounding", quantized))
     if config.bias_correction:
         quantized = quantized or quantize_static(current, ranges, config)
+        report.uncorrected = current
         current, corrected = correct_biases(current, quantized, feeds)
         report.notes.append(corrected.summary())
         if meter is not None:
