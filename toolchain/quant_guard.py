@@ -229,15 +229,40 @@ def compare_quality(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
                    gained=int((~ref_right & cand_right).sum()))
 
 
+def with_float_biases(model: onnx.ModelProto, source: onnx.ModelProto | None,
+                      names: Sequence[str]) -> onnx.ModelProto:
+    """``model`` with the biases of the nodes ``names`` taken from ``source`` (same graph before bias
+    correction): a layer that stays float must not carry the correction made for its own INT8 error."""
+    if source is None or not names:
+        return model
+    wanted = set(names)
+    source_inits = {t.name: t for t in source.graph.initializer}
+    biases = {n.input[2] for n in model.graph.node if n.name in wanted and len(n.input) > 2 and n.input[2]}
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for tensor in copy.graph.initializer:
+        if tensor.name in biases and tensor.name in source_inits:
+            tensor.CopyFrom(source_inits[tensor.name])
+    return copy
+
+
 def layer_sensitivity(model: onnx.ModelProto, ranges: ActivationRanges, config: QuantizeConfig,
-                      feeds: Sequence[Feed]) -> list[tuple[str, str, float]]:
-    """Quantize one weighted layer at a time and rank layers by the damage to the final outputs."""
+                      feeds: Sequence[Feed], reference: onnx.ModelProto | None = None,
+                      bias_source: onnx.ModelProto | None = None) -> list[tuple[str, str, float]]:
+    """Quantize one weighted layer at a time and rank layers by the damage to the final outputs.
+
+    ``model`` is the float model the INT8 model is made from (equalized, biases corrected), so the ranking
+    measures what is left after those passes; ``reference`` is the FP32 model it is judged against
+    (``model`` itself when None)."""
     scores = []
     subset = list(feeds)[:_SENSITIVITY_SAMPLES]
     # Its own FP32 run: feeds may be batches of different sizes, so slicing a full reference is fragile.
-    subset_reference = _run_all(model, subset)
-    for node in quantizable_nodes(model):
-        single = quantize_static(model, ranges, config.model_copy(update={"nodes_to_quantize": (node.name,),
+    subset_reference = _run_all(reference if reference is not None else model, subset)
+    layers = quantizable_nodes(model)
+    for node in layers:
+        others = [n.name for n in layers if n.name != node.name]
+        single = quantize_static(with_float_biases(model, bias_source, others), ranges,
+                                 config.model_copy(update={"nodes_to_quantize": (node.name,),
                                                                           "nodes_to_exclude": ()}))
         outputs = _run_all(single, subset, config)
         # Channels scaled alike (a detector's boxes must not hide its scores); the mean over samples ranks
@@ -250,16 +275,24 @@ def layer_sensitivity(model: onnx.ModelProto, ranges: ActivationRanges, config: 
 
 def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: QuantizeConfig,
                      holdout: Sequence[Feed], budget: Budget, labels: np.ndarray | None = None,
-                     max_float_fraction: float = 0.5) -> tuple[onnx.ModelProto, GuardReport]:
-    """Quantize, check on ``holdout``, and keep the most sensitive layers in float until ``budget`` holds."""
-    reference = _run_all(model, holdout)
+                     max_float_fraction: float = 0.5,
+                     reference: onnx.ModelProto | None = None,
+                     bias_source: onnx.ModelProto | None = None) -> tuple[onnx.ModelProto, GuardReport]:
+    """Quantize, check on ``holdout``, and keep the most sensitive layers in float until ``budget`` holds.
+
+    ``reference`` is the FP32 model the INT8 model must match; pass it when ``model`` is not that model
+    (after bias correction its biases carry the INT8 corrections). Default: ``model`` itself.
+    ``bias_source``: ``model`` before bias correction; layers kept in float (and, in the sensitivity
+    ranking, every layer but the one measured) take their biases from it."""
+    fp32_model = reference if reference is not None else model
+    reference = _run_all(fp32_model, holdout)
     report = GuardReport(budget)
     quantized = quantize_static(model, ranges, config)
     report.attempts.append(Attempt(list(config.nodes_to_exclude), compare_quality(
         reference, _run_all(quantized, holdout, config), labels, budget.task)))
     if report.passed:
         return quantized, report
-    report.sensitivity = layer_sensitivity(model, ranges, config, holdout)
+    report.sensitivity = layer_sensitivity(model, ranges, config, holdout, fp32_model, bias_source)
     # At least two: an outlier tensor is quantized if either its producer or its consumer is,
     # so rescuing it means keeping both of them in float. Never all of them: a model with every
     # weighted layer in float is an FP32 model, not the INT8 model that was asked for.
@@ -272,7 +305,7 @@ def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: Q
         for kept in choices:
             candidate_config = config.model_copy(
                 update={"nodes_to_exclude": tuple(config.nodes_to_exclude) + tuple(kept)})
-            quantized = quantize_static(model, ranges, candidate_config)
+            quantized = quantize_static(with_float_biases(model, bias_source, kept), ranges, candidate_config)
             report.attempts.append(Attempt(kept, compare_quality(
                 reference, _run_all(quantized, holdout, candidate_config), labels, budget.task)))
             if report.passed:

@@ -17,9 +17,9 @@ from toolchain.errors import ConversionError, UsageError, VerificationError
 from toolchain.feeds import concrete_shape, resolve_preprocess
 from toolchain.fileio import check_writable_destination
 from toolchain.onnx_io import graph_inputs, load_onnx, save_onnx
-from toolchain.passes.quantize import (QuantizeConfig, compute_ranges, float_by_rule, has_float_weights,
-                                       int8_weighted_nodes, is_quantized, named_copy, prepare_for_quantization,
-                                       quantize_static)
+from toolchain.passes.ptq import prepare_int8
+from toolchain.passes.quantize import (QuantizeConfig, float_by_rule, has_float_weights, int8_weighted_nodes,
+                                       is_quantized, named_copy, prepare_for_quantization, quantize_static)
 from toolchain.quant_guard import Budget, GuardReport, guarded_quantize
 
 
@@ -124,8 +124,10 @@ def calibrate(model_path: Path, output: Path, calibration: CalibrationOptions, c
     model, notes = _prepared(model, next(iter(_batched(samples, info.name, "calibration", True))))
     if not has_float_weights(model):
         raise UsageError(f"'{model_path.name}' has no float weights to quantize (already quantized?)")
-    ranges = compute_ranges(model, _batched(samples, info.name, "calibration", fixed_batch), config)
-    ranges.details.update({"calibration_set": samples.key, "preprocess": samples.spec})
+    reference = model
+    model, ranges, ptq = prepare_int8(model, _batched(samples, info.name, "calibration", fixed_batch), config)
+    notes += ptq.lines()
+    ranges.details.update({"calibration_set": samples.key, "preprocess": samples.spec, "ptq": ptq.to_dict()})
     by_rule = float_by_rule(model, ranges)
     if by_rule:
         shown = ", ".join(by_rule[:4]) + (f" (+{len(by_rule) - 4} more)" if len(by_rule) > 4 else "")
@@ -138,7 +140,8 @@ def calibrate(model_path: Path, output: Path, calibration: CalibrationOptions, c
         if len(samples.holdout) == 0:
             raise UsageError("the accuracy guard needs held-out samples; raise --holdout or pass --no-guard")
         quantized, guard = guarded_quantize(model, ranges, config, _batched(samples, info.name, "holdout", fixed_batch),
-                                            budget, samples.holdout_labels)
+                                            budget, samples.holdout_labels, reference=reference,
+                                            bias_source=ptq.uncorrected)
     if not int8_weighted_nodes(quantized):
         raise VerificationError(f"the INT8 model of '{model_path.name}' has no INT8 layer left (every weighted "
                                 f"layer is excluded or kept in float), so it is not an INT8 model",

@@ -57,6 +57,19 @@ class QuantizeConfig(PassConfig):
     depthwise_full_range: bool = Field(
         False, description="With reduce_range: depthwise convolutions keep 8-bit weights (ONNX Runtime's depthwise "
                            "kernels widen to 32 bits before adding, so they do not saturate).")
+    equalize: bool = Field(
+        True, description="Cross-layer equalization with bias absorption before calibration (exact in FP32; "
+                          "Conv pairs joined by ReLU or nothing; ReLU6 pairs are skipped).")
+    range_search: Literal["mse", "off"] = Field(
+        "mse", description="Narrow each activation range to its lowest-MSE quantization range on the calibration "
+                           "samples ('off': the method's ranges as measured).")
+    weight_rounding: Literal["nearest", "learned"] = Field(
+        "nearest", description="'learned': round each weight up or down to minimise its layer's output error on "
+                               "the calibration samples (AdaRound's objective, GPTQ's solver); for hard cases, "
+                               "costs a pass over the calibration samples and a few seconds per layer.")
+    bias_correction: bool = Field(
+        True, description="Shift each INT8 layer's bias by its mean output error per channel on the calibration "
+                          "samples (NNCF-style fast bias correction).")
     guard_runtime: Literal["host", "reference"] = Field(
         "host", description="How the accuracy guard and verification run the INT8 model: 'host' with this "
                             "machine's ONNX Runtime INT8 kernels (the x86 target is this machine), 'reference' "
