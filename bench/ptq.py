@@ -117,7 +117,7 @@ def ablation(fp32, calib: np.ndarray, held: np.ndarray, reference: np.ndarray, t
     from toolchain.passes.range_search import search_ranges
     from toolchain.passes.weight_rounding import round_weights
 
-    config = QuantizeConfig.for_target(target)
+    config = QuantizeConfig.for_target(target, equalize=True, range_search="mse", bias_correction=True)
     name = fp32.graph.input[0].name
     feeds = [{name: x[None]} for x in calib]
     rows: list[dict[str, Any]] = []
@@ -204,7 +204,8 @@ def run_effnet(args: argparse.Namespace) -> dict[str, Any]:
     guarded = work / "edgekiln-guarded.onnx"
     try:
         result = api.calibrate(path, guarded, calib=calib_folder, target="x86", preprocess=spec,
-                               calib_size=zoo.CALIB_SIZE, holdout=zoo.HOLDOUT, cache_dir=CACHE_DIR / "edgekiln-cache")
+                               calib_size=zoo.CALIB_SIZE, holdout=zoo.HOLDOUT, cache_dir=CACHE_DIR / "edgekiln-cache",
+                               post_training_passes=True)
         variants["edgekiln guarded (api.calibrate)"] = guarded
         entries["edgekiln guarded (api.calibrate)"] = {
             "kept_float": result.guard.final.kept_float if result.guard else [], "notes": result.notes,
@@ -249,7 +250,7 @@ def run_effnet_learned_guard(args: argparse.Namespace) -> dict[str, Any]:
     entry: dict[str, Any] = {}
     try:
         result = api.calibrate(path, out, calib=calib_folder, target="x86", preprocess=spec,
-                               calib_size=zoo.CALIB_SIZE, holdout=zoo.HOLDOUT, weight_rounding="learned",
+                               calib_size=zoo.CALIB_SIZE, holdout=zoo.HOLDOUT, weight_rounding="learned", post_training_passes=True,
                                cache_dir=CACHE_DIR / "edgekiln-cache")
         entry.update(kept_float=result.guard.final.kept_float if result.guard else [], notes=result.notes,
                      guard_final=result.guard.final.quality.to_dict() if result.guard else None,

@@ -47,7 +47,7 @@ def test_equalization_repairs_the_outlier_channel_with_no_layer_in_float(tmp_pat
     """The outlier is a per-channel rescaling through a ReLU, which cross-layer equalization undoes exactly."""
     onnx.save(make_outlier_cnn(1000.0), str(tmp_path / "m.onnx"))
     result = api.calibrate(tmp_path / "m.onnx", tmp_path / "q.onnx", calib=images, calib_size=60, holdout=60,
-                           no_cache=True, max_drop=2.0)
+                           no_cache=True, max_drop=2.0, post_training_passes=True)
     assert len(result.guard.attempts) == 1 and result.guard.attempts[0].kept_float == []
     quality = result.guard.final.quality
     assert quality.top1_agreement >= 0.98 and quality.min_cosine >= 0.99

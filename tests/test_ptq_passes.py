@@ -180,7 +180,7 @@ def test_learned_rounding_lowers_layer_error_and_onnx_runtime_keeps_its_integers
 
 def test_prepare_int8_reports_each_pass_with_a_measurement():
     model = separable_model()
-    config = QuantizeConfig(weight_rounding="learned")
+    config = QuantizeConfig(equalize=True, range_search="mse", bias_correction=True, weight_rounding="learned")
     improved, ranges, report = prepare_int8(model, _feeds(16, seed=1), config)
     steps = [s.step for s in report.steps]
     assert steps == ["none", "+ equalization", "+ range search", "+ learned rounding", "+ bias correction"]

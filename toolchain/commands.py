@@ -142,11 +142,12 @@ def calibrate(model: PathLike, output: PathLike, *, calib: PathLike, target: str
               per_channel: bool | None = None, activation_type: str | None = None, symmetric: bool | None = None,
               guard: bool = True, max_drop: float = 1.0, min_cosine: float = 0.99, task: str = "auto",
               tensorrt_cache: PathLike | None = None, tensorrt_version: str = "8201",
-              weight_rounding: str | None = None):
+              post_training_passes: bool = False, weight_rounding: str | None = None):
     """``edgekiln calibrate``: static INT8 from sample images, with the accuracy guard.
 
-    ``weight_rounding='learned'`` turns on learned weight rounding (``QuantizeConfig.weight_rounding``;
-    API only for now, no CLI flag)."""
+    ``post_training_passes`` turns on cross-layer equalization, the per-tensor MSE range search and bias
+    correction; ``weight_rounding='learned'`` learned weight rounding (``QuantizeConfig``'s fields; API only
+    for now, no CLI flag: they are opt-in until measured better than MinMax everywhere, see bench/ptq.md)."""
     from toolchain.passes.calibrate import calibrate as run_calibrate
     from toolchain.passes.quantize import QuantizeConfig
 
@@ -154,6 +155,8 @@ def calibrate(model: PathLike, output: PathLike, *, calib: PathLike, target: str
 
     quant = _quant_options(calib, calib_size, holdout, seed, preprocess, cache_dir, no_cache, method, per_channel,
                            activation_type, symmetric, guard, max_drop, min_cosine, task)
+    if post_training_passes:
+        quant.overrides.update(equalize=True, range_search="mse", bias_correction=True)
     if weight_rounding is not None:
         quant.overrides["weight_rounding"] = weight_rounding
     config = QuantizeConfig.for_target(target, **quant.overrides)  # an unknown target fails before any work

@@ -174,15 +174,7 @@ def _build(model: onnx.ModelProto, plan: BuildPlan, quant: Any, work: Path, log_
     from backends.tflite.prepare import zero_pad_maxpools
 
     log.info("TFLite: converting with onnx2tf (log: %s)", log_path.name)
-    simplified = _simplified(model)
-    ptq_notes: list[str] = []
-    if plan.precision == "int8":
-        from backends.tflite.int8 import prepare_float_model
-
-        simplified, ptq_notes = prepare_float_model(simplified, quant)
-        for note in ptq_notes:
-            log.info("%s", note)
-    prepared, rewritten = zero_pad_maxpools(simplified)
+    prepared, rewritten = zero_pad_maxpools(_simplified(model))
     if rewritten:
         log.info("TFLite: %d padded MaxPool(s) after ReLU made explicit zero pads (exact)", rewritten)
     saved = convert_to_saved_model(prepared, work, log_path, while_waiting=preload_tensorflow)
@@ -201,7 +193,7 @@ def _build(model: onnx.ModelProto, plan: BuildPlan, quant: Any, work: Path, log_
 
     result = quantize_int8(saved.path, model, bindings, quant, io_dtype=plan.io_dtype,
                            allow_float_fallback=not plan.micro)
-    details["int8"] = {**result.details, "ptq": ptq_notes}
+    details["int8"] = result.details
     return Built(result.model, bindings, details)
 
 

@@ -56,14 +56,10 @@ class Samples:
     summary: str
 
 
-# edgekiln's post-training passes that act on the float model before TFLite's converter quantizes it.
-_PTQ_SWITCHES = ("equalize", "bias_correction")
-
-
 def check_overrides(overrides: dict[str, Any]) -> bool:
     """The per-channel choice; refuse quantizer options the TFLite converter cannot apply (never ignore them)."""
     for key, value in overrides.items():
-        if key == "per_channel" or key in _PTQ_SWITCHES:
+        if key == "per_channel":
             continue
         if key in _FIXED and value != _FIXED[key]:
             raise UsageError(f"the tflite backend cannot apply {key}={value}: TFLite's converter measures "
@@ -71,28 +67,6 @@ def check_overrides(overrides: dict[str, Any]) -> bool:
         if key not in _FIXED:
             raise UsageError(f"the tflite backend does not support the quantizer option '{key}'")
     return bool(overrides.get("per_channel", True))
-
-
-def prepare_float_model(model: onnx.ModelProto, quant: Any) -> tuple[onnx.ModelProto, list[str]]:
-    """The float model TFLite's converter should quantize: edgekiln's cross-layer equalization and bias
-    correction applied for TFLite's scheme (asymmetric int8 activations with MinMax ranges, symmetric 8-bit
-    weights per channel), so TFLite INT8 gets the same repairs as the ONNX Runtime and TensorRT INT8. The
-    range search is left out: TFLite's converter measures its own ranges. ``model`` stays the guard's
-    FP32 reference."""
-    from toolchain.passes.ptq import prepare_int8
-    from toolchain.passes.quantize import QuantizeConfig, named_copy, prepare_for_quantization
-
-    overrides = dict(quant.overrides)
-    config = QuantizeConfig(activation_type="int8", per_channel=bool(overrides.get("per_channel", True)),
-                            range_search="off", equalize=bool(overrides.get("equalize", True)),
-                            bias_correction=bool(overrides.get("bias_correction", True)))
-    if not (config.equalize or config.bias_correction):
-        return model, []
-    samples = load_samples(model, quant.calibration)
-    prepared, notes = prepare_for_quantization(named_copy(model))
-    feeds = [{samples.name: row[None]} for row in samples.calibration]
-    improved, _ranges, report = prepare_int8(named_copy(prepared), feeds, config, measure=False)
-    return improved, [f"TFLite INT8: {line}" for line in notes + report.lines()]
 
 
 def load_samples(model: onnx.ModelProto, calibration: Any) -> Samples:

@@ -36,7 +36,8 @@ def test_effnet_all_int8_meets_the_bar_with_the_passes_and_not_without(zoo, tmp_
     count = len(list(calib.iterdir()))
     with_passes = tmp_path / "passes.onnx"
     result = api.calibrate(fp32, with_passes, calib=calib, target="x86", preprocess=spec,
-                           calib_size=count, holdout=0, guard=False, cache_dir=zoo.cache)
+                           calib_size=count, holdout=0, guard=False, cache_dir=zoo.cache,
+                           post_training_passes=True)
     assert any(note.startswith("bias correction:") for note in result.notes)
     plain = tmp_path / "plain.onnx"
     config = QuantizeConfig.for_target("x86", equalize=False, range_search="off", bias_correction=False)

@@ -133,8 +133,14 @@ def find_pairs(model: onnx.ModelProto) -> tuple[list[Pair], list[tuple[str, str,
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
 
+    # Weights and biases are rewritten in place, so they must be initializers: a Constant node's value
+    # (opset-11 exports keep weights there) is read by _constants but cannot be written back.
+    initializers = {t.name for t in model.graph.initializer}
+
     def conv_ok(node: onnx.NodeProto) -> bool:
-        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
+        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in initializers:
+            return False
+        if len(node.input) > 2 and node.input[2] and node.input[2] not in initializers:
             return False
         if any(uses.get(name, 0) > 1 for name in node.input[1:] if name):
             return False  # a shared weight or bias would change another layer too

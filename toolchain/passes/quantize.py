@@ -57,18 +57,20 @@ class QuantizeConfig(PassConfig):
     depthwise_full_range: bool = Field(
         False, description="With reduce_range: depthwise convolutions keep 8-bit weights (ONNX Runtime's depthwise "
                            "kernels widen to 32 bits before adding, so they do not saturate).")
+    # The post-training passes below are opt-in until they beat plain MinMax on every measured model and
+    # backend (bench/ptq.md): on the TFLite path and some outlier models they made INT8 worse.
     equalize: bool = Field(
-        True, description="Cross-layer equalization with bias absorption before calibration (exact in FP32; "
+        False, description="Cross-layer equalization with bias absorption before calibration (exact in FP32; "
                           "Conv pairs joined by ReLU or nothing; ReLU6 pairs are skipped).")
     range_search: Literal["mse", "off"] = Field(
-        "mse", description="Narrow each activation range to its lowest-MSE quantization range on the calibration "
+        "off", description="Narrow each activation range to its lowest-MSE quantization range on the calibration "
                            "samples ('off': the method's ranges as measured).")
     weight_rounding: Literal["nearest", "learned"] = Field(
         "nearest", description="'learned': round each weight up or down to minimise its layer's output error on "
                                "the calibration samples (AdaRound's objective, GPTQ's solver); for hard cases, "
                                "costs a pass over the calibration samples and a few seconds per layer.")
     bias_correction: bool = Field(
-        True, description="Shift each INT8 layer's bias by its mean output error per channel on the calibration "
+        False, description="Shift each INT8 layer's bias by its mean output error per channel on the calibration "
                           "samples (NNCF-style fast bias correction).")
     guard_runtime: Literal["host", "reference"] = Field(
         "host", description="How the accuracy guard and verification run the INT8 model: 'host' with this "
