@@ -178,15 +178,21 @@ def save_with_external_data(model: onnx.ModelProto, path: Path, data_name: str) 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
     """True when the model is too large to serialise as one protobuf message."""
-    return not _fits_bytesize(model) or model.ByteSize() > EXTERNAL_DATA_THRESHOLD
-
-
-def _fits_bytesize(model: onnx.ModelProto) -> bool:
     try:
-        model.ByteSize()
-        return True
+        return model.ByteSize() > EXTERNAL_DATA_THRESHOLD  # not cached by protobuf: called once
     except Exception:  # ByteSize overflows on >2 GiB messages in some protobuf builds
-        return False
+        return True
+
+
+def serialized_if_small(model: onnx.ModelProto) -> bytes | None:
+    """The model as one protobuf message, or None when it is too large for one (then use external data).
+
+    Serialising directly saves the separate size pass, which costs as much as serialising itself."""
+    try:
+        data = model.SerializeToString()
+    except Exception:  # over protobuf's 2 GiB limit
+        return None
+    return data if len(data) <= EXTERNAL_DATA_THRESHOLD else None
 
 
 def _value_info(value: onnx.ValueInfoProto) -> TensorInfo:

@@ -22,13 +22,11 @@ from toolchain.errors import UsageError, VerificationError
 from toolchain.frontends.base import Feed
 from toolchain.quality import (guess_task, match_detections, non_finite, rate_lower_bound, sample_cosines,
                                yolo_layout)
-from toolchain.passes.quantize import QuantizeConfig, quantizable_nodes, quantize_static
+from toolchain.passes.quantize import QuantizeConfig, quantize_static
+from toolchain.sensitivity import SENSITIVITY_METRIC, concatenated, layer_sensitivity, run_all, with_float_biases
 
 # Fallback schedule: how many of the most sensitive layers to keep in float per retry.
 _FALLBACK_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-# Samples used for the one-layer-at-a-time ranking (the final check uses every held-out sample).
-_SENSITIVITY_SAMPLES = 16
-SENSITIVITY_METRIC = "1 - mean per-sample cosine of the outputs (channels scaled alike) when only that layer is INT8"
 # Single layers tried as the first one kept in float (the most sensitive few by the one-layer ranking).
 _FIRST_STEP_CHOICES = 3
 
@@ -155,12 +153,7 @@ class GuardReport:
 
 def _run_all(model: onnx.ModelProto, feeds: Sequence[Feed], config: QuantizeConfig | None = None) -> dict[str, np.ndarray]:
     """Every output over ``feeds``; INT8 models run as ``config.guard_runtime`` says (host kernels or exact)."""
-    from toolchain.runtime import OnnxRuntimeRunner
-
-    exact = config is not None and config.guard_runtime == "reference"
-    runner = OnnxRuntimeRunner.from_model(model, integer_reference=exact)
-    outputs = [runner.run(feed) for feed in feeds]
-    return {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
+    return concatenated(run_all(model, feeds, config))
 
 
 # Two classes whose logits are this share of the sample's logit range apart are tied.
@@ -227,50 +220,6 @@ def compare_quality(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
     return Quality(**common, top1_agreement=agreement, accuracy_reference=float(ref_right.mean()),
                    accuracy_candidate=float(cand_right.mean()), lost=int((ref_right & ~cand_right).sum()),
                    gained=int((~ref_right & cand_right).sum()))
-
-
-def with_float_biases(model: onnx.ModelProto, source: onnx.ModelProto | None,
-                      names: Sequence[str]) -> onnx.ModelProto:
-    """``model`` with the biases of the nodes ``names`` taken from ``source`` (same graph before bias
-    correction): a layer that stays float must not carry the correction made for its own INT8 error."""
-    if source is None or not names:
-        return model
-    wanted = set(names)
-    source_inits = {t.name: t for t in source.graph.initializer}
-    biases = {n.input[2] for n in model.graph.node if n.name in wanted and len(n.input) > 2 and n.input[2]}
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    for tensor in copy.graph.initializer:
-        if tensor.name in biases and tensor.name in source_inits:
-            tensor.CopyFrom(source_inits[tensor.name])
-    return copy
-
-
-def layer_sensitivity(model: onnx.ModelProto, ranges: ActivationRanges, config: QuantizeConfig,
-                      feeds: Sequence[Feed], reference: onnx.ModelProto | None = None,
-                      bias_source: onnx.ModelProto | None = None) -> list[tuple[str, str, float]]:
-    """Quantize one weighted layer at a time and rank layers by the damage to the final outputs.
-
-    ``model`` is the float model the INT8 model is made from (equalized, biases corrected), so the ranking
-    measures what is left after those passes; ``reference`` is the FP32 model it is judged against
-    (``model`` itself when None)."""
-    scores = []
-    subset = list(feeds)[:_SENSITIVITY_SAMPLES]
-    # Its own FP32 run: feeds may be batches of different sizes, so slicing a full reference is fragile.
-    subset_reference = _run_all(reference if reference is not None else model, subset)
-    layers = quantizable_nodes(model)
-    for node in layers:
-        others = [n.name for n in layers if n.name != node.name]
-        single = quantize_static(with_float_biases(model, bias_source, others), ranges,
-                                 config.model_copy(update={"nodes_to_quantize": (node.name,),
-                                                                          "nodes_to_exclude": ()}))
-        outputs = _run_all(single, subset, config)
-        # Channels scaled alike (a detector's boxes must not hide its scores); the mean over samples ranks
-        # more steadily than the worst sample.
-        damage = max(1.0 - float(np.nan_to_num(sample_cosines(subset_reference[n], outputs[n]), nan=-1.0).mean())
-                     for n in outputs)
-        scores.append((node.name, node.op_type, damage))
-    return sorted(scores, key=lambda item: -item[2])
 
 
 def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: QuantizeConfig,

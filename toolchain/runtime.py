@@ -76,10 +76,11 @@ class OnnxRuntimeRunner(Runner):
     @classmethod
     def from_model(cls, model: onnx.ModelProto, threads: int | None = None,
                    graph_optimization: str = "all", integer_reference: bool = False) -> "OnnxRuntimeRunner":
-        from toolchain.onnx_io import needs_external_data, save_with_external_data
+        from toolchain.onnx_io import save_with_external_data, serialized_if_small
 
-        if not needs_external_data(model):
-            return cls._create(model.SerializeToString(), model, threads, graph_optimization, integer_reference)
+        serialized = serialized_if_small(model)
+        if serialized is not None:
+            return cls._create(serialized, model, threads, graph_optimization, integer_reference)
         # Over protobuf's 2 GiB limit the model cannot be serialised in memory: ORT reads it from a
         # temporary folder with its weights as external data (and keeps them mapped, so it may go).
         import tempfile

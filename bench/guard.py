@@ -1,0 +1,203 @@
+"""The accuracy guard's cost (issue #18, item 3): guarded vs unguarded INT8 calibration, and the guard's
+per-layer ranking as it was (one quantizer call per layer, whole-model runs) vs now (single-layer models
+cut from one quantization, only the downstream part run).
+
+    python -m bench.guard          # bench/guard.md + bench/guard.json (about 15 minutes on 2 cores)
+
+Models: the ResNet-18- and MobileNetV2-sized CNNs of ``bench/run.py`` (random weights, BatchNorm settled),
+64 calibration + 32 held-out Fashion-MNIST images upsampled to 224x224, ``api.calibrate`` for target ``x86``
+in this process. Two budgets: the default (``--max-drop 1 --min-cosine 0.99``) and a strict one
+(``--min-cosine 0.99999``) that no INT8 model meets, so the guard runs its whole fallback schedule: the
+worst case. "old ranking" swaps the ranking function for the previous implementation (kept here, verbatim
+in effect), so both run in the same rounds; the record checks that both chose the same layers.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from bench import data, machine, run
+
+BENCH_DIR = Path(__file__).resolve().parent
+MODELS = ("resnet18", "mobilenet_v2")
+ROUNDS = 3
+CALIBRATION, HOLDOUT = 64, 32
+BUDGETS = {"default": {"max_drop": 1.0, "min_cosine": 0.99}, "strict": {"max_drop": 1.0, "min_cosine": 0.99999}}
+
+
+def old_layer_sensitivity(model, ranges, config, feeds, reference=None, bias_source=None):
+    """The ranking before this change: ORT's quantizer once per layer, every single-layer model run whole."""
+    from toolchain.passes.quantize import quantizable_nodes, quantize_static
+    from toolchain.quality import sample_cosines
+    from toolchain.sensitivity import SENSITIVITY_SAMPLES, concatenated, run_all, with_float_biases
+
+    subset = list(feeds)[:SENSITIVITY_SAMPLES]
+    subset_reference = concatenated(run_all(reference if reference is not None else model, subset))
+    layers = quantizable_nodes(model)
+    scores = []
+    for node in layers:
+        others = [n.name for n in layers if n.name != node.name]
+        single = quantize_static(with_float_biases(model, bias_source, others), ranges,
+                                 config.model_copy(update={"nodes_to_quantize": (node.name,), "nodes_to_exclude": ()}))
+        outputs = concatenated(run_all(single, subset, config))
+        damage = max(1.0 - float(np.nan_to_num(sample_cosines(subset_reference[n], outputs[n]), nan=-1.0).mean())
+                     for n in outputs)
+        scores.append((node.name, node.op_type, damage))
+    return sorted(scores, key=lambda item: -item[2])
+
+
+@contextmanager
+def ranking(implementation: Callable | None, spent: list[float]):
+    """Run the guard with ``implementation`` as its ranking (None: the current one), timing the ranking."""
+    from toolchain import quant_guard
+
+    current = quant_guard.layer_sensitivity
+    chosen = implementation or current
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return chosen(*args, **kwargs)
+        finally:
+            spent.append(time.perf_counter() - started)
+
+    quant_guard.layer_sensitivity = timed
+    try:
+        yield
+    finally:
+        quant_guard.layer_sensitivity = current
+
+
+def calibrate_once(fp32: Path, samples: Path, guard: bool, budget: dict, implementation: Callable | None,
+                   work: Path) -> dict:
+    from toolchain import api
+    from toolchain.errors import VerificationError
+
+    spent: list[float] = []
+    outcome: dict = {}
+    started = time.perf_counter()
+    with ranking(implementation, spent):
+        try:
+            result = api.calibrate(fp32, work / "int8.onnx", calib=samples, target="x86", calib_size=CALIBRATION,
+                                   holdout=HOLDOUT, guard=guard, no_cache=True, **budget)
+            report = result.guard.to_dict() if result.guard else None
+            outcome = {"written": True}
+        except VerificationError as error:
+            report = getattr(error, "report", None)
+            outcome = {"written": False, "refusal": str(error)[:300]}
+    outcome["seconds"] = time.perf_counter() - started
+    outcome["ranking_seconds"] = sum(spent)
+    if report:
+        outcome["attempts"] = [a["kept_float"] for a in report["attempts"]]
+        outcome["ranking"] = [s["node"] for s in report["sensitivity"]]
+        outcome["scores"] = [s["score"] for s in report["sensitivity"]]
+    return outcome
+
+
+def variants() -> dict[str, tuple[bool, str, Callable | None]]:
+    found = {"unguarded": (False, "default", None)}
+    for budget in BUDGETS:
+        found[f"guarded, {budget} budget"] = (True, budget, None)
+        found[f"guarded, {budget} budget, old ranking"] = (True, budget, old_layer_sensitivity)
+    return found
+
+
+def measure(name: str) -> dict:
+    fp32 = run.cnn_fp32(name, "fashion")
+    calib = data.cnn_images("fashion", CALIBRATION, "calibration", run.SEED)
+    held = data.cnn_images("fashion", HOLDOUT, "holdout", run.SEED)
+    samples = run._api_arrays(f"guard-{name}", calib, held).source
+    runs: dict[str, list[dict]] = {v: [] for v in variants()}
+    order = list(variants())
+    for round_index in range(ROUNDS):
+        shift = round_index % len(order)
+        for variant in order[shift:] + order[:shift]:  # rotate, so no variant always runs first
+            guard, budget, implementation = variants()[variant]
+            with tempfile.TemporaryDirectory(prefix="edgekiln-bench-guard-") as work:
+                runs[variant].append(calibrate_once(fp32, samples, guard, BUDGETS[budget], implementation, Path(work)))
+            print(f"[guard] {name} round {round_index + 1} {variant}: {runs[variant][-1]['seconds']:.1f} s",
+                  file=sys.stderr)
+    return {"model": name, "runs": runs}
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def summary(result: dict) -> dict:
+    runs = result["runs"]
+    plain = [r["seconds"] for r in runs["unguarded"]]
+    rows = {}
+    for variant, found in runs.items():
+        ratios = [r["seconds"] / p for r, p in zip(found, plain)]
+        rows[variant] = {"median_s": _median([r["seconds"] for r in found]), "x_unguarded": _median(ratios),
+                         "ranking_s": _median([r["ranking_seconds"] for r in found]),
+                         "written": found[0]["written"], "attempts": len(found[0].get("attempts", [])),
+                         "kept_float": (found[0].get("attempts") or [[]])[-1]}
+    same = {}
+    for budget in BUDGETS:
+        new, old = runs[f"guarded, {budget} budget"], runs[f"guarded, {budget} budget, old ranking"]
+        same[budget] = all(a.get("ranking") == b.get("ranking") and a.get("attempts") == b.get("attempts")
+                           and a.get("scores") == b.get("scores") and a["written"] == b["written"]
+                           for a, b in zip(new, old))
+    return {"rows": rows, "same_choice": same}
+
+
+def _load(load: tuple[float, float, float] | None) -> str:
+    return "unknown" if load is None else " / ".join(f"{v:.1f}" for v in load)
+
+
+def markdown(record: dict) -> str:
+    lines = ["# The accuracy guard's cost (issue #18, item 3)", "",
+             f"Generated by `python -m bench.guard` ({record['date']}, {record['minutes']:.1f} min) at commit "
+             f"`{record['commit']}`; raw numbers in `bench/guard.json`. Machine: {record['machine']['cpu']['model']} "
+             f"({record['machine']['cpu']['logical_cpus']} logical CPUs, VNNI: {record['machine']['cpu']['vnni']}), "
+             f"load average {_load(record['load'])} at the start (shared, so timings are noisy: {ROUNDS} rounds, "
+             "variants in rotating order, medians; ratios are per round).", "",
+             __doc__.split("\n\n", 2)[2].strip(), ""]
+    for result in record["results"]:
+        found = summary(result)
+        lines += [f"## {run.TITLES[result['model']]}", "",
+                  "| variant | wall s (median) | x unguarded (median of rounds) | of which ranking s | outcome |",
+                  "|---|---:|---:|---:|---|"]
+        for variant, row in found["rows"].items():
+            outcome = "written" if row["written"] else "refused"
+            if row["attempts"]:
+                outcome += f", {row['attempts']} attempt(s), kept in float: {len(row['kept_float'])}"
+            lines.append(f"| {variant} | {row['median_s']:.1f} | {row['x_unguarded']:.2f}x | "
+                         f"{row['ranking_s']:.1f} | {outcome} |")
+        lines += ["", "Same ranking scores, same attempts and same outcome with the old ranking, every round: "
+                  + ", ".join(f"{b} budget {'yes' if s else '**no**'}" for b, s in found["same_choice"].items()), ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    import subprocess
+
+    started = time.perf_counter()
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                            cwd=BENCH_DIR).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "toolchain"], capture_output=True, text=True,
+                           cwd=BENCH_DIR).stdout.strip()
+    record = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "commit": commit + (" with uncommitted changes under toolchain/" if dirty else ""),
+              "machine": machine.describe(), "load": machine.load_average(),
+              "results": [measure(name) for name in MODELS]}
+    record["minutes"] = (time.perf_counter() - started) / 60
+    (BENCH_DIR / "guard.json").write_text(json.dumps(record, indent=1) + "\n")
+    (BENCH_DIR / "guard.md").write_text(markdown(record))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
