@@ -8,11 +8,13 @@ and reported with a reason rather than aborting a long run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import stat
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,12 @@ MAX_WALK_DEPTH = 32
 
 # Opt-in to follow links whose target is outside the folder (off: such a link is refused).
 FOLLOW_LINKS_ENV = "EDGEKILN_CALIB_FOLLOW_LINKS"
+
+_Walked = tuple[list[Path], list[tuple[Path, str]], int]
+# Walks done inside ``listings_reused()``, by folder and options; None (the default) outside any such block,
+# so a plain call always walks the disk and nothing is kept between commands.
+_REUSED: ContextVar[dict[tuple[object, ...], _Walked] | None] = ContextVar("edgekiln_reused_listings",
+                                                                          default=None)
 
 
 @dataclass
@@ -178,12 +186,48 @@ def labelled_folder(folder: Path) -> tuple[list[tuple[Path, int]], list[str]]:
     return samples, classes
 
 
+@contextlib.contextmanager
+def listings_reused() -> Iterator[None]:
+    """Inside the block, listing a folder again with the same options returns the first listing.
+
+    Planning a fleet lists its shared calibration folder several times per model; this makes it once.
+    The memo lives only as long as the block (a ``ContextVar``, so other threads and contexts walk as
+    usual): a file added or removed is seen by the next block, or by any listing outside one. Keep the
+    block around work that does not change the folder. Nested blocks share the outer block's memo.
+    Listings that fail (no images, a link outside the folder, a walk limit) are not kept.
+    """
+    outer = _REUSED.get()
+    token = _REUSED.set({} if outer is None else outer)
+    try:
+        yield
+    finally:
+        _REUSED.reset(token)
+
+
 # ---- helpers -----------------------------------------------------------------
 
 
-def _walk(
-    root: Path, recursive: bool, *, boundary: Path | None = None
-) -> tuple[list[Path], list[tuple[Path, str]], int]:
+def _walk(root: Path, recursive: bool, *, boundary: Path | None = None) -> _Walked:
+    """``_walk_disk``, or inside ``listings_reused()`` a copy of an earlier identical walk.
+
+    The key has the folder as given (file paths are spelled from it) and resolved (a link repointed
+    inside the block is a different folder), and every option and setting that changes the result.
+    """
+    memo = _REUSED.get()
+    if memo is None:
+        return _walk_disk(root, recursive, boundary=boundary)
+    key = (os.fspath(root), os.path.realpath(root), recursive, boundary, os.environ.get(FOLLOW_LINKS_ENV) == "1",
+           MAX_WALK_ENTRIES, MAX_WALK_DEPTH)
+    if key in memo:
+        files, skipped, seen = memo[key]
+        return list(files), list(skipped), seen  # copies: a caller editing its lists must not change the memo
+    walked = _walk_disk(root, recursive, boundary=boundary)
+    if walked[0]:  # an empty walk is an error for list_images: the next call looks at the disk again
+        memo[key] = (list(walked[0]), list(walked[1]), walked[2])
+    return walked
+
+
+def _walk_disk(root: Path, recursive: bool, *, boundary: Path | None = None) -> _Walked:
     """Files under ``root`` (sorted), skipped entries, and how many file entries were seen.
 
     Iterative (no recursion limit), follows directory links but visits each real

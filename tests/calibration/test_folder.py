@@ -22,6 +22,7 @@ from calibration.folder import (
     ImageListing,
     labelled_folder,
     list_images,
+    listings_reused,
     load_images,
     open_image,
     sample_files,
@@ -551,6 +552,55 @@ def test_labelled_folder_without_classes(tmp_path: Path) -> None:
     (tmp_path / "cls").mkdir()
     with pytest.raises(InputFileError, match="contain no images"):
         labelled_folder(tmp_path)
+
+
+def test_listing_is_reused_inside_the_block_and_walked_afresh_outside(tmp_path: Path) -> None:
+    solid(tmp_path / "a.png")
+    with listings_reused():
+        first = list_images(tmp_path)
+        solid(tmp_path / "b.png")  # a change the memo hides, inside the block only
+        again = list_images(tmp_path)
+        assert again.files == first.files == [tmp_path / "a.png"]
+        again.files.append(tmp_path / "mine.png")  # a caller's copy: the memo is not edited through it
+        assert list_images(tmp_path).files == [tmp_path / "a.png"]
+    assert list_images(tmp_path).files == [tmp_path / "a.png", tmp_path / "b.png"]
+    with listings_reused():  # a new block starts with an empty memo
+        assert list_images(tmp_path).files == [tmp_path / "a.png", tmp_path / "b.png"]
+    solid(tmp_path / "c.png")
+    assert len(list_images(tmp_path).files) == 3  # no memo survives the block
+
+
+def test_distinct_folders_and_options_are_distinct_listings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import calibration.folder as folder_module
+
+    solid(tmp_path / "top.png")
+    solid(tmp_path / "sub" / "deep.png")
+    with listings_reused():
+        assert len(list_images(tmp_path).files) == 2
+        assert list_images(tmp_path, recursive=False).files == [tmp_path / "top.png"]
+        assert list_images(tmp_path / "sub").files == [tmp_path / "sub" / "deep.png"]
+        monkeypatch.chdir(tmp_path)
+        assert list_images(Path("sub")).files == [Path("sub") / "deep.png"]  # spelled as the caller spelled it
+        monkeypatch.setattr(folder_module, "MAX_WALK_ENTRIES", 1)
+        with pytest.raises(InputFileError, match="more than 1 entries"):
+            list_images(tmp_path)  # a limit is part of the key: not answered from the memo
+
+
+def test_a_failed_listing_is_not_kept_and_other_threads_walk_the_disk(tmp_path: Path) -> None:
+    import threading
+
+    with listings_reused():
+        with pytest.raises(InputFileError, match="no images found"):
+            list_images(tmp_path)
+        solid(tmp_path / "a.png")
+        assert list_images(tmp_path).files == [tmp_path / "a.png"]
+        solid(tmp_path / "b.png")
+        seen: list[int] = []
+        thread = threading.Thread(target=lambda: seen.append(len(list_images(tmp_path).files)))
+        thread.start()
+        thread.join()
+        assert seen == [2]  # the memo is this context's, not the process's
+        assert len(list_images(tmp_path).files) == 1
 
 
 def test_suffix_list() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -64,10 +65,20 @@ def fleet(fleet_file: Path, output: Path, dry_run: bool, address: str | None, no
             click.echo(line)
         return
     say(plan_lines(plan)[0])
-    result = run_fleet(plan, engine="local" if no_ray else "ray", address=address, workers=workers,
-                       retries=retries, fail_fast=fail_fast, say=say)
-    for model, counts in _per_model(result).items():
-        say(f"{model}: {counts}")
+    engine = "local" if no_ray else "ray"
+    if sys.stderr.isatty() and not as_json:
+        from toolchain.fleet.live import live_fleet
+
+        # A terminal gets the live per-model table (its last state stays on screen as the summary);
+        # logs, CI and --json keep one line per finished task and the per-model lines.
+        with live_fleet(plan, show_running=no_ray) as live:
+            result = run_fleet(plan, engine=engine, address=address, workers=workers, retries=retries,
+                               fail_fast=fail_fast, on_finished=live.finished, on_started=live.started)
+    else:
+        result = run_fleet(plan, engine=engine, address=address, workers=workers, retries=retries,
+                           fail_fast=fail_fast, say=say)
+        for model, counts in _per_model(result).items():
+            say(f"{model}: {counts}")
     say(f"fleet done in {result.seconds:.1f}s: {output / 'report.html'}")
     if result.failed:
         names = ", ".join(f"{r['model']}/{r['task']}" for r in result.failed[:5])

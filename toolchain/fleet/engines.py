@@ -19,6 +19,8 @@ from toolchain.fleet.tasks import Result, lost, run_task
 
 # on_result(result) -> keep going? (False: --fail-fast saw a failure; the rest is cancelled.)
 OnResult = Callable[[Result], bool]
+# on_started(task): the task begins now. Only the in-process engine knows that; Ray's does not call it.
+OnStarted = Callable[[Task], None]
 DEFAULT_RETRIES = 3
 # Task results are a few hundred bytes and files go through the shared cache, so the object store
 # only needs Ray's minimum, not its default of 30% of the machine's memory.
@@ -29,11 +31,13 @@ def _upstream_id(task: Task) -> str | None:
     return f"{task.model}/{task.depends_on}" if task.depends_on else None
 
 
-def run_in_process(tasks: list[Task], on_result: OnResult) -> list[Result]:
-    """Tasks in plan order (each model's prepare comes before what depends on it)."""
+def run_in_process(tasks: list[Task], on_result: OnResult, on_started: OnStarted | None = None) -> list[Result]:
+    """Tasks in plan order (each model's prepare comes before what depends on it), one at a time."""
     done: dict[str, Result] = {}
     for task in tasks:
         upstream = done.get(_upstream_id(task) or "")
+        if on_started is not None:
+            on_started(task)
         done[task.id] = run_task(task, upstream)
         if not on_result(done[task.id]):
             break
@@ -110,7 +114,10 @@ def connect(ray: Any, address: str | None, workers: int | None) -> bool:
 def run_on_ray(tasks: list[Task], on_result: OnResult, address: str | None = None, workers: int | None = None,
                retries: int = DEFAULT_RETRIES) -> list[Result]:
     """Submit every task at once, dependents holding their upstream's result ref, and collect results as
-    they finish. Ctrl-C (KeyboardInterrupt) or a stop from ``on_result`` cancels what has not finished."""
+    they finish. Ctrl-C (KeyboardInterrupt) or a stop from ``on_result`` cancels what has not finished.
+
+    There is no ``on_started``: Ray decides when a submitted task gets a worker and the driver only learns
+    when it finished, so a task here is pending until its result arrives."""
     ray = import_ray()
     started_here = connect(ray, address, workers)
     try:
@@ -123,13 +130,17 @@ def run_on_ray(tasks: list[Task], on_result: OnResult, address: str | None = Non
             ref = remote.options(name=f"{TASK_TITLE}{task.id}", **_ray_options(task, retries)).remote(task, upstream)
             refs[task.id] = ref
             by_ref[ref] = task
-        return _collect(ray, by_ref, on_result)
+        return _collect(ray, by_ref, on_result, cancel=not started_here)
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _collect(ray: Any, by_ref: dict[Any, Task], on_result: OnResult) -> list[Result]:
+def _collect(ray: Any, by_ref: dict[Any, Task], on_result: OnResult, cancel: bool) -> list[Result]:
+    """Results as they finish. ``cancel``: stop unfinished tasks one by one on the way out, for a cluster
+    that outlives this command; an instance started here is shut down instead, which stops its workers
+    (force-cancelling them first sometimes aborted Ray's driver: "Tried to complete task that was not
+    pending", 3 runs in 20 of the Ctrl-C test)."""
     pending = list(by_ref)
     results = []
     try:
@@ -145,6 +156,6 @@ def _collect(ray: Any, by_ref: dict[Any, Task], on_result: OnResult) -> list[Res
             if not on_result(found):
                 break
     finally:  # Ctrl-C or --fail-fast: nothing more is started, running tasks are stopped
-        for ref in pending:
+        for ref in pending if cancel else ():
             ray.cancel(ref, force=True)
     return results

@@ -112,21 +112,26 @@ def _tasks(name: str, request: BuildRequest, stages: list[PlannedStage], cache_r
 def plan_fleet(spec: FleetSpec, output: Path, cache_root: Path, announce: Any = None) -> FleetPlan:
     """Plan every model (all up-front checks of ``edgekiln build`` included); a model that fails them
     fails the plan with one line naming the fleet file, the model's line and its name."""
+    from calibration.folder import listings_reused
     from toolchain.api import build_request
     from toolchain.build import prepare
 
     models = []
-    for model in spec.models:
-        try:
-            # Planned with the fleet's own folder as output: build's checks of it (writable, not a folder
-            # edgekiln did not make) are the fleet's; each model's real folder is set when it is assembled.
-            request, cache = build_request(**{**model.values, "output": output, "cache_dir": cache_root})
-            request, checked, stages = prepare(request, cache)
-        except ToolchainError as exc:
-            exc.message = f"{spec.path}:{model.line}: model '{model.name}': {exc.message}"
-            raise
-        models.append(ModelPlan(model.name, model.line, request, stages,
-                                _tasks(model.name, request, stages, cache_root, spec.resources), list(checked.notes)))
+    # Models usually share one calibration folder, which each model's checks and digests list several
+    # times: list it once for the whole plan (the tasks list it afresh when they run).
+    with listings_reused():
+        for model in spec.models:
+            try:
+                # Planned with the fleet's own folder as output: build's checks of it (writable, not a folder
+                # edgekiln did not make) are the fleet's; each model's real folder is set when it is assembled.
+                request, cache = build_request(**{**model.values, "output": output, "cache_dir": cache_root})
+                request, checked, stages = prepare(request, cache)
+            except ToolchainError as exc:
+                exc.message = f"{spec.path}:{model.line}: model '{model.name}': {exc.message}"
+                raise
+            models.append(ModelPlan(model.name, model.line, request, stages,
+                                    _tasks(model.name, request, stages, cache_root, spec.resources),
+                                    list(checked.notes)))
     if announce is not None:
         for line in decisions_by_text(models):
             announce(line)

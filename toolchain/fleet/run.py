@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from toolchain.errors import TargetsFailedError, ToolchainError
-from toolchain.fleet.plan import PREPARE, REFERENCE, FleetPlan, ModelPlan
+from toolchain.fleet.plan import PREPARE, REFERENCE, FleetPlan, ModelPlan, Task
 from toolchain.fleet.tasks import Result, result
 
 Say = Callable[[str], None]
+OnFinished = Callable[[Result], None]
+OnStarted = Callable[[Task], None]
 
 
 @dataclass
@@ -47,8 +49,14 @@ def task_line(found: Result, index: int, total: int) -> str:
 
 
 def execute(plan: FleetPlan, *, engine: str = "ray", address: str | None = None, workers: int | None = None,
-            retries: int = 3, fail_fast: bool = False, say: Say | None = None) -> list[Result]:
-    """Run the tasks that are not cached (cached ones are reported as such); results in finishing order."""
+            retries: int = 3, fail_fast: bool = False, say: Say | None = None,
+            on_finished: OnFinished | None = None, on_started: OnStarted | None = None) -> list[Result]:
+    """Run the tasks that are not cached (cached ones are reported as such); results in finishing order.
+
+    ``say`` gets one line per finished task (``task_line``); ``on_finished`` gets each task's result as it
+    comes in, cached ones first (the live view's feed). ``on_started`` is called when a task begins, by
+    the in-process engine only: Ray's engine cannot tell a running task from a queued one.
+    """
     from toolchain.fleet import engines
 
     tasks = plan.tasks
@@ -58,6 +66,8 @@ def execute(plan: FleetPlan, *, engine: str = "ray", address: str | None = None,
         results.append(found)
         if say is not None:
             say(task_line(found, len(results), len(tasks)))
+        if on_finished is not None:
+            on_finished(found)
         return not (fail_fast and found["status"] != "ok")
 
     for task in tasks:
@@ -69,7 +79,7 @@ def execute(plan: FleetPlan, *, engine: str = "ray", address: str | None = None,
     elif engine == "ray":
         engines.run_on_ray(to_run, on_result, address, workers, retries)
     else:
-        engines.run_in_process(to_run, on_result)
+        engines.run_in_process(to_run, on_result, on_started)
     if fail_fast:
         stopped = next((r for r in results if r["status"] != "ok"), None)
         if stopped is not None:
@@ -137,10 +147,11 @@ def deliver(plan: FleetPlan, results: list[Result], engine: dict[str, Any], star
 
 
 def run_fleet(plan: FleetPlan, *, engine: str = "ray", address: str | None = None, workers: int | None = None,
-              retries: int = 3, fail_fast: bool = False, say: Say | None = None) -> FleetResult:
+              retries: int = 3, fail_fast: bool = False, say: Say | None = None,
+              on_finished: OnFinished | None = None, on_started: OnStarted | None = None) -> FleetResult:
     """Execute the plan's tasks, then deliver the outputs and reports (see ``execute`` and ``deliver``)."""
     started = time.perf_counter()
     results = execute(plan, engine=engine, address=address, workers=workers, retries=retries,
-                      fail_fast=fail_fast, say=say)
+                      fail_fast=fail_fast, say=say, on_finished=on_finished, on_started=on_started)
     where = {"engine": engine, "address": address, "workers": workers, "retries": retries}
     return deliver(plan, results, where, started)
