@@ -1,6 +1,7 @@
-"""The accuracy guard's cost (issue #18, item 3): guarded vs unguarded INT8 calibration, and the guard's
-per-layer ranking as it was (one quantizer call per layer, whole-model runs) vs now (single-layer models
-cut from one quantization, only the downstream part run).
+"""The accuracy guard's cost (issue #18, item 3): guarded vs unguarded INT8 calibration, and the guard as it
+was (a quantizer call per layer for its ranking, whole-model runs, every fallback attempt compared on every
+held-out sample) vs now (single-layer models cut from one quantization with only their downstream part run;
+a fallback attempt stops at the first sample under the cosine floor).
 
     python -m bench.guard          # bench/guard.md + bench/guard.json (about 15 minutes on 2 cores)
 
@@ -8,8 +9,8 @@ Models: the ResNet-18- and MobileNetV2-sized CNNs of ``bench/run.py`` (random we
 64 calibration + 32 held-out Fashion-MNIST images upsampled to 224x224, ``api.calibrate`` for target ``x86``
 in this process. Two budgets: the default (``--max-drop 1 --min-cosine 0.99``) and a strict one
 (``--min-cosine 0.99999``) that no INT8 model meets, so the guard runs its whole fallback schedule: the
-worst case. "old ranking" swaps the ranking function for the previous implementation (kept here, verbatim
-in effect), so both run in the same rounds; the record checks that both chose the same layers.
+worst case. "old guard" swaps in the previous ranking (kept here, verbatim in effect) and turns early
+stopping off, so both run in the same rounds; the record checks that both chose the same layers.
 """
 
 from __future__ import annotations
@@ -58,11 +59,18 @@ def old_layer_sensitivity(model, ranges, config, feeds, reference=None, bias_sou
 
 @contextmanager
 def ranking(implementation: Callable | None, spent: list[float]):
-    """Run the guard with ``implementation`` as its ranking (None: the current one), timing the ranking."""
+    """Run the guard with ``implementation`` as its ranking (None: the current one), timing the ranking.
+    With the old ranking, fallback attempts are also compared on every sample, as before early stopping."""
+    from functools import partial
+
     from toolchain import quant_guard
+    from toolchain.passes import calibrate
 
     current = quant_guard.layer_sensitivity
     chosen = implementation or current
+    guard = calibrate.guarded_quantize
+    if implementation is not None:
+        calibrate.guarded_quantize = partial(guard, stop_early=False)
 
     def timed(*args, **kwargs):
         started = time.perf_counter()
@@ -76,6 +84,7 @@ def ranking(implementation: Callable | None, spent: list[float]):
         yield
     finally:
         quant_guard.layer_sensitivity = current
+        calibrate.guarded_quantize = guard
 
 
 def calibrate_once(fp32: Path, samples: Path, guard: bool, budget: dict, implementation: Callable | None,
@@ -108,7 +117,7 @@ def variants() -> dict[str, tuple[bool, str, Callable | None]]:
     found = {"unguarded": (False, "default", None)}
     for budget in BUDGETS:
         found[f"guarded, {budget} budget"] = (True, budget, None)
-        found[f"guarded, {budget} budget, old ranking"] = (True, budget, old_layer_sensitivity)
+        found[f"guarded, {budget} budget, old guard"] = (True, budget, old_layer_sensitivity)
     return found
 
 
@@ -146,7 +155,7 @@ def summary(result: dict) -> dict:
                          "kept_float": (found[0].get("attempts") or [[]])[-1]}
     same = {}
     for budget in BUDGETS:
-        new, old = runs[f"guarded, {budget} budget"], runs[f"guarded, {budget} budget, old ranking"]
+        new, old = runs[f"guarded, {budget} budget"], runs[f"guarded, {budget} budget, old guard"]
         same[budget] = all(a.get("ranking") == b.get("ranking") and a.get("attempts") == b.get("attempts")
                            and a.get("scores") == b.get("scores") and a["written"] == b["written"]
                            for a, b in zip(new, old))
@@ -176,7 +185,7 @@ def markdown(record: dict) -> str:
                 outcome += f", {row['attempts']} attempt(s), kept in float: {len(row['kept_float'])}"
             lines.append(f"| {variant} | {row['median_s']:.1f} | {row['x_unguarded']:.2f}x | "
                          f"{row['ranking_s']:.1f} | {outcome} |")
-        lines += ["", "Same ranking scores, same attempts and same outcome with the old ranking, every round: "
+        lines += ["", "Same ranking scores, same attempts and same outcome with the old guard, every round: "
                   + ", ".join(f"{b} budget {'yes' if s else '**no**'}" for b, s in found["same_choice"].items()), ""]
     return "\n".join(lines) + "\n"
 

@@ -131,3 +131,34 @@ def test_ranking_with_bias_correction_takes_the_uncorrected_biases_elsewhere():
     ours = sensitivity.layer_sensitivity(corrected, ranges, config, feeds, reference=model, bias_source=model)
     assert ours == _ranking_the_old_way(corrected, ranges, config, feeds, reference_model=model, bias_source=model)
 
+
+
+@pytest.mark.parametrize("min_cosine, passes", [(0.99999, False), (0.999, True)])
+def test_early_stopped_attempts_decide_as_full_comparisons(min_cosine, passes):
+    """Fallback attempts stop comparing at the first sample under the cosine floor: the guard must reach
+    the same attempts, the same outcome and, for a refusal, the same final figures as comparing every
+    sample; stopped attempts say how far they got."""
+    from toolchain.errors import VerificationError
+    from toolchain.quant_guard import Budget, guarded_quantize
+
+    model, feeds = _branchy_cnn(), _feeds(24, 3)
+    config = QuantizeConfig.for_target("x86-avx2")
+    ranges = compute_ranges(model, feeds[:12], config)
+    budget = Budget(max_drop=1.0, min_cosine=min_cosine, task="generic")
+
+    def guard(stop_early: bool):
+        try:
+            return guarded_quantize(model, ranges, config, feeds[12:], budget, stop_early=stop_early)[1].to_dict()
+        except VerificationError as error:
+            return error.report
+
+    early, full = guard(True), guard(False)
+    assert [a["kept_float"] for a in early["attempts"]] == [a["kept_float"] for a in full["attempts"]]
+    assert early["passed"] == full["passed"] and early["sensitivity"] == full["sensitivity"]
+    assert early["attempts"][0] == full["attempts"][0] and early["attempts"][-1] == full["attempts"][-1]
+    assert early["passed"] is passes and len(early["attempts"]) >= 2  # the fallback ran
+    assert early["attempts"][-1]["quality"]["of_samples"] is None  # passed or refused on every sample
+    stopped = [a["quality"] for a in early["attempts"] if a["quality"]["of_samples"]]
+    if not passes:
+        assert stopped, early["attempts"]  # a refusal's failed attempts stopped early
+    assert all(q["of_samples"] == 12 and q["samples"] < 12 and q["min_cosine"] < min_cosine for q in stopped)

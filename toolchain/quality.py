@@ -108,19 +108,22 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(both_zero, 1.0, dots / np.where(norms == 0, 1.0, norms) * (norms != 0))
 
 
-def sample_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+def sample_cosines(reference: np.ndarray, candidate: np.ndarray, scaled_by: np.ndarray | None = None) -> np.ndarray:
     """One cosine per sample; outputs with a channel axis (3-D and up) are first scaled per channel.
 
     Each channel is centred and divided by the FP32 model's spread of that channel (over samples and
     positions), so a channel of pixel coordinates and a channel of probabilities weigh the same. A
     channel that is constant in the FP32 model keeps its raw values (it has no spread to scale by).
+    ``scaled_by``: the FP32 outputs of a larger set the samples belong to, whose spread to use, so a
+    sample's cosine does not depend on how many of the set were compared so far.
     """
     ref = reference.astype(np.float64)
     cand = candidate.astype(np.float64).reshape(ref.shape)
     if ref.ndim >= 3:
         axes = tuple(i for i in range(ref.ndim) if i != 1)
-        centre = ref.mean(axis=axes, keepdims=True)
-        spread = ref.std(axis=axes, keepdims=True)
+        stats = ref if scaled_by is None else scaled_by.astype(np.float64)
+        centre = stats.mean(axis=axes, keepdims=True)
+        spread = stats.std(axis=axes, keepdims=True)
         spread = np.where(spread > 0, spread, 1.0)
         ref, cand = (ref - centre) / spread, (cand - centre) / spread
     return _cosines(ref, cand)

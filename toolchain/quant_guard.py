@@ -12,7 +12,7 @@ never returned: the caller gets a ``VerificationError`` with the numbers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import onnx
@@ -64,6 +64,9 @@ class Quality:
     """Outputs of the candidate holding NaN or Inf."""
     ties: int = 0
     """Top-1 changes between classes both models score within ``TIE_FRACTION`` of each other: counted as agreeing."""
+    of_samples: int | None = None
+    """Set when the check stopped early, certain to fail: the held-out samples there were (``samples``:
+    how many were compared)."""
 
     @property
     def drop_points(self) -> float | None:
@@ -175,12 +178,14 @@ def tied_flips(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
 
 
 def compare_quality(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
-                    labels: np.ndarray | None = None, task: str = "auto") -> Quality:
+                    labels: np.ndarray | None = None, task: str = "auto",
+                    scaled_by: dict[str, np.ndarray] | None = None) -> Quality:
     """FP32-vs-INT8 quality on the same samples (see ``toolchain.quality`` for why each metric is so).
 
     ``task`` picks the task metric: top-1 agreement (and accuracy with labels) on the ``[N, classes]``
     output for ``classify``, detections kept for ``detect``, cosines only for ``generic``; ``auto``
-    guesses it from the reference's output shapes.
+    guesses it from the reference's output shapes. ``scaled_by``: when ``reference`` is the first part
+    of a larger set, that set's FP32 outputs (channel scaling as over the whole set).
     """
     broken = non_finite(reference)
     if broken:
@@ -191,7 +196,8 @@ def compare_quality(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
     samples = len(next(iter(reference.values())))
     max_abs = {n: float(np.abs(reference[n].astype(np.float64) - candidate[n]).max()) for n in names}
     bad = tuple(non_finite(candidate))
-    cosines = np.concatenate([sample_cosines(reference[n], candidate[n]) for n in names])
+    cosines = np.concatenate([sample_cosines(reference[n], candidate[n], (scaled_by or {}).get(n))
+                              for n in names])
     if bad or not np.isfinite(cosines).all():
         return Quality(samples, float("nan"), max_abs, non_finite=bad or tuple(names), task=task)
     chosen = guess_task(reference) if task in ("auto", None) else task
@@ -226,19 +232,22 @@ def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: Q
                      holdout: Sequence[Feed], budget: Budget, labels: np.ndarray | None = None,
                      max_float_fraction: float = 0.5,
                      reference: onnx.ModelProto | None = None,
-                     bias_source: onnx.ModelProto | None = None) -> tuple[onnx.ModelProto, GuardReport]:
+                     bias_source: onnx.ModelProto | None = None,
+                     stop_early: bool = True) -> tuple[onnx.ModelProto, GuardReport]:
     """Quantize, check on ``holdout``, and keep the most sensitive layers in float until ``budget`` holds.
 
     ``reference`` is the FP32 model the INT8 model must match; pass it when ``model`` is not that model
     (after bias correction its biases carry the INT8 corrections). Default: ``model`` itself.
     ``bias_source``: ``model`` before bias correction; layers kept in float (and, in the sensitivity
-    ranking, every layer but the one measured) take their biases from it."""
+    ranking, every layer but the one measured) take their biases from it. ``stop_early``: a fallback
+    attempt stops comparing once a sample's cosine is under the budget's floor (it cannot pass then); the
+    decisions are the same as with every sample compared, and the last attempt of a refusal is measured
+    on every sample."""
     fp32_model = reference if reference is not None else model
-    reference = _run_all(fp32_model, holdout)
+    judge = _Judge(run_all(fp32_model, holdout), holdout, labels, budget)
     report = GuardReport(budget)
     quantized = quantize_static(model, ranges, config)
-    report.attempts.append(Attempt(list(config.nodes_to_exclude), compare_quality(
-        reference, _run_all(quantized, holdout, config), labels, budget.task)))
+    report.attempts.append(Attempt(list(config.nodes_to_exclude), judge(quantized, config)))
     if report.passed:
         return quantized, report
     report.sensitivity = layer_sensitivity(model, ranges, config, holdout, fp32_model, bias_source)
@@ -255,11 +264,52 @@ def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: Q
             candidate_config = config.model_copy(
                 update={"nodes_to_exclude": tuple(config.nodes_to_exclude) + tuple(kept)})
             quantized = quantize_static(with_float_biases(model, bias_source, kept), ranges, candidate_config)
-            report.attempts.append(Attempt(kept, compare_quality(
-                reference, _run_all(quantized, holdout, candidate_config), labels, budget.task)))
+            report.attempts.append(Attempt(kept, judge(quantized, candidate_config, stop_early)))
             if report.passed:
                 return quantized, report
+    if report.final.quality.of_samples is not None:  # the refusal names figures over every sample
+        report.attempts[-1] = Attempt(report.final.kept_float, judge(quantized, candidate_config))
     raise budget_error(report, limit)
+
+
+class _Judge:
+    """Compares candidates with the FP32 outputs on the held-out samples, feed by feed when allowed to
+    stop early (hand-written: the guard's own metrics decide when a candidate cannot pass any more)."""
+
+    def __init__(self, reference: list[dict[str, np.ndarray]], holdout: Sequence[Feed],
+                 labels: np.ndarray | None, budget: Budget) -> None:
+        self.runs, self.holdout, self.labels, self.budget = reference, list(holdout), labels, budget
+        self.reference = concatenated(reference)
+        self.task = guess_task(self.reference) if budget.task in ("auto", None) else budget.task
+
+    def __call__(self, quantized: onnx.ModelProto, config: QuantizeConfig, stop_early: bool = False) -> Quality:
+        # Detectors are judged by their detections over the whole set, so they are always compared whole.
+        if not stop_early or self.task == "detect":
+            return compare_quality(self.reference, _run_all(quantized, self.holdout, config), self.labels,
+                                   self.budget.task)
+        from toolchain.runtime import OnnxRuntimeRunner
+
+        runner = OnnxRuntimeRunner.from_model(quantized, integer_reference=config.guard_runtime == "reference")
+        outputs: list[dict[str, np.ndarray]] = []
+        compared = 0
+        for feed, expected in zip(self.holdout, self.runs):
+            found = runner.run(feed)
+            outputs.append(found)
+            compared += len(next(iter(expected.values())))
+            if len(outputs) < len(self.holdout) and self._certain_to_fail(expected, found):
+                labels = self.labels[:compared] if self.labels is not None else None
+                quality = compare_quality(concatenated(self.runs[:len(outputs)]), concatenated(outputs), labels,
+                                          self.task, scaled_by=self.reference)
+                return replace(quality, of_samples=len(next(iter(self.reference.values()))))
+        return compare_quality(self.reference, concatenated(outputs), self.labels, self.budget.task)
+
+    def _certain_to_fail(self, expected: dict[str, np.ndarray], found: dict[str, np.ndarray]) -> bool:
+        """One sample under the cosine floor (or non-finite) fails the lowest-cosine rule, whatever follows."""
+        for name, array in expected.items():
+            cosines = sample_cosines(array, found[name], self.reference[name])
+            if not np.isfinite(cosines).all() or cosines.min() < self.budget.min_cosine:
+                return True
+        return False
 
 
 def budget_error(report: GuardReport, fallback_limit: int) -> VerificationError:

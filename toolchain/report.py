@@ -67,7 +67,9 @@ def print_guard(guard: dict) -> None:
                      f"{quality['accuracy_reference']:.2%} -> {quality['accuracy_candidate']:.2%}",
                      "-" if drop is None else f"{drop:.2f}" + ("" if bound is None else f" (>= {max(bound, 0):.2f})"),
                      "-" if not detections else f"{detections['matched']}/{detections['reference']}",
-                     f"{quality['min_cosine']:.4f}"))
+                     f"{quality['min_cosine']:.4f}" + (f" (stopped after {quality['samples']} of "
+                                                        f"{quality['of_samples']}: cannot pass)"
+                                                        if quality.get("of_samples") else "")))
     task = guard["attempts"][-1]["quality"].get("task")
     declared = budget.get("task", "auto")
     if task:
