@@ -33,6 +33,8 @@ def _branchy_cnn() -> onnx.ModelProto:
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="stem"),
         helper.make_node("Relu", ["c1"], ["r1"], name="stem_relu"),
         helper.make_node("Conv", ["r1", "dw", "dwb"], ["c2"], pads=[1, 1, 1, 1], group=8, name="depthwise"),
+        helper.make_node("Constant", [], ["hi"], value=numpy_helper.from_array(np.array(6.0, np.float32)),
+                         name="six"),  # as exporters write it: a Constant node, not an initializer
         helper.make_node("Clip", ["c2", "lo", "hi"], ["r2"], name="relu6"),
         helper.make_node("Conv", ["r2", "pw", "pwb"], ["c3"], name="pointwise"),
         helper.make_node("Add", ["c3", "r1"], ["s"], name="residual"),
@@ -45,8 +47,7 @@ def _branchy_cnn() -> onnx.ModelProto:
                     init("dwb", 8, scale=0.1), init("pw", 8, 8, 1, 1), init("pwb", 8, scale=0.1),
                     init("fc_w", 10, 8), init("fc_b", 10, scale=0.1), init("sw", 4, 8, 1, 1),
                     init("sb", 4, scale=0.1),
-                    numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
-                    numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+                    numpy_helper.from_array(np.array(0.0, np.float32), "lo")]
     graph = helper.make_graph(
         nodes, "branchy", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 12, 12])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 10]),

@@ -86,7 +86,7 @@ def layer_sensitivity(model: onnx.ModelProto, ranges: ActivationRanges, config: 
     def float_model(layer: str) -> onnx.ModelProto:  # every other layer's bias as before correction
         return with_float_biases(model, bias_source, [name for name in names if name != layer])
 
-    unchanged = concatenated(border.values) if border is not None else {}
+    unchanged = concatenated([{n: v[n] for n in subset_reference} for v in border.values]) if border else {}
     scores = []
     for name, single in single_layer_models(model, ranges, config, names, float_model):
         suffix = border.suffix(single, name) if border is not None else None
@@ -186,6 +186,9 @@ def _downstream(model: onnx.ModelProto, layer: str, float_tensors: set[str] | No
             continue
         source = producer.get(name)
         if source is not None and source in kept:
+            continue
+        if source is not None and not any(nodes[source].input):  # a Constant: kept, so it stays constant
+            kept.add(source)
             continue
         if float_tensors is not None and name not in float_tensors:
             if source is None:
