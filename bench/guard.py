@@ -153,13 +153,14 @@ def summary(result: dict) -> dict:
                          "ranking_s": _median([r["ranking_seconds"] for r in found]),
                          "written": found[0]["written"], "attempts": len(found[0].get("attempts", [])),
                          "kept_float": (found[0].get("attempts") or [[]])[-1]}
-    same = {}
+    same, score_diff = {}, {}
     for budget in BUDGETS:
         new, old = runs[f"guarded, {budget} budget"], runs[f"guarded, {budget} budget, old guard"]
         same[budget] = all(a.get("ranking") == b.get("ranking") and a.get("attempts") == b.get("attempts")
-                           and a.get("scores") == b.get("scores") and a["written"] == b["written"]
-                           for a, b in zip(new, old))
-    return {"rows": rows, "same_choice": same}
+                           and a["written"] == b["written"] for a, b in zip(new, old))
+        score_diff[budget] = max((abs(x - y) for a, b in zip(new, old)
+                                  for x, y in zip(a.get("scores", []), b.get("scores", []))), default=0.0)
+    return {"rows": rows, "same_choice": same, "score_diff": score_diff}
 
 
 def _load(load: tuple[float, float, float] | None) -> str:
@@ -185,12 +186,24 @@ def markdown(record: dict) -> str:
                 outcome += f", {row['attempts']} attempt(s), kept in float: {len(row['kept_float'])}"
             lines.append(f"| {variant} | {row['median_s']:.1f} | {row['x_unguarded']:.2f}x | "
                          f"{row['ranking_s']:.1f} | {outcome} |")
-        lines += ["", "Same ranking scores, same attempts and same outcome with the old guard, every round: "
-                  + ", ".join(f"{b} budget {'yes' if s else '**no**'}" for b, s in found["same_choice"].items()), ""]
+        lines += ["", "Same ranking order, same attempts (layers kept in float) and same outcome as the old guard, "
+                  "every round: " + ", ".join(f"{b} budget {'yes' if s else '**no**'}"
+                                              for b, s in found["same_choice"].items())
+                  + "; largest difference of a layer's ranking score: "
+                  + ", ".join(f"{b} budget {d:.1e}" for b, d in found["score_diff"].items()), ""]
+        plain = found["rows"]["unguarded"]["median_s"]
+        lines += ["The guard's own cost (guarded median minus unguarded median): " + "; ".join(
+            f"{b} budget {found['rows'][f'guarded, {b} budget']['median_s'] - plain:.1f} s now vs "
+            f"{found['rows'][f'guarded, {b} budget, old guard']['median_s'] - plain:.1f} s before" for b in BUDGETS)
+            + ". Target (issue #18): a guarded compile at most 2x the unguarded one: "
+            + ("met" if found["rows"]["guarded, default budget"]["x_unguarded"] <= 2 else "**missed**") + ".", ""]
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    if (argv if argv is not None else sys.argv[1:]) == ["--render"]:  # bench/guard.md again from guard.json
+        (BENCH_DIR / "guard.md").write_text(markdown(json.loads((BENCH_DIR / "guard.json").read_text())))
+        return 0
     import subprocess
 
     started = time.perf_counter()
