@@ -2,7 +2,8 @@
 
 This ranking is what the accuracy guard keeps layers in float by, and it used to be half of the guard's
 time. Two things make it cheaper while ranking the layers the same way (bench/guard.md: same order, same
-layers kept in float; scores equal, or within 1.1e-8 where ORT fuses the border run's nodes differently):
+layers kept in float; scores equal, or within 1.1e-8 on the MobileNetV2-sized CNN, whose border values come
+from a separate float run):
 
 - The single-layer models are cut from one quantization of the whole model
   (``toolchain.passes.single_layer``) instead of one quantizer call per layer.
