@@ -163,3 +163,21 @@ def test_early_stopped_attempts_decide_as_full_comparisons(min_cosine, passes):
     if not passes:
         assert stopped, early["attempts"]  # a refusal's failed attempts stopped early
     assert all(q["of_samples"] == 12 and q["samples"] < 12 and q["min_cosine"] < min_cosine for q in stopped)
+
+
+def test_a_stopped_attempt_says_so_where_attempts_are_listed():
+    """The build's 'tried' lines and the guard table show a stopped attempt's figures as partial."""
+    from toolchain.build import _tried
+    from toolchain.errors import VerificationError
+    from toolchain.quant_guard import Budget, guarded_quantize
+
+    model, feeds = _branchy_cnn(), _feeds(24, 3)
+    config = QuantizeConfig.for_target("x86-avx2")
+    ranges = compute_ranges(model, feeds[:12], config)
+    with pytest.raises(VerificationError) as refused:
+        guarded_quantize(model, ranges, config, feeds[12:], Budget(min_cosine=0.99999, task="generic"))
+    report = refused.value.report.to_dict() if hasattr(refused.value.report, "to_dict") else refused.value.report
+    lines = _tried(report)
+    stopped = [a["quality"]["of_samples"] is not None for a in report["attempts"]]
+    assert any(stopped) and not stopped[0] and not stopped[-1]
+    assert [("stopped after" in line and "of 12 samples: cannot pass" in line) for line in lines] == stopped

@@ -171,6 +171,8 @@ def _guard_dict(exc: BaseException) -> dict[str, Any] | None:
 
 def _tried(guard: dict[str, Any] | None) -> list[str]:
     """One line per guard attempt: how many layers stayed float and what that gave."""
+    from toolchain.report import stopped_note
+
     lines = []
     for attempt in (guard or {}).get("attempts") or []:
         if not isinstance(attempt, dict):
@@ -184,7 +186,7 @@ def _tried(guard: dict[str, Any] | None) -> list[str]:
             parts.append(f"min cosine {quality['min_cosine']:.4f}")
         where = f"{len(kept)} layer(s) in float ({', '.join(map(str, kept[:3]))}{' ...' if len(kept) > 3 else ''})" \
             if kept else "all layers INT8"
-        lines.append(f"{where}: {', '.join(parts) or 'measured'}")
+        lines.append(f"{where}: {', '.join(parts) or 'measured'}{stopped_note(quality)}")
     return lines
 
 

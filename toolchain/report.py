@@ -52,6 +52,13 @@ def say(message: str) -> None:
     _console().print(escape(message))
 
 
+def stopped_note(quality: dict) -> str:
+    """' (stopped after 3 of 32 samples: cannot pass)' for an attempt whose check stopped early, else ""."""
+    if not quality.get("of_samples"):
+        return ""
+    return f" (stopped after {quality['samples']} of {quality['of_samples']} samples: cannot pass)"
+
+
 def print_guard(guard: dict) -> None:
     """The accuracy guard's attempts: quality of each try and which layers stayed float."""
     budget = guard["budget"]
@@ -67,9 +74,7 @@ def print_guard(guard: dict) -> None:
                      f"{quality['accuracy_reference']:.2%} -> {quality['accuracy_candidate']:.2%}",
                      "-" if drop is None else f"{drop:.2f}" + ("" if bound is None else f" (>= {max(bound, 0):.2f})"),
                      "-" if not detections else f"{detections['matched']}/{detections['reference']}",
-                     f"{quality['min_cosine']:.4f}" + (f" (stopped after {quality['samples']} of "
-                                                        f"{quality['of_samples']}: cannot pass)"
-                                                        if quality.get("of_samples") else "")))
+                     f"{quality['min_cosine']:.4f}{stopped_note(quality)}"))
     task = guard["attempts"][-1]["quality"].get("task")
     declared = budget.get("task", "auto")
     if task:
