@@ -11,10 +11,11 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from toolchain.lazy import install_hint, is_installed
 from toolchain.runtime import Feed, Runner  # noqa: F401 - re-exported: the contract backends implement
+from toolchain.targets import Target
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,21 @@ class CompiledFiles:
 
 
 class Backend(abc.ABC):
+    """A backend declares, as class data, everything the rest of the tool needs to know about it, so adding
+    one is its folder plus one line in ``backends.registry.BUILTIN`` (or a plugin's entry point)."""
+
     name: str
     description: str
     capabilities: Capabilities
     required_modules: tuple[str, ...]
     """Python modules the backend needs; checked without importing them."""
+    options: ClassVar[type | None] = None
+    """Its own compile settings (a ``toolchain.options.OptionGroup``): ``compile`` and ``build`` get their flags,
+    recipes their keys, the API its keywords, and the build's cache keys their values."""
+    targets: ClassVar[tuple[Target, ...]] = ()
+    """Device profiles it adds (``--target``); the built-in backends' are in ``toolchain.targets.TARGETS``."""
+    distributions: ClassVar[tuple[str, ...]] = ()
+    """Distributions whose versions change what it writes: recorded in manifests, part of the cache keys."""
 
     def is_available(self) -> tuple[bool, str]:
         """Whether the backend can be used here and, if not, what to install (never imports the SDK)."""

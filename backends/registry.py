@@ -11,6 +11,7 @@ from importlib.metadata import entry_points
 
 from backends.base import Backend
 from toolchain.errors import UsageError
+from toolchain.targets import Target
 
 ENTRY_POINT_GROUP = "edgekiln.backends"
 
@@ -69,3 +70,54 @@ def all_backends() -> list[Backend]:
         except Exception as exc:  # a broken plugin must not break 'edgekiln backends'
             backends.append(UnloadableBackend(name, f"failed to load {reference}: {type(exc).__name__}: {exc}"))
     return backends
+
+
+def _declared() -> list[type[Backend]]:
+    """Every backend class that loads (a broken plugin is left out here; ``all_backends`` reports it)."""
+    classes = []
+    for reference in backend_table().values():
+        try:
+            classes.append(_load(reference))
+        except Exception:  # noqa: BLE001 - listed as unloadable by 'edgekiln backends'
+            continue
+    return classes
+
+
+def backend_option_groups() -> list[tuple[str, type]]:
+    """(backend name, its options group) for every backend that declares compile settings."""
+    return [(cls.name, cls.options) for cls in _declared() if cls.options is not None]
+
+
+def backend_option_owners() -> dict[str, str]:
+    """Backend option keyword -> the backend that reads it."""
+    from toolchain.options import keywords_of
+
+    return {keyword: name for name, group in backend_option_groups() for keyword in keywords_of(group)}
+
+
+def all_targets() -> dict[str, Target]:
+    """Every device profile: the built-in ones, then those plugin backends declare (a clash keeps the first)."""
+    from toolchain.targets import TARGETS
+
+    found = dict(TARGETS)
+    for cls in _declared():
+        for target in cls.targets:
+            found.setdefault(target.name, target)
+    return found
+
+
+def find_target(name: str) -> Target:
+    """The device profile called ``name``; an unknown one is a ``UsageError`` listing the known ones."""
+    targets = all_targets()
+    if name not in targets:
+        raise UsageError(f"unknown target '{name}'; known targets: {', '.join(targets)}")
+    return targets[name]
+
+
+def backend_distributions(name: str) -> tuple[str, ...]:
+    """The distributions whose versions change what backend ``name`` writes (empty for an unknown one)."""
+    table = backend_table()
+    try:
+        return tuple(_load(table[name]).distributions) if name in table else ()
+    except Exception:  # noqa: BLE001 - a plugin that fails to load fails where it is used, in its own words
+        return ()

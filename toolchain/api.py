@@ -9,67 +9,154 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from toolchain.commands import (BACKEND_OPTIONS, PathLike, calibrate, compile, convert,  # noqa: A004, F401
-                                lowrank_config, optimize)  # re-exported commands
-from toolchain.commands import check_task as _check_task
-from toolchain.commands import verify_options as _verify_options
+from toolchain import commands
+from toolchain.commands import PathLike
 from toolchain.errors import UsageError
-from toolchain.verify import DEFAULT_ATOL, DEFAULT_RTOL
-
+from toolchain.options import keywords_of, refuse_leftovers, settings_of, take, with_keywords
+from toolchain.settings import BuildSettings, QuantSettings, SampleSettings, SourceSettings, VerifySettings
 
 # What 'edgekiln build' with no arguments builds the bundled example for: one device of each backend,
 # and x86 at both precisions so the report shows what INT8 costs and gains.
 EXAMPLE_TARGETS = ("x86", "x86:int8", "rpi4", "mcu", "jetson-nano")
 
+# Every function below takes one keyword per flag of its command; the keywords, their types and defaults
+# are generated from the option groups (``toolchain.settings``, the pass configs, the backends' options),
+# and each function's signature lists them (``help(api.build)``).
 
-def build_request(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, targets: Sequence[str] = (),
-                  labels: PathLike | None = None, simplify: bool = True, bench_iterations: int = 50,
-                  inputs: Sequence[str] = (), dynamic_batch: bool = False, opset: int | None = None,
-                  model_class: str | None = None, weights: PathLike | None = None,
-                  model_kwargs: str | dict | None = None, trust_pickle: bool = False, exporter: str = "auto",
-                  keras_safe_mode: bool = True, verify: bool = True, atol: float = DEFAULT_ATOL,
-                  rtol: float = DEFAULT_RTOL, calib: PathLike | None = None, seed: int = 0,
-                  preprocess: str | dict | None = None, calib_size: int | None = None, holdout: int | None = None,
-                  max_drop: float = 1.0, min_cosine: float = 0.99, method: str | None = None, guard: bool = True,
-                  task: str = "auto", cache_dir: PathLike | None = None, no_cache: bool = False,
-                  fail_fast: bool = False, **lowrank_options: Any):
-    """``edgekiln build``'s options (one per flag) as a ``BuildRequest`` and its ``StageCache``; runs nothing.
 
-    Targets are ``TARGET`` or ``TARGET:PRECISION``. ``lowrank_options`` are ``optimize``'s ``lowrank*``
-    arguments. Stages are cached under ``cache_dir`` (``no_cache`` turns that off). ``calib_size``/``holdout``
-    None: chosen from the folder's size. ``edgekiln fleet`` plans each of its models with this.
-    """
+def _backend_groups() -> list[type]:
+    from backends.registry import backend_option_groups
+
+    return [group for _name, group in backend_option_groups()]
+
+
+def _take_backend_settings(options: dict[str, Any]) -> dict[str, Any]:
+    from backends.registry import backend_option_owners
+
+    return {k: options.pop(k) for k in list(options) if k in backend_option_owners()}
+
+
+def _take_passes(options: dict[str, Any], names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Pass name -> its config for each pass switched on (``lowrank=True``); their settings are taken too."""
+    from toolchain.options import from_keywords
+    from toolchain.passes.registry import PASSES
+
+    passes = {}
+    for entry in PASSES:
+        if names is not None and entry.name not in names:
+            continue
+        config = entry.config_class()
+        settings = {k: options.pop(k) for k in (keywords_of(config) if config else ()) if k in options}
+        if options.pop(entry.name, False):
+            passes[entry.name] = from_keywords(config, settings) if config else None
+    return passes
+
+
+def convert(source: PathLike | None, output: PathLike, *, target: str | None = None, **options: Any):
+    """``edgekiln convert``: ingest a PyTorch, TensorFlow or ONNX model into verified ONNX."""
+    settings, verify = take(options, SourceSettings), take(options, VerifySettings)
+    refuse_leftovers(options, keywords_of(SourceSettings, VerifySettings), "convert")
+    return commands.convert(source, output, target=target, settings=settings, verify=verify)
+
+
+def optimize(model: PathLike, output: PathLike, **options: Any):
+    """``edgekiln optimize``: graph passes on an ONNX model (``simplify=True``, ``lowrank=True`` with its
+    ``lowrank_*`` settings, ``fp16=True`` or ``dynamic_int8=True``), re-verified in ONNX Runtime."""
+    passes = _take_passes(options)
+    min_cosine = take(options, QuantSettings, only=("min_cosine",)).min_cosine
+    verify, samples = take(options, VerifySettings), take(options, SampleSettings)
+    refuse_leftovers(options, keywords_of(VerifySettings, SampleSettings), "optimize")
+    return commands.optimize(model, output, passes=passes, verify=verify, samples=samples, min_cosine=min_cosine)
+
+
+_CALIBRATE_VERIFY = ("calib", "seed", "preprocess")
+
+
+def calibrate(model: PathLike, output: PathLike, *, target: str | None = None, tensorrt_cache: PathLike | None = None,
+              tensorrt_version: str = "8201", post_training_passes: bool = False, weight_rounding: str | None = None,
+              **options: Any):
+    """``edgekiln calibrate``: static INT8 from sample images (``calib``), with the accuracy guard.
+
+    ``post_training_passes`` turns on cross-layer equalization, the per-tensor MSE range search and bias
+    correction; ``weight_rounding='learned'`` learned weight rounding (API only for now, no CLI flag: they are
+    opt-in until measured better than MinMax everywhere, see bench/ptq.md)."""
+    verify = take(options, VerifySettings, only=_CALIBRATE_VERIFY)
+    samples, quant = take(options, SampleSettings), take(options, QuantSettings)
+    refuse_leftovers(options, (*_CALIBRATE_VERIFY, *keywords_of(SampleSettings, QuantSettings)), "calibrate")
+    return commands.calibrate(model, output, target=target, verify=verify, samples=samples, quant=quant,
+                              tensorrt_cache=tensorrt_cache, tensorrt_version=tensorrt_version,
+                              post_training_passes=post_training_passes, weight_rounding=weight_rounding)
+
+
+def compile(model: PathLike, output: PathLike, *, backend: str | None = None, target: str | None = None,  # noqa: A001
+            precision: str | None = None, threads: int | None = None, graph_optimization: str = "all",
+            backend_options: dict[str, Any] | None = None, **options: Any):
+    """``edgekiln compile``: lower an ONNX model to a backend artifact folder, verified against ONNX Runtime.
+
+    Backend-specific settings (each backend's ``options`` group, e.g. ``dla_core=0`` for TensorRT) are
+    keywords too; ``backend_options`` is the same as a dict."""
+    verify, samples, quant = take(options, VerifySettings), take(options, SampleSettings), take(options, QuantSettings)
+    backend_settings = {**(backend_options or {}), **_take_backend_settings(options)}
+    refuse_leftovers(options, keywords_of(VerifySettings, SampleSettings, QuantSettings), "compile")
+    return commands.compile(model, output, backend=backend, target=target, precision=precision, threads=threads,
+                            graph_optimization=graph_optimization, verify=verify, samples=samples, quant=quant,
+                            backend_settings=backend_settings)
+
+
+def build_request(source: PathLike | None = None, output: PathLike = "edgekiln-out", **options: Any):
+    """``edgekiln build``'s options (one keyword per flag) as a ``BuildRequest`` and its ``StageCache``; runs
+    nothing. Targets are ``TARGET`` or ``TARGET:PRECISION``. Stages are cached under ``cache_dir``
+    (``no_cache`` turns that off). ``calib_size``/``holdout`` None: chosen from the folder's size.
+    ``edgekiln fleet`` plans each of its models with this."""
     from toolchain.build import check_variants, example_defaults
     from toolchain.build_plan import BuildRequest
     from toolchain.stage_cache import StageCache, default_cache_root
 
-    convert_options: dict[str, Any] = dict(inputs=list(inputs), dynamic_batch=dynamic_batch, opset=opset,
-                                           model_class=model_class, weights=weights, model_kwargs=model_kwargs,
-                                           trust_pickle=trust_pickle, exporter=exporter,
-                                           keras_safe_mode=keras_safe_mode)
-    if source is None and model_class is None:
-        targets = list(targets) or list(EXAMPLE_TARGETS)
+    build = take(options, BuildSettings)
+    source_values = {k: options.pop(k) for k in keywords_of(SourceSettings) if k in options}
+    verify_values = {k: options.pop(k) for k in keywords_of(VerifySettings) if k in options}
+    samples, quant = take(options, SampleSettings), take(options, QuantSettings)
+    passes = _take_passes(options, BUILD_PASSES)
+    backend_settings = _take_backend_settings(options)
+    refuse_leftovers(options, _build_keywords(), "build")
+    for keyword in QuantSettings.PER_TARGET:  # build takes these from each target
+        if getattr(quant, keyword) is not None:
+            raise UsageError(f"--{keyword.replace('_', '-')} is chosen per target in build; use compile for it")
+    targets = list(build.targets)
+    if source is None and source_values.get("model_class") is None:
+        targets = targets or list(EXAMPLE_TARGETS)
         example = example_defaults()
-        labels = labels or example.pop("labels")
-        if calib is None:  # the example's own 300 images, with the example's split
-            calib = example.pop("calib")
-            calib_size = calib_size or example.pop("calib_size")
-        preprocess = preprocess or example.pop("preprocess")
-        convert_options.update({k: v for k, v in example.items() if k in convert_options})
-    if bench_iterations < 0:
-        raise UsageError("--bench-iterations must be >= 0")
-    if max_drop < 0 or not 0 < min_cosine <= 1:
-        raise UsageError("--max-drop must be >= 0 and --min-cosine in (0, 1]")
-    _check_task(task)
-    quant_options = {"calib_size": calib_size, "holdout": holdout, "max_drop": max_drop,
-                     "min_cosine": min_cosine, "method": method, "guard": guard, "cache_dir": cache_dir,
-                     "no_cache": no_cache, **({"task": task} if task != "auto" else {})}
-    request = BuildRequest(Path(source) if source else None, Path(output), check_variants(list(targets) or ["x86"]),
-                           convert_options, _verify_options(verify, atol, rtol, calib, seed, preprocess),
-                           labels=Path(labels) if labels else None, simplify=simplify,
-                           bench_iterations=bench_iterations, quant_options=quant_options,
-                           lowrank_options=_lowrank_build_options(lowrank_options), fail_fast=fail_fast)
-    return request, StageCache(Path(cache_dir) if cache_dir else default_cache_root(), enabled=not no_cache)
+        build = build.model_copy(update={"labels": build.labels or example.pop("labels")})
+        if verify_values.get("calib") is None:  # the example's own 300 images, with the example's split
+            verify_values["calib"] = example.pop("calib")
+            samples = samples.model_copy(update={"calib_size": samples.calib_size or example.pop("calib_size")})
+        verify_values["preprocess"] = verify_values.get("preprocess") or example.pop("preprocess")
+        source_values.update({k: v for k, v in example.items() if k in keywords_of(SourceSettings)})
+    request = BuildRequest(Path(source) if source else None, Path(output), check_variants(targets or ["x86"]),
+                           take(source_values, SourceSettings), take(verify_values, VerifySettings),
+                           labels=build.labels, simplify=build.simplify, bench_iterations=build.bench_iterations,
+                           samples=samples, quant=quant, lowrank_config=passes.get("lowrank"),
+                           backend_settings=backend_settings, fail_fast=build.fail_fast)
+    cache_root = Path(samples.cache_dir) if samples.cache_dir else default_cache_root()
+    return request, StageCache(cache_root, enabled=not samples.no_cache)
+
+
+BUILD_PASSES = ("lowrank",)
+"""The passes a build can be asked for (``lowrank=True``); simplify is a build setting of its own."""
+
+
+def build_settings() -> list[Any]:
+    """Every setting ``edgekiln build`` takes (its flags, recipe keys and keywords), besides the pass switches."""
+    from toolchain.passes.registry import pass_entry
+
+    passes = [s for name in BUILD_PASSES if pass_entry(name).config_class()
+              for s in settings_of(pass_entry(name).config_class())]
+    return [s for group in (BuildSettings, SourceSettings) for s in settings_of(group)] + passes + [
+        s for group in (VerifySettings, SampleSettings, QuantSettings, *_backend_groups()) for s in settings_of(group)]
+
+
+def _build_keywords() -> tuple[str, ...]:
+    return (*(s.keyword for s in build_settings()), *BUILD_PASSES)
 
 
 def build(source: PathLike | None = None, output: PathLike = "edgekiln-out", *, dry_run: bool = False,
@@ -103,7 +190,7 @@ def compare(artifacts: Sequence[PathLike], *, calib: PathLike | None = None, cou
     from toolchain.compare import comparison_feeds, compare_artifacts
     from toolchain.compare import per_layer as layer_diffs
 
-    _verify_options(True, DEFAULT_ATOL, DEFAULT_RTOL, calib, seed, preprocess)  # an unknown preset fails now
+    commands.verify_options(take({"preprocess": preprocess}, VerifySettings))  # an unknown preset fails now
     paths = [Path(a) for a in artifacts]
     comparisons = compare_artifacts(paths, calib=Path(calib) if calib else None, count=count, seed=seed,
                                     preprocess=preprocess)
@@ -117,13 +204,6 @@ def compare(artifacts: Sequence[PathLike], *, calib: PathLike | None = None, cou
                 raise UsageError("--per-layer compares ONNX models (ONNX Runtime artifacts or .onnx files)")
             layers[str(path)] = layer_diffs(reference.model_path, candidate.model_path, feeds)
     return comparisons, layers
-
-
-def _lowrank_build_options(options: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(k for k in options if not k.startswith("lowrank"))
-    if unknown:
-        raise UsageError(f"build got unknown option(s): {', '.join(unknown)}")
-    return options
 
 
 def evaluate(artifact: PathLike, labels: PathLike):
@@ -226,3 +306,24 @@ def qat(source: PathLike | None, output: PathLike, *, calib: PathLike, **options
     from toolchain.compress.qat import api_qat
 
     return api_qat(source, output, calib=calib, **options)
+
+
+def _signed() -> None:
+    """Give each command function a signature listing every keyword it takes (generated from the groups)."""
+    from toolchain.passes.registry import PASSES
+
+    pass_settings = [s for entry in PASSES if entry.config_class() for s in settings_of(entry.config_class())]
+    switches = {entry.name: False for entry in PASSES}
+    backend = [s for group in _backend_groups() for s in settings_of(group)]
+    with_keywords(convert, settings_of(SourceSettings) + settings_of(VerifySettings))
+    with_keywords(optimize, pass_settings + [s for s in settings_of(QuantSettings) if s.keyword == "min_cosine"]
+                  + settings_of(VerifySettings) + settings_of(SampleSettings), switches)
+    with_keywords(calibrate, [s for s in settings_of(VerifySettings) if s.keyword in _CALIBRATE_VERIFY]
+                  + settings_of(SampleSettings) + settings_of(QuantSettings))
+    with_keywords(compile, settings_of(VerifySettings) + settings_of(SampleSettings) + settings_of(QuantSettings)
+                  + backend)
+    for function in (build_request, build):
+        with_keywords(function, build_settings(), {name: False for name in BUILD_PASSES})
+
+
+_signed()

@@ -20,9 +20,8 @@ from toolchain.errors import InputFileError
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "edgekiln-artifact/1"
 
-# Distribution names whose versions matter for reproducing an artifact.
-SDK_DISTRIBUTIONS = ("onnx", "onnxruntime", "onnxsim", "onnxslim", "numpy", "torch", "tensorflow", "tf2onnx",
-                     "onnx2tf", "tensorrt")
+# Distribution names whose versions matter for reproducing any artifact (each backend adds its own).
+SDK_DISTRIBUTIONS = ("onnx", "onnxruntime", "onnxsim", "onnxslim", "numpy", "torch", "tensorflow", "tf2onnx")
 
 
 def sdk_versions(names: tuple[str, ...] = SDK_DISTRIBUTIONS) -> dict[str, str]:

@@ -88,10 +88,10 @@ def example_defaults() -> dict[str, Any]:
 
 def check_variants(specs: list[str]) -> list[Any]:
     """Parse ``TARGET[:PRECISION]`` specs; refuse backends this build lacks and duplicate variants."""
-    from backends.registry import backend_table
+    from backends.registry import backend_table, find_target
     from toolchain.targets import parse_variant
 
-    variants = [parse_variant(spec) for spec in specs]
+    variants = [parse_variant(spec, find_target) for spec in specs]
     names = [v.name for v in variants]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -75,8 +75,9 @@ def check_request(request: Any) -> tuple[Any, Checked]:
     checked = Checked()
     if _uses_split(request):
         checked.split = _resolve_split(request)
-        quant = dict(request.quant_options, calib_size=checked.split.count, holdout=checked.split.holdout)
-        request = replace(request, quant_options=quant)
+        samples = request.samples.model_copy(update={"calib_size": checked.split.count,
+                                                     "holdout": checked.split.holdout})
+        request = replace(request, samples=samples)
         where = f"{request.calib.name}/" if request.calib.is_dir() else request.calib.name
         checked.notes.append(checked.split.describe(where))
         _check_not_identical(request)
@@ -115,13 +116,8 @@ def _check_variant_needs(request: Any) -> None:
 
 def _check_lowrank(request: Any) -> None:
     """The low-rank options are checked now (the pass would refuse them only after conversion)."""
-    if not request.lowrank:
-        return
-    from toolchain.passes.lowrank_options import lowrank_config
-
-    options = {k.removeprefix("lowrank_"): v for k, v in request.lowrank_options.items() if k != "lowrank"}
-    config = lowrank_config(**options)
-    if config.mode == "budget" and request.calib is None:
+    config = request.lowrank_config
+    if config is not None and config.mode == "budget" and request.calib is None:
         raise UsageError("--lowrank-mode budget needs calibration data to measure the error",
                          hint="Pass --calib with sample inputs, or use --lowrank-mode energy|ratio.")
 
@@ -132,11 +128,11 @@ def _check_lowrank(request: Any) -> None:
 def _resolve_split(request: Any) -> Any:
     from calibration.dataset import available_samples, choose_split, is_array_source
 
-    quant = request.quant_options
+    samples = request.samples
     available, kind = available_samples(request.calib)
-    split = choose_split(available, quant.get("calib_size"), quant.get("holdout"), source=request.calib, kind=kind,
+    split = choose_split(available, samples.calib_size, samples.holdout, source=request.calib, kind=kind,
                          npy_folder=request.calib.is_dir() and is_array_source(request.calib))
-    guarded = _int8_variants(request) if quant.get("guard", True) else []
+    guarded = _int8_variants(request) if request.quant.guard else []
     if guarded and split.holdout == 0:
         raise UsageError(f"the accuracy guard of {_quoted(guarded)} needs held-out samples, but --calib-size "
                          f"{split.count} uses all {available} {kind} of '{request.calib}'",
@@ -177,8 +173,8 @@ def planned_inputs(request: Any) -> list[TensorInfo] | None:
     """
     from toolchain.inputs import parse_input_specs
 
-    options = request.convert_options
-    specs = parse_input_specs(list(options.get("inputs") or []))
+    options = request.source_settings
+    specs = parse_input_specs(list(options.inputs))
     kind = source_kind(request)
     if kind == "onnx":
         inputs = _onnx_inputs(request.source, specs)
@@ -186,7 +182,7 @@ def planned_inputs(request: Any) -> list[TensorInfo] | None:
         inputs = [TensorInfo(s.name or "input", tuple(s.shape), s.numpy_dtype) for s in specs]
     else:
         return None
-    if options.get("dynamic_batch"):
+    if options.dynamic_batch:
         inputs = [replace(i, shape=("batch", *i.shape[1:])) if i.shape else i for i in inputs]
     return inputs
 
@@ -196,11 +192,10 @@ def source_kind(request: Any) -> str:
     from toolchain.frontends import detect_format
     from toolchain.frontends.base import ConvertOptions
 
-    options = request.convert_options
-    if request.source is None and options.get("model_class") is None:
+    options = request.source_settings
+    if request.source is None and options.model_class is None:
         return "state-dict"  # the bundled example: a model class with --input
-    probe = ConvertOptions(model_class=options.get("model_class"),
-                           weights=Path(options["weights"]) if options.get("weights") else None)
+    probe = ConvertOptions(model_class=options.model_class, weights=Path(options.weights) if options.weights else None)
     return detect_format(request.source, probe)
 
 

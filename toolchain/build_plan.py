@@ -12,6 +12,8 @@ from typing import Any
 
 from toolchain.hostcpu import host_cpu
 from toolchain.digests import content_digest, model_class_digest, stage_key, verification_images_digest
+from toolchain.options import to_keywords
+from toolchain.settings import QuantSettings, SampleSettings, SourceSettings, VerifySettings
 from toolchain.targets import Variant
 from toolchain.verify import VerifyOptions
 
@@ -26,23 +28,41 @@ class BuildRequest:
     source: Path | None
     output: Path
     variants: list[Variant]
-    convert_options: dict[str, Any]
-    verify: VerifyOptions
+    source_settings: SourceSettings
+    verify_settings: VerifySettings
     labels: Path | None = None
     simplify: bool = True
     bench_iterations: int = 50
-    quant_options: dict[str, Any] = field(default_factory=dict)
-    lowrank_options: dict[str, Any] = field(default_factory=dict)
+    samples: SampleSettings = SampleSettings()
+    quant: QuantSettings = QuantSettings()
+    lowrank_config: Any | None = None
+    """The low-rank pass's ``LowRankConfig`` when --lowrank is on."""
+    backend_settings: dict[str, Any] = field(default_factory=dict)
+    """Backend options the user set (keyword -> value); each variant gets those of its backend."""
     fail_fast: bool = False
     """Stop at the first failing target and write nothing (else the others are still delivered)."""
 
+    verify: VerifyOptions = field(init=False)
+    """The checks ``verify_settings`` ask for, as the stages take them."""
+
+    def __post_init__(self) -> None:
+        from toolchain.commands import verify_options
+
+        self.verify = verify_options(self.verify_settings)
+
     @property
     def calib(self) -> Path | None:
-        return self.verify.calib
+        return self.verify_settings.calib
 
     @property
     def lowrank(self) -> bool:
-        return bool(self.lowrank_options.get("lowrank"))
+        return self.lowrank_config is not None
+
+    def backend_settings_for(self, backend: str) -> dict[str, Any]:
+        from backends.registry import backend_option_owners
+
+        owners = backend_option_owners()
+        return {k: v for k, v in self.backend_settings.items() if owners.get(k) == backend}
 
 
 @dataclass
@@ -74,13 +94,12 @@ def _calibration_inputs(request: BuildRequest) -> dict[str, Any] | None:
     """The whole calibration set: what calibration (INT8 ranges, low-rank budgets) reads."""
     if request.calib is None:
         return None
-    quant = request.quant_options
-    return {"data": content_digest(request.calib), "calib_size": quant.get("calib_size"),
-            "holdout": quant.get("holdout"), "seed": request.verify.seed, "preprocess": request.verify.preprocess}
+    return {"data": content_digest(request.calib), "calib_size": request.samples.calib_size,
+            "holdout": request.samples.holdout, "seed": request.verify.seed, "preprocess": request.verify.preprocess}
 
 
 def _source_inputs(request: BuildRequest) -> dict[str, Any]:
-    options = dict(request.convert_options)
+    options = to_keywords(request.source_settings)
     weights = options.pop("weights", None)
     source = request.source
     return {"source": content_digest(source), "source_name": source.name if source else None,
@@ -95,9 +114,9 @@ def source_label(request: BuildRequest, short: bool = False) -> str:
 
     if request.source is not None:
         return request.source.name if short else str(request.source)
-    model_class = request.convert_options.get("model_class")
+    model_class = request.source_settings.model_class
     if model_class and model_class != example.MODEL_CLASS:
-        weights = request.convert_options.get("weights")
+        weights = request.source_settings.weights
         return f"{model_class}" + (f" with weights {Path(weights).name}" if weights else "")
     return "the bundled Fashion-MNIST example" if short else "bundled Fashion-MNIST example"
 
@@ -109,10 +128,10 @@ def _convert_stage(request: BuildRequest, verify: dict[str, Any]) -> PlannedStag
 
 
 def _lowrank_stage(request: BuildRequest, upstream: str, verify: dict[str, Any]) -> PlannedStage:
-    options = {k: v for k, v in request.lowrank_options.items()}
+    options = to_keywords(request.lowrank_config)
     key = stage_key("lowrank", (), {"upstream": upstream, "options": options,
                                     "calibration": _calibration_inputs(request), "verify": verify})
-    mode = options.get("lowrank_mode", "energy")
+    mode = request.lowrank_config.mode
     return PlannedStage("lowrank", "lowrank", key, f"SVD low-rank factorization (mode {mode}), checked on held-out data")
 
 
@@ -127,10 +146,12 @@ def _device_checks(variant: Variant) -> dict[str, str] | None:
 def _compile_stage(request: BuildRequest, variant: Variant, upstream: str, verify: dict[str, Any]) -> PlannedStage:
     backend = variant.target.backend
     calibrates = variant.precision == "int8" or backend == "tensorrt"  # TensorRT bundles carry samples and caches
-    quant = {k: v for k, v in request.quant_options.items() if k not in ("cache_dir", "no_cache")}
-    quant["method"] = quant.get("method") or "minmax"  # the default, spelled out or not, is one key
+    quant = to_keywords(request.quant)
+    quant["method"] = quant["method"] or "minmax"  # the default, spelled out or not, is one key
+    quant.update(calib_size=request.samples.calib_size, holdout=request.samples.holdout)
     key = stage_key("compile", (backend,), {
         "upstream": upstream, "target": variant.target.name, "precision": variant.precision, "quant": quant,
+        "backend_options": request.backend_settings_for(backend),
         "calibration": _calibration_inputs(request) if calibrates else None, "verify": verify,
         # INT8 schemes and the kernels that check them depend on the CPU (x86 without VNNI: 7-bit weights).
         "host_isa": host_cpu().int8_isa,
@@ -168,7 +189,7 @@ def require_inputs(request: BuildRequest) -> None:
     """Missing inputs fail before planning: hashing a missing path would only fail much later."""
     from toolchain.errors import InputFileError
 
-    named = {"source model": request.source, "--weights file": request.convert_options.get("weights"),
+    named = {"source model": request.source, "--weights file": request.source_settings.weights,
              "--calib folder": request.calib, "--labels folder": request.labels}
     for what, path in named.items():
         if path is not None and not Path(path).exists():

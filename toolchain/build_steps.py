@@ -27,11 +27,6 @@ class StepContext:
     def path(self, relative: str) -> Path:
         return self.staging / relative
 
-    @property
-    def verify_kwargs(self) -> dict[str, Any]:
-        verify = self.request.verify
-        return {"verify": verify.enabled, "atol": verify.atol, "rtol": verify.rtol, "calib": verify.calib,
-                "seed": verify.seed, "preprocess": verify.preprocess}
 
 
 def size_of(path: Path) -> int:
@@ -57,23 +52,18 @@ def convert_step(stage: PlannedStage, context: StepContext) -> Record:
     from toolchain import commands
 
     request = context.request
-    result = commands.convert(request.source, context.path("model.onnx"), **request.convert_options,
-                         **context.verify_kwargs)
+    result = commands.convert(request.source, context.path("model.onnx"), settings=request.source_settings,
+                              verify=request.verify_settings)
     return _model_record(stage, context, result.output, result.seconds, result.parity, list(result.notes))
 
 
 def simplify_step(stage: PlannedStage, context: StepContext) -> Record:
     from toolchain import commands
 
-    result = commands.optimize(context.path(context.model), context.path("model.simplified.onnx"), simplify=True,
-                          **context.verify_kwargs)
+    result = commands.optimize(context.path(context.model), context.path("model.simplified.onnx"),
+                               passes={"simplify": None}, verify=context.request.verify_settings)
     return _model_record(stage, context, result.output, result.seconds, result.parity,
                          [r.summary() for r in result.passes])
-
-
-def _sample_options(context: StepContext) -> dict[str, Any]:
-    quant = context.request.quant_options
-    return {k: quant[k] for k in ("calib_size", "holdout", "cache_dir", "no_cache") if k in quant}
 
 
 def lowrank_step(stage: PlannedStage, context: StepContext) -> Record:
@@ -82,8 +72,10 @@ def lowrank_step(stage: PlannedStage, context: StepContext) -> Record:
     from toolchain.passes.lowrank import NothingToFactorizeError
 
     try:
+        request = context.request
         result = commands.optimize(context.path(context.model), context.path("model.lowrank.onnx"),
-                              **context.request.lowrank_options, **_sample_options(context), **context.verify_kwargs)
+                                   passes={"lowrank": request.lowrank_config}, verify=request.verify_settings,
+                                   samples=request.samples)
     except NothingToFactorizeError as exc:
         return {"stage": stage.name, "output": "-", "seconds": 0.0, "size_bytes": 0, "worst_max_abs": None,
                 "worst_cosine": None, "notes": [f"skipped: {exc.message}"], "model": context.model}
@@ -96,8 +88,11 @@ def compile_step(stage: PlannedStage, context: StepContext) -> Record:
 
     variant = stage.variant
     assert variant is not None
+    request = context.request
     compiled = commands.compile(context.path(context.model), context.path(variant.name), target=variant.target.name,
-                           precision=variant.precision, **context.verify_kwargs, **context.request.quant_options)
+                                precision=variant.precision, verify=request.verify_settings, samples=request.samples,
+                                quant=request.quant,
+                                backend_settings=request.backend_settings_for(variant.target.backend))
     record = _model_record(stage, context, compiled.artifact.path, compiled.seconds, compiled.parity, [])
     details = compiled.artifact.manifest["metrics"].get("details", {})
     record.pop("model")

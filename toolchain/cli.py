@@ -8,7 +8,6 @@ are printed as one line with the error's exit code; tracebacks only with --debug
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import click
 
 from toolchain import __version__
+from toolchain.cli_options import GeneratedCommand, options_for
 from toolchain.json_output import echo_json, json_flag, json_requested, wants_json
 
 _existing_path = click.Path(path_type=Path)
@@ -25,150 +25,69 @@ _existing_path = click.Path(path_type=Path)
 
 def _complete_target(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
     """Shell completion of --target: the device profiles' names."""
-    from toolchain.targets import TARGETS
+    from backends.registry import all_targets
 
-    return [name for name in TARGETS if name.startswith(incomplete)]
-
-
-def _apply(decorators: list[Callable], command: Callable) -> Callable:
-    """Apply a group of option decorators so they show in --help in the listed order."""
-    return functools.reduce(lambda cmd, deco: deco(cmd), reversed(decorators), command)
+    return [name for name in all_targets() if name.startswith(incomplete)]
 
 
-def verify_flags(command: Callable) -> Callable:
-    """The verification flags shared by every model-producing command."""
-    decorators = [
-        click.option("--no-verify", "no_verify", is_flag=True, help="Skip the numerical check against the reference."),
-        click.option("--atol", type=float, default=1e-4, show_default=True, help="Absolute tolerance of the check."),
-        click.option("--rtol", type=float, default=1e-3, show_default=True, help="Relative tolerance of the check."),
-        click.option("--calib", type=_existing_path, default=None,
-                     help="Folder of sample images to verify on (besides random inputs)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random verification inputs."),
-        click.option("--preprocess", default=None, metavar="PRESET",
-                     help="Image preprocessing preset (imagenet, yolo, raw01, raw255, gray01); "
-                          "default: inferred from the input shape."),
-    ]
-    return _apply(decorators, command)
+# ---- flags generated from the option groups (toolchain.settings, pass configs, backend options) -------------
 
 
-def sample_flags(command: Callable) -> Callable:
-    """How many calibration/held-out samples are drawn from --calib, and where they are cached."""
-    decorators = [
-        click.option("--calib-size", type=int, default=None,
-                     help="Samples used to measure activation ranges (or to choose low-rank ranks); "
-                          "default: the samples not held out, up to 256."),
-        click.option("--holdout", type=int, default=None,
-                     help="Further samples, never used for calibration, for the accuracy check; "
-                          "default: 40% of the samples, 16 to 128 (at most half)."),
-        click.option("--cache-dir", type=_existing_path, default=None,
-                     help="edgekiln's cache folder: preprocessed calibration sets and build stages "
-                          "(default $EDGEKILN_CACHE_DIR, else ~/.cache/edgekiln)."),
-        click.option("--no-cache", is_flag=True, help="Do not read or write the cache (calibration sets, build stages)."),
-    ]
-    return _apply(decorators, command)
+def _groups(*names: str) -> list[type]:
+    import toolchain.settings as settings
+
+    return [getattr(settings, name) for name in names]
 
 
-def lowrank_flags(command: Callable) -> Callable:
-    """The low-rank (SVD) pass's flags (optimize, build)."""
-    decorators = [
-        click.option("--lowrank", is_flag=True,
-                     help="Low-rank (SVD) factorization of large Gemm/MatMul/Conv weights (see --lowrank-mode)."),
-        click.option("--lowrank-mode", type=click.Choice(["energy", "ratio", "budget"]), default="energy",
-                     show_default=True,
-                     help="energy: keep --lowrank-energy of each layer's singular-value energy; ratio: the whole "
-                          "model to --lowrank-ratio of its parameters; budget: most MACs removed while outputs "
-                          "stay within --lowrank-min-cosine / --lowrank-max-error on --calib data."),
-        click.option("--lowrank-energy", type=float, default=0.95, show_default=True,
-                     help="Mode energy: fraction of sum(s^2) each layer keeps, in (0, 1)."),
-        click.option("--lowrank-ratio", type=float, default=0.5, show_default=True,
-                     help="Mode ratio: whole-model parameters after/before, in (0, 1)."),
-        click.option("--lowrank-min-cosine", type=float, default=None,
-                     help="Mode budget: lowest per-sample cosine of the outputs on held-out samples (default 0.99)."),
-        click.option("--lowrank-max-error", type=float, default=None,
-                     help="Mode budget: highest relative error ||y'-y||/||y|| of each output on held-out samples."),
-        click.option("--lowrank-rank-multiple", type=int, default=8, show_default=True,
-                     help="Round ranks up to a multiple of this when that still saves parameters and MACs."),
-        click.option("--lowrank-min-params", type=int, default=4096, show_default=True,
-                     help="Leave layers with fewer weights alone."),
-        click.option("--lowrank-ops", default="Gemm,MatMul,Conv", show_default=True,
-                     help="Operator types to factorize (comma-separated)."),
-        click.option("--lowrank-rank", "lowrank_ranks", multiple=True, metavar="NODE=RANK",
-                     help="Fixed rank for one node (repeatable); used as given."),
-        click.option("--lowrank-exclude", multiple=True, metavar="NODE", help="Never factorize this node (repeatable)."),
-        click.option("--lowrank-bias-correction/--no-lowrank-bias-correction", default=None,
-                     help="Correct each factorized layer's bias by its mean output shift on --calib data "
-                          "(default: on when --calib is given)."),
-    ]
-    return _apply(decorators, command)
+def _pass_switch(entry) -> click.Option:
+    return click.Option([entry.flag, entry.name], is_flag=True, default=False, help=entry.help)
 
 
-_LOWRANK_KEYS = ("lowrank", "lowrank_mode", "lowrank_energy", "lowrank_ratio", "lowrank_min_cosine",
-                 "lowrank_max_error", "lowrank_rank_multiple", "lowrank_min_params", "lowrank_ops", "lowrank_ranks",
-                 "lowrank_exclude", "lowrank_bias_correction")
-_SAMPLE_KEYS = ("calib_size", "holdout", "cache_dir", "no_cache")
+def _pass_flags(names: tuple[str, ...] | None = None) -> list[click.Parameter]:
+    """Each pass's switch followed by its own settings (``toolchain.passes.registry``), in the table's order."""
+    from toolchain.passes.registry import PASSES
+
+    params: list[click.Parameter] = []
+    for entry in PASSES:
+        if names is None or entry.name in names:
+            config = entry.config_class()
+            params += [_pass_switch(entry), *(options_for([config]) if config else [])]
+    return params
 
 
-def quant_flags(command: Callable) -> Callable:
-    """INT8 calibration and accuracy-guard flags (calibrate, compile --precision int8)."""
-    decorators = [
-        sample_flags,
-        click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
-                     help="Range measurement (default minmax)."),
-        click.option("--per-channel/--per-tensor", "per_channel", default=None,
-                     help="Weight scales per output channel (default) or per tensor."),
-        click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default=None,
-                     help="Default from the target: uint8 for ONNX Runtime on x86, int8 for TensorRT/TFLite."),
-        click.option("--symmetric/--asymmetric", "symmetric", default=None,
-                     help="Symmetric activation ranges (default from the target; TensorRT needs symmetric)."),
-        click.option("--max-drop", type=float, default=1.0, show_default=True,
-                     help="Top-1 points INT8 may lose on the held-out samples (accuracy with labels, "
-                          "else agreement with FP32), judged by a 95% lower bound of the observed drop."),
-        click.option("--min-cosine", type=float, default=0.99, show_default=True,
-                     help="Lowest cosine between FP32 and the lossy model's outputs."),
-        click.option("--task", type=click.Choice(["auto", "classify", "detect", "generic"]), default="auto",
-                     show_default=True,
-                     help="What the outputs are, for the guard's metric: classify (top-1 agreement), detect "
-                          "(YOLO-style head: detections kept), generic (cosines only: embeddings and the "
-                          "like); auto guesses from the output shapes and says what it guessed."),
-        click.option("--no-guard", is_flag=True, help="Skip the accuracy guard (not recommended)."),
-    ]
-    return _apply(decorators, command)
+def _backend_flags() -> list[click.Parameter]:
+    """Every backend's own settings (built-in and plugins'), for compile and build."""
+    from backends.registry import backend_option_groups
+
+    return options_for(group for _name, group in backend_option_groups())
 
 
-def backend_flags(command: Callable) -> Callable:
-    """Flags read by one backend only (api.BACKEND_OPTIONS says which); others reject them."""
-    decorators = [
-        click.option("--strict", is_flag=True, help="TensorRT: fail instead of building FP16 when the device "
-                                                    "has no fast INT8 (Jetson Nano)."),
-        click.option("--dla-core", type=int, default=None, help="TensorRT: DLA core (Xavier/Orin), GPU fallback on."),
-        click.option("--workspace-mb", type=int, default=None, help="TensorRT: builder memory-pool limit in MiB."),
-        click.option("--int8-mode", type=click.Choice(["qdq", "cache"]), default=None,
-                     help="TensorRT: explicit QDQ INT8 (TensorRT >= 8.5) or implicit INT8 with a calibration cache."),
-        click.option("--tensorrt-version", default=None, help="TensorRT: the device's exact version (e.g. 8.2.1)."),
-        click.option("--max-batch", type=int, default=None, help="TensorRT: largest batch of the dynamic-shape profile."),
-        click.option("--opt-batch", type=int, default=None, help="TensorRT: batch the profile is tuned for."),
-        click.option("--flash-kb", type=float, default=None, help="TFLite (mcu): fail if the model needs more flash."),
-        click.option("--ram-kb", type=float, default=None, help="TFLite (mcu): fail if the tensor arena needs more RAM."),
-        click.option("--io-dtype", type=click.Choice(["float32", "int8"]), default=None,
-                     help="TFLite INT8: input/output type (default float32; mcu always int8)."),
-    ]
-    return _apply(decorators, command)
+def _convert_flags() -> list[click.Parameter]:
+    return options_for(_groups("SourceSettings", "VerifySettings"))
 
 
-_BACKEND_KEYS = ("strict", "dla_core", "workspace_mb", "int8_mode", "tensorrt_version", "max_batch", "opt_batch",
-                 "flash_kb", "ram_kb", "io_dtype")
-_QUANT_KEYS = ("calib_size", "holdout", "method", "per_channel", "activation_type", "symmetric", "max_drop",
-               "min_cosine", "task", "no_guard", "cache_dir", "no_cache")
+def _optimize_flags() -> list[click.Parameter]:
+    return [*_pass_flags(), *options_for(_groups("QuantSettings"), only=("min_cosine",), help={
+        "min_cosine": "Lowest cosine a lossy pass (--lowrank, --fp16, --dynamic-int8) may reach against the input "
+                      "model."}), *options_for(_groups("VerifySettings", "SampleSettings"))]
 
 
-def _quant_kwargs(no_guard: bool, **quant: object) -> dict:
-    return {"guard": not no_guard, **quant}
+def _compile_flags() -> list[click.Parameter]:
+    return [*options_for(_groups("VerifySettings", "SampleSettings", "QuantSettings")), *_backend_flags()]
 
 
-def _verify_kwargs(no_verify: bool, atol: float, rtol: float, calib: Path | None, seed: int,
-                   preprocess: str | None) -> dict:
-    return {"verify": not no_verify, "atol": atol, "rtol": rtol, "calib": calib, "seed": seed,
-            "preprocess": preprocess}
+def _calibrate_flags() -> list[click.Parameter]:
+    return [*options_for(_groups("VerifySettings"), only=("calib", "preprocess", "seed"), required=("calib",)),
+            *options_for(_groups("SampleSettings", "QuantSettings"))]
+
+
+def _build_flags() -> list[click.Parameter]:
+    params = [*options_for(_groups("BuildSettings", "SourceSettings")), *_pass_flags(("lowrank",)),
+              *options_for(_groups("VerifySettings", "SampleSettings", "QuantSettings")), *_backend_flags()]
+    for param in params:
+        if param.name == "targets":
+            param._custom_shell_complete = _complete_target  # Click's hook for a parameter's completion
+    return params
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -187,60 +106,18 @@ def cli(debug: bool) -> None:
     """
 
 
-def source_flags(command: Callable) -> Callable:
-    """Flags that say how to load and export a source model (shared by convert and build)."""
-    decorators = [
-        click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]",
-                     help="Input name/shape/dtype, e.g. input:1x3x224x224 (repeat per input)."),
-        click.option("--dynamic-batch", is_flag=True, help="Make axis 0 of inputs and outputs dynamic."),
-        click.option("--opset", type=int, default=None, help="ONNX opset (default: the target's, else 17)."),
-        click.option("--model-class", default=None, metavar="MODULE:CLASS",
-                     help="Architecture for a state dict: package.module:Class or path/to/file.py:Class."),
-        click.option("--weights", type=_existing_path, default=None, help="State-dict file for --model-class."),
-        click.option("--model-kwargs", default=None, metavar="JSON",
-                     help="Constructor keyword arguments for --model-class."),
-        click.option("--trust-pickle", is_flag=True,
-                     help="Allow unpickling a whole model object (runs code from the file)."),
-        click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto",
-                     show_default=True, help="PyTorch ONNX exporter."),
-        click.option("--no-keras-safe-mode", "keras_unsafe", is_flag=True,
-                     help="Allow Keras Lambda layers (deserializes code from the file)."),
-    ]
-    return _apply(decorators, command)
-
-
-def _source_kwargs(inputs: tuple[str, ...], dynamic_batch: bool, opset: int | None, model_class: str | None,
-                   weights: Path | None, model_kwargs: str | None, trust_pickle: bool, exporter: str,
-                   keras_unsafe: bool) -> dict:
-    return {"inputs": inputs, "dynamic_batch": dynamic_batch, "opset": opset, "model_class": model_class,
-            "weights": weights, "model_kwargs": model_kwargs, "trust_pickle": trust_pickle, "exporter": exporter,
-            "keras_safe_mode": not keras_unsafe}
-
-
-_SOURCE_KEYS = ("inputs", "dynamic_batch", "opset", "model_class", "weights", "model_kwargs", "trust_pickle",
-                "exporter", "keras_unsafe")
-_VERIFY_KEYS = ("no_verify", "atol", "rtol", "calib", "seed", "preprocess")
-
-
-def _split(options: dict, keys: tuple[str, ...]) -> dict:
-    return {k: options.pop(k) for k in keys}
-
-
-@cli.command()
+@cli.command(cls=GeneratedCommand, flags=_convert_flags)
 @click.argument("source", required=False, type=_existing_path)
 @click.option("-o", "--output", type=_existing_path, required=True, help="ONNX file to write.")
 @click.option("--target", default=None, shell_complete=_complete_target,
               help="Device profile whose defaults (opset) apply; see 'edgekiln targets'.")
-@source_flags
-@verify_flags
 @json_flag
 def convert(source: Path | None, output: Path, target: str | None, as_json: bool, **options: object) -> None:
     """Ingest a PyTorch, TensorFlow/Keras or ONNX model into verified ONNX."""
     from toolchain import api
     from toolchain.report import print_parity, say
 
-    source_kwargs = _source_kwargs(**_split(options, _SOURCE_KEYS))
-    result = api.convert(source, output, target=target, **source_kwargs, **_verify_kwargs(**options))
+    result = api.convert(source, output, target=target, **options)
     if as_json:
         echo_json(result)
         return
@@ -253,65 +130,41 @@ def convert(source: Path | None, output: Path, target: str | None, as_json: bool
     print_parity(result.parity)
 
 
-# CLI parameter names that differ from toolchain.api.build's (flags that negate an API default).
-_BUILD_API_NAMES = {"no_verify": "verify", "no_guard": "guard", "no_simplify": "simplify",
-                    "keras_unsafe": "keras_safe_mode", "recipe": None, "as_json": "json"}
+# CLI parameter names that differ from the recipe's keys (the recipe file itself is not one).
+_RECIPE_NAMES = {"as_json": "json", "recipe": None}
 
 
 def _explicit_build_options(ctx: click.Context) -> set[str]:
-    """API names of the options the user typed (they override a recipe; defaults do not)."""
+    """Keywords of the options the user typed (they override a recipe; defaults do not)."""
     explicit = set()
     for param in ctx.command.params:
         source = ctx.get_parameter_source(param.name)
         if source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
-            explicit.add(_BUILD_API_NAMES.get(param.name, param.name))
+            explicit.add(_RECIPE_NAMES.get(param.name, param.name))
     return explicit
 
 
 def _build_kwargs(ctx: click.Context, options: dict) -> dict:
     """The build's API keyword arguments: CLI values, a recipe's values where the user typed nothing."""
-    kwargs = _source_kwargs(**_split(options, _SOURCE_KEYS))
-    kwargs.update(_verify_kwargs(**_split(options, _VERIFY_KEYS)))
-    kwargs.update(_quant_kwargs(**_split(options, _QUANT_KEYS)))
-    kwargs["simplify"] = not options.pop("no_simplify")
-    kwargs["json"] = options.pop("as_json")
-    recipe = options.pop("recipe")
-    kwargs.update(options)
-    explicit = _explicit_build_options(ctx)
-    for unused in ("per_channel", "activation_type", "symmetric"):  # build takes these from each target
-        if kwargs.pop(unused) is not None:
-            raise click.UsageError(f"--{unused.replace('_', '-')} is chosen per target in build; use compile for it")
+    kwargs = dict(options)
+    kwargs["json"] = kwargs.pop("as_json")
+    recipe = kwargs.pop("recipe")
     if recipe is not None:
         from toolchain.recipe import load_recipe, merge_recipe
 
-        kwargs = merge_recipe(load_recipe(recipe).values, kwargs, explicit)
+        kwargs = merge_recipe(load_recipe(recipe).values, kwargs, _explicit_build_options(ctx))
     return kwargs
 
 
-@cli.command()
+@cli.command(cls=GeneratedCommand, flags=_build_flags)
 @click.argument("source", required=False, type=_existing_path)
 @click.option("-c", "--config", "recipe", type=_existing_path, default=None,
               help="Recipe file (YAML or TOML) of build options; options typed on the command line win.")
 @click.option("-o", "--output", type=_existing_path, default=Path("edgekiln-out"), show_default=True,
               help="Build folder (replaced as a whole when the build succeeds).")
-@click.option("--target", "targets", multiple=True, shell_complete=_complete_target, metavar="TARGET[:PRECISION]",
-              help="Device profile to build for, e.g. rpi4 or x86:int8 (repeatable; see 'edgekiln targets'; "
-                   "default x86, or for the bundled example x86, x86:int8, rpi4, mcu and jetson-nano).")
-@click.option("--labels", type=_existing_path, default=None,
-              help="Labelled image folder (one sub-folder per class) for accuracy.")
-@click.option("--no-simplify", is_flag=True, help="Skip the simplify pass.")
-@click.option("--bench-iterations", type=int, default=50, show_default=True,
-              help="Timed runs per artifact (0 skips timing).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (stages, what is cached) and exit without building.")
-@click.option("--fail-fast", is_flag=True,
-              help="Stop at the first target that fails and write nothing (default: deliver the targets that "
-                   "pass, report the others, exit 8).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or tables; errors only.")
 @json_flag
-@source_flags
-@lowrank_flags
-@verify_flags
-@quant_flags
 @click.pass_context
 def build(ctx: click.Context, **options: object) -> None:
     """Source model -> verified ONNX -> simplified -> an artifact per target, with reports.
@@ -428,22 +281,11 @@ def _print_build(result) -> None:
     say(f"report: {result.output / 'report.json'} and {result.output / 'report.html'}")
 
 
-@cli.command()
+@cli.command(cls=GeneratedCommand, flags=_optimize_flags)
 @click.argument("model", type=_existing_path)
 @click.option("-o", "--output", type=_existing_path, required=True, help="ONNX file to write.")
-@click.option("--simplify", is_flag=True, help="Constant folding and redundant-node removal (onnxsim, else onnxslim).")
-@click.option("--simplify-engine", type=click.Choice(["auto", "onnxsim", "onnxslim"]), default="auto",
-              show_default=True, help="Which simplifier to use.")
-@click.option("--fp16", is_flag=True, help="FP16 weights and compute (float32 inputs/outputs kept).")
-@click.option("--dynamic-int8", is_flag=True, help="INT8 weights, activations quantized at run time (no calibration).")
-@click.option("--min-cosine", type=float, default=0.99, show_default=True,
-              help="Lowest cosine a lossy pass (--lowrank, --fp16, --dynamic-int8) may reach against the input model.")
-@lowrank_flags
-@verify_flags
-@sample_flags
 @json_flag
-def optimize(model: Path, output: Path, simplify: bool, simplify_engine: str, fp16: bool, dynamic_int8: bool,
-             min_cosine: float, as_json: bool, **options: object) -> None:
+def optimize(model: Path, output: Path, as_json: bool, **options: object) -> None:
     """Run graph passes on an ONNX model and re-verify it (for INT8 with calibration, see 'calibrate').
 
     Order: simplify, low-rank, then fp16 or dynamic INT8. With --lowrank, --calib DIR supplies the
@@ -452,11 +294,7 @@ def optimize(model: Path, output: Path, simplify: bool, simplify_engine: str, fp
     from toolchain import api
     from toolchain.report import print_parity, print_table, say
 
-    lowrank = _split(options, _LOWRANK_KEYS)
-    samples = _split(options, _SAMPLE_KEYS)
-    result = api.optimize(model, output, simplify=simplify, simplify_engine=simplify_engine, fp16=fp16,
-                          dynamic_int8=dynamic_int8, min_cosine=min_cosine, **lowrank, **samples,
-                          **_verify_kwargs(**options))
+    result = api.optimize(model, output, **options)
     if as_json:
         echo_json(result)
         return
@@ -474,7 +312,7 @@ def optimize(model: Path, output: Path, simplify: bool, simplify_engine: str, fp
     print_parity(result.parity)
 
 
-@cli.command(name="compile")
+@cli.command(name="compile", cls=GeneratedCommand, flags=_compile_flags)
 @click.argument("model", type=_existing_path)
 @click.option("-o", "--output", type=_existing_path, required=True, help="Artifact folder to write.")
 @click.option("--backend", default=None, help="Backend (default: the target's, else onnxruntime); see 'edgekiln backends'.")
@@ -484,9 +322,6 @@ def optimize(model: Path, output: Path, simplify: bool, simplify_engine: str, fp
 @click.option("--threads", type=int, default=None, help="Intra-op threads the artifact runs with.")
 @click.option("--graph-optimization", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
               show_default=True, help="ONNX Runtime graph optimization level.")
-@verify_flags
-@quant_flags
-@backend_flags
 @json_flag
 def compile_command(model: Path, output: Path, backend: str | None, target: str | None, precision: str | None,
                     threads: int | None, graph_optimization: str, as_json: bool, **options: object) -> None:
@@ -494,11 +329,8 @@ def compile_command(model: Path, output: Path, backend: str | None, target: str 
     from toolchain import api
     from toolchain.report import print_guard, print_parity, say
 
-    quant = _quant_kwargs(**_split(options, _QUANT_KEYS))
-    backend_options = _split(options, _BACKEND_KEYS)
     result = api.compile(model, output, backend=backend, target=target, precision=precision, threads=threads,
-                         graph_optimization=graph_optimization, backend_options=backend_options, **quant,
-                         **_verify_kwargs(**options))
+                         graph_optimization=graph_optimization, **options)
     if as_json:
         echo_json(result)
         return
@@ -517,31 +349,25 @@ def compile_command(model: Path, output: Path, backend: str | None, target: str 
     print_parity(result.parity)
 
 
-@cli.command()
+@cli.command(cls=GeneratedCommand, flags=_calibrate_flags)
 @click.argument("model", type=_existing_path)
-@click.option("--calib", type=_existing_path, required=True,
-              help="Sample images (folder; labelled sub-folders give accuracy) or .npy/.npz samples.")
 @click.option("-o", "--output", type=_existing_path, required=True, help="INT8 ONNX file to write.")
 @click.option("--target", default=None, shell_complete=_complete_target,
               help="Device profile whose INT8 scheme applies; see 'edgekiln targets'.")
-@click.option("--preprocess", default=None, metavar="PRESET",
-              help="Image preprocessing preset (imagenet, yolo, raw01, raw255, gray01); default from the input shape.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample selection.")
 @click.option("--tensorrt-cache", type=_existing_path, default=None,
               help="Also write a TensorRT calibration cache from the same ranges.")
 @click.option("--tensorrt-version", default="8201", show_default=True,
               help="TensorRT version in the cache header; it must match the device exactly "
                    "(8201 = TensorRT 8.2.1, JetPack 4.6.1 on the Nano; 100300 = 10.3.0).")
-@quant_flags
 @json_flag
-def calibrate(model: Path, calib: Path, output: Path, target: str | None, preprocess: str | None, seed: int,
-              tensorrt_cache: Path | None, tensorrt_version: str, as_json: bool, **quant: object) -> None:
+def calibrate(model: Path, output: Path, target: str | None, tensorrt_cache: Path | None, tensorrt_version: str,
+              as_json: bool, **options: object) -> None:
     """Static INT8 quantization calibrated on sample images, with an accuracy guard."""
     from toolchain import api
     from toolchain.report import print_guard, say
 
-    result = api.calibrate(model, output, calib=calib, target=target, preprocess=preprocess, seed=seed,
-                           tensorrt_cache=tensorrt_cache, tensorrt_version=tensorrt_version, **_quant_kwargs(**quant))
+    result = api.calibrate(model, output, target=target, tensorrt_cache=tensorrt_cache,
+                           tensorrt_version=tensorrt_version, **options)
     if as_json:
         echo_json(result)
         return
@@ -719,14 +545,15 @@ def backends_command(as_json: bool) -> None:
 @json_flag
 def targets(as_json: bool) -> None:
     """List device profiles and the defaults each implies."""
+    from backends.registry import all_targets
     from toolchain.report import print_table
-    from toolchain.targets import TARGETS
 
+    known = all_targets()
     if as_json:
-        echo_json(list(TARGETS.values()))
+        echo_json(list(known.values()))
         return
     print_table("targets", ["target", "backend", "precision", "opset", "device", "notes"],
-                [(t.name, t.backend, t.precision, t.opset, t.description, t.notes) for t in TARGETS.values()])
+                [(t.name, t.backend, t.precision, t.opset, t.description, t.notes) for t in known.values()])
 
 
 def _register_compression_commands() -> None:

@@ -12,95 +12,79 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from toolchain.errors import UsageError
-from toolchain.passes.lowrank_options import lowrank_config
-from toolchain.verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyOptions
+from toolchain.settings import DEFAULT_MIN_COSINE, QuantSettings, SampleSettings, SourceSettings, VerifySettings
+from toolchain.verify import VerifyOptions
 
 PathLike = str | Path
 
 
-def verify_options(verify: bool, atol: float, rtol: float, calib: PathLike | None, seed: int,
-                    preprocess: str | dict | None) -> VerifyOptions:
-    if atol < 0 or rtol < 0:
-        raise UsageError("--atol and --rtol must be >= 0")
+def verify_options(settings: VerifySettings, min_cosine: float | None = None) -> VerifyOptions:
+    """The pipeline's checks from the verification settings (``min_cosine``: the lossy passes' floor)."""
+    preprocess = settings.preprocess
     if isinstance(preprocess, str):
         from calibration.spec import PRESETS
 
         if preprocess not in PRESETS:
             raise UsageError(f"unknown preprocessing preset '{preprocess}'; known: {', '.join(PRESETS)}")
-    return VerifyOptions(enabled=verify, atol=atol, rtol=rtol, calib=Path(calib) if calib else None, seed=seed,
-                         preprocess=preprocess)
+    options = VerifyOptions(enabled=settings.verify, atol=settings.atol, rtol=settings.rtol, calib=settings.calib,
+                            seed=settings.seed, preprocess=preprocess)
+    return options if min_cosine is None else replace(options, min_cosine=min_cosine)
 
 
-def convert(source: PathLike | None, output: PathLike, *, inputs: Sequence[str] = (), dynamic_batch: bool = False,
-            opset: int | None = None, target: str | None = None, model_class: str | None = None,
-            weights: PathLike | None = None, model_kwargs: str | dict | None = None, trust_pickle: bool = False,
-            exporter: str = "auto", keras_safe_mode: bool = True, verify: bool = True,
-            atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, calib: PathLike | None = None, seed: int = 0,
-            preprocess: str | dict | None = None):
+def convert(source: PathLike | None, output: PathLike, *, target: str | None = None,
+            settings: SourceSettings = SourceSettings(), verify: VerifySettings = VerifySettings()):
     """``edgekiln convert``: ingest a PyTorch, TensorFlow or ONNX model into verified ONNX."""
     from toolchain.frontends.base import ConvertOptions
     from toolchain.inputs import parse_input_specs, parse_kwargs
+    from backends.registry import find_target
     from toolchain.stages import convert as run_convert
-    from toolchain.targets import get_target
 
-    if exporter not in ("auto", "dynamo", "torchscript"):
-        raise UsageError(f"--exporter must be auto, dynamo or torchscript, not '{exporter}'")
-    if opset is not None and not 7 <= opset <= 23:
-        raise UsageError(f"--opset {opset} is outside the supported range 7-23")
+    opset = settings.opset
     if opset is None and target is not None:
-        opset = get_target(target).opset
-    options = ConvertOptions(inputs=tuple(parse_input_specs(list(inputs))), dynamic_batch=dynamic_batch, opset=opset,
-                             model_class=model_class, weights=Path(weights) if weights else None,
-                             model_kwargs=parse_kwargs(model_kwargs), trust_pickle=trust_pickle,
-                             exporter=exporter, keras_safe_mode=keras_safe_mode)  # type: ignore[arg-type]
-    return run_convert(Path(source) if source else None, Path(output), options,
-                       verify_options(verify, atol, rtol, calib, seed, preprocess))
+        opset = find_target(target).opset
+    options = ConvertOptions(inputs=tuple(parse_input_specs(list(settings.inputs))),
+                             dynamic_batch=settings.dynamic_batch, opset=opset, model_class=settings.model_class,
+                             weights=settings.weights, model_kwargs=parse_kwargs(settings.model_kwargs),
+                             trust_pickle=settings.trust_pickle, exporter=settings.exporter,
+                             keras_safe_mode=settings.keras_safe_mode)
+    return run_convert(Path(source) if source else None, Path(output), options, verify_options(verify))
 
 
-def optimize(model: PathLike, output: PathLike, *, simplify: bool = False, simplify_engine: str = "auto",
-             lowrank: bool = False, lowrank_mode: str = "energy", lowrank_energy: float = 0.95,
-             lowrank_ratio: float = 0.5, lowrank_min_cosine: float | None = None,
-             lowrank_max_error: float | None = None, lowrank_rank_multiple: int = 8, lowrank_min_params: int = 4096,
-             lowrank_ops: str | Sequence[str] = "Gemm,MatMul,Conv", lowrank_ranks: Sequence[str] | dict = (),
-             lowrank_exclude: Sequence[str] = (), lowrank_bias_correction: bool | None = None,
-             fp16: bool = False, dynamic_int8: bool = False, verify: bool = True, atol: float = DEFAULT_ATOL,
-             rtol: float = DEFAULT_RTOL, min_cosine: float = 0.99, calib: PathLike | None = None, seed: int = 0,
-             preprocess: str | dict | None = None, calib_size: int | None = None, holdout: int | None = None,
-             cache_dir: PathLike | None = None, no_cache: bool = False):
-    """``edgekiln optimize``: graph passes on an ONNX model, re-verified in ONNX Runtime."""
+def calibration_options(verify: VerifySettings, samples: SampleSettings):
+    """Where the calibration samples come from (None without --calib) and how many are drawn."""
     from toolchain.passes.calibrate import CalibrationOptions, calibration_cache_dir
-    from toolchain.passes.simplify import SimplifyConfig
+
+    if verify.calib is None:
+        return None
+    return CalibrationOptions(Path(verify.calib), count=samples.calib_size, holdout=samples.holdout,
+                              seed=verify.seed, preprocess=verify.preprocess,
+                              cache_dir=calibration_cache_dir(samples.cache_dir, samples.no_cache))
+
+
+def optimize(model: PathLike, output: PathLike, *, passes: dict[str, Any], verify: VerifySettings = VerifySettings(),
+             samples: SampleSettings = SampleSettings(), min_cosine: float = DEFAULT_MIN_COSINE):
+    """``edgekiln optimize``: the passes named in ``passes`` (name -> its config, or None for a pass without
+    settings; ``toolchain.passes.registry``), in the table's order, re-verified in ONNX Runtime."""
     from toolchain.stages import optimize as run_optimize
 
-    if fp16 and dynamic_int8:
-        raise UsageError("--fp16 and --dynamic-int8 are alternatives; choose one")
-    config = SimplifyConfig.from_options(engine=simplify_engine) if simplify else None
-    lowrank_cfg = lowrank_config(lowrank_mode, lowrank_energy, lowrank_ratio, lowrank_min_cosine,
-                                     lowrank_max_error, lowrank_rank_multiple, lowrank_min_params, lowrank_ops,
-                                     lowrank_ranks, lowrank_exclude, lowrank_bias_correction) if lowrank else None
-    calibration = None
-    if lowrank and calib is not None:
-        cache = calibration_cache_dir(cache_dir, no_cache)
-        calibration = CalibrationOptions(Path(calib), count=calib_size, holdout=holdout, seed=seed,
-                                         preprocess=preprocess, cache_dir=cache)
-    lossy = "fp16" if fp16 else "dynamic" if dynamic_int8 else None
-    options = replace(verify_options(verify, atol, rtol, calib, seed, preprocess), min_cosine=min_cosine)
-    return run_optimize(Path(model), Path(output), simplify=config, lowrank=lowrank_cfg, lossy=lossy,
-                        calibration=calibration, verify=options)
+    calibration = calibration_options(verify, samples) if any(
+        name in passes for name in SAMPLE_PASSES) else None
+    return run_optimize(Path(model), Path(output), passes=passes, calibration=calibration,
+                        verify=verify_options(verify, min_cosine))
 
 
-# Backend-specific compile options: which backend reads each (the CLI flag is the key with dashes).
-BACKEND_OPTIONS: dict[str, str] = {
-    "strict": "tensorrt", "dla_core": "tensorrt", "workspace_mb": "tensorrt", "int8_mode": "tensorrt",
-    "tensorrt_version": "tensorrt", "max_batch": "tensorrt", "opt_batch": "tensorrt",
-    "flash_kb": "tflite", "ram_kb": "tflite", "io_dtype": "tflite",
-}
+# Passes that read --calib's samples when they are given.
+SAMPLE_PASSES = ("lowrank",)
 
 
-def _checked_backend_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
+def backend_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The backend-specific options the user set, each checked to belong to ``backend``."""
+    from backends.registry import backend_option_owners
+
+    owners = backend_option_owners()
     given = {k: v for k, v in options.items() if v is not None and v is not False}
     for key in given:
-        owner = BACKEND_OPTIONS.get(key)
+        owner = owners.get(key)
         if owner is None:
             raise UsageError(f"unknown backend option '{key}'")
         if owner != backend:
@@ -108,100 +92,76 @@ def _checked_backend_options(backend: str, options: dict[str, Any]) -> dict[str,
     return given
 
 
-def check_task(task: str) -> None:
-    from toolchain.quality import TASKS
-
-    if task not in TASKS:
-        raise UsageError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
-
-
-def _quant_options(calib: PathLike | None, calib_size: int | None, holdout: int | None, seed: int, preprocess: str | dict | None,
-                   cache_dir: PathLike | None, no_cache: bool, method: str | None, per_channel: bool | None,
-                   activation_type: str | None, symmetric: bool | None, guard: bool, max_drop: float,
-                   min_cosine: float, task: str = "auto"):
-    from toolchain.passes.calibrate import CalibrationOptions, calibration_cache_dir
+def quant_options(verify: VerifySettings, samples: SampleSettings, quant: QuantSettings):
+    """INT8's samples, the quantizer settings the user chose (the rest come from the target) and the budget."""
     from toolchain.precision import QuantOptions
     from toolchain.quant_guard import Budget
 
-    if max_drop < 0 or not 0 < min_cosine <= 1:
-        raise UsageError("--max-drop must be >= 0 and --min-cosine in (0, 1]")
-    calibration = None
-    if calib is not None:
-        cache = calibration_cache_dir(cache_dir, no_cache)
-        calibration = CalibrationOptions(Path(calib), count=calib_size, holdout=holdout, seed=seed,
-                                         preprocess=preprocess, cache_dir=cache)
-    overrides = {k: v for k, v in {"method": method, "per_channel": per_channel, "activation_type": activation_type,
-                                   "activation_symmetric": symmetric}.items() if v is not None}
-    check_task(task)
-    return QuantOptions(calibration, overrides, Budget(max_drop, min_cosine, task=task) if guard else None)
+    overrides = {k: v for k, v in {"method": quant.method, "per_channel": quant.per_channel,
+                                   "activation_type": quant.activation_type,
+                                   "activation_symmetric": quant.symmetric}.items() if v is not None}
+    budget = Budget(quant.max_drop, quant.min_cosine, task=quant.task) if quant.guard else None
+    return QuantOptions(calibration_options(verify, samples), overrides, budget)
 
 
-def calibrate(model: PathLike, output: PathLike, *, calib: PathLike, target: str | None = None,
-              calib_size: int | None = None, holdout: int | None = None, seed: int = 0, preprocess: str | dict | None = None,
-              cache_dir: PathLike | None = None, no_cache: bool = False, method: str | None = None,
-              per_channel: bool | None = None, activation_type: str | None = None, symmetric: bool | None = None,
-              guard: bool = True, max_drop: float = 1.0, min_cosine: float = 0.99, task: str = "auto",
-              tensorrt_cache: PathLike | None = None, tensorrt_version: str = "8201",
-              post_training_passes: bool = False, weight_rounding: str | None = None):
+def calibrate(model: PathLike, output: PathLike, *, target: str | None = None,
+              verify: VerifySettings = VerifySettings(), samples: SampleSettings = SampleSettings(),
+              quant: QuantSettings = QuantSettings(), tensorrt_cache: PathLike | None = None,
+              tensorrt_version: str = "8201", post_training_passes: bool = False, weight_rounding: str | None = None):
     """``edgekiln calibrate``: static INT8 from sample images, with the accuracy guard.
 
     ``post_training_passes`` turns on cross-layer equalization, the per-tensor MSE range search and bias
     correction; ``weight_rounding='learned'`` learned weight rounding (``QuantizeConfig``'s fields; API only
     for now, no CLI flag: they are opt-in until measured better than MinMax everywhere, see bench/ptq.md)."""
+    from toolchain.fileio import check_writable_destination, refuse_clobbering
     from toolchain.passes.calibrate import calibrate as run_calibrate
     from toolchain.passes.quantize import QuantizeConfig
 
-    from toolchain.fileio import check_writable_destination, refuse_clobbering
-
-    quant = _quant_options(calib, calib_size, holdout, seed, preprocess, cache_dir, no_cache, method, per_channel,
-                           activation_type, symmetric, guard, max_drop, min_cosine, task)
+    if verify.calib is None:
+        raise UsageError("calibrate needs --calib, a folder of sample images (or .npy/.npz samples)")
+    options = quant_options(verify, samples, quant)
     if post_training_passes:
-        quant.overrides.update(equalize=True, range_search="mse", bias_correction=True)
+        options.overrides.update(equalize=True, range_search="mse", bias_correction=True)
     if weight_rounding is not None:
-        quant.overrides["weight_rounding"] = weight_rounding
-    config = QuantizeConfig.for_target(target, **quant.overrides)  # an unknown target fails before any work
+        options.overrides["weight_rounding"] = weight_rounding
+    config = QuantizeConfig.for_target(target, **options.overrides)  # an unknown target fails before any work
     for destination in (output, tensorrt_cache):
         if destination is not None:
             check_writable_destination(Path(destination))
-            refuse_clobbering(Path(destination), {"the source model": Path(model), "the --calib folder": Path(calib)})
-    _check_split(quant)
-    return run_calibrate(Path(model), Path(output), quant.calibration, config, quant.budget,
+            refuse_clobbering(Path(destination), {"the source model": Path(model), "the --calib folder": verify.calib})
+    _check_split(options)
+    return run_calibrate(Path(model), Path(output), options.calibration, config, options.budget,
                          Path(tensorrt_cache) if tensorrt_cache else None, tensorrt_version)
 
 
 def compile(model: PathLike, output: PathLike, *, backend: str | None = None, target: str | None = None,  # noqa: A001
             precision: str | None = None, threads: int | None = None, graph_optimization: str = "all",
-            verify: bool = True, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-            calib: PathLike | None = None, preprocess: str | dict | None = None, seed: int = 0,
-            calib_size: int | None = None, holdout: int | None = None, cache_dir: PathLike | None = None,
-            no_cache: bool = False, method: str | None = None, per_channel: bool | None = None, activation_type: str | None = None,
-            symmetric: bool | None = None, guard: bool = True, max_drop: float = 1.0, min_cosine: float = 0.99,
-            task: str = "auto", backend_options: dict[str, Any] | None = None):
+            verify: VerifySettings = VerifySettings(), samples: SampleSettings = SampleSettings(),
+            quant: QuantSettings = QuantSettings(), backend_settings: dict[str, Any] | None = None):
     """``edgekiln compile``: lower an ONNX model to a backend artifact folder, verified against ONNX Runtime.
 
-    ``backend_options`` are backend-specific (see ``BACKEND_OPTIONS``), e.g. ``{"dla_core": 0}`` for TensorRT.
+    ``backend_settings`` are backend-specific (each backend's ``options`` group), e.g. ``{"dla_core": 0}``.
     """
     from backends.base import CompileOptions
+    from backends.registry import find_target
     from toolchain.stages import compile_artifact
-    from toolchain.targets import get_target
 
-    profile = get_target(target) if target else None
+    profile = find_target(target) if target else None
     backend = backend or (profile.backend if profile else "onnxruntime")
     if profile and profile.backend != backend:
         raise UsageError(f"target '{target}' uses the {profile.backend} backend, not {backend}")
     if threads is not None and threads < 1:
         raise UsageError("--threads must be >= 1")
     precision = precision or (profile.precision if profile else "fp32")
-    extra = {"graph_optimization": graph_optimization, **_checked_backend_options(backend, backend_options or {})}
+    extra = {"graph_optimization": graph_optimization, **backend_options(backend, backend_settings or {})}
     if profile is not None and profile.name == "mcu":
         _check_mcu_size(Path(model), extra.get("flash_kb"))
     options = CompileOptions(precision=precision, target=target, threads=threads, extra=extra)
-    quant = _quant_options(calib, calib_size, holdout, seed, preprocess, cache_dir, no_cache, method, per_channel,
-                           activation_type, symmetric, guard, max_drop, min_cosine, task)
+    quantization = quant_options(verify, samples, quant)
     if precision == "int8":
-        _check_split(quant)
-    checks = replace(verify_options(verify, atol, rtol, calib, seed, preprocess), min_cosine=min_cosine)
-    return compile_artifact(Path(model), Path(output), backend, options, checks, quant=quant)
+        _check_split(quantization)
+    checks = verify_options(verify, quant.min_cosine)
+    return compile_artifact(Path(model), Path(output), backend, options, checks, quant=quantization)
 
 
 def _check_split(quant: Any) -> None:

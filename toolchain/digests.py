@@ -26,10 +26,8 @@ TOOLS: dict[str, tuple[str, ...]] = {
     "common": ("onnx", "onnxruntime", "numpy"),
     "convert": ("torch", "onnxscript", "tensorflow", "tf-keras", "keras", "tf2onnx"),
     "simplify": ("onnxsim", "onnxslim"),
-    "onnxruntime": (),
-    "tflite": ("tensorflow", "onnx2tf", "ai-edge-litert", "onnx-graphsurgeon", "tf-keras"),
-    "tensorrt": ("tensorrt",),
 }
+"""Stage kinds not listed are backends: their tools are what each declares (``Backend.distributions``)."""
 
 
 @lru_cache(maxsize=1)
@@ -50,7 +48,10 @@ def code_digest() -> str:
 
 def tool_versions(kinds: tuple[str, ...]) -> dict[str, str | None]:
     """Installed versions (None when absent) of the tools the given stage kinds use; reads metadata only."""
-    names = sorted({name for kind in ("common", *kinds) for name in TOOLS.get(kind, ())})
+    from backends.registry import backend_distributions
+
+    names = sorted({name for kind in ("common", *kinds)
+                    for name in (TOOLS[kind] if kind in TOOLS else backend_distributions(kind))})
     return {name: _version(name) for name in names}
 
 

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
+from toolchain.settings import TaskChoice
+
 Task = Literal["classify", "detect", "generic"]
-TASKS: tuple[str, ...] = ("auto", "classify", "detect", "generic")
+TASKS: tuple[str, ...] = get_args(TaskChoice)
 
 DETECTION_SCORE = 0.25
 """Score threshold above which a detection counts (the usual default of YOLO tools)."""

@@ -16,7 +16,6 @@ import difflib
 import json
 import os
 import re
-import reprlib
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -26,7 +25,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from toolchain.errors import MissingDependencyError, UsageError
-from toolchain.targets import PRECISIONS, TARGETS
+from toolchain.options import phrase as _phrase
+from toolchain.options import show as _show
+from toolchain.targets import PRECISIONS
 
 MAX_RECIPE_BYTES = 1 << 20
 """Recipes are a few dozen lines; a bigger file is a mistake (a model or data set passed by accident)."""
@@ -35,29 +36,6 @@ SUFFIXES = (".yaml", ".yml", ".toml")
 
 CLI_ONLY_KEYS = frozenset({"quiet", "json", "dry_run"})
 """Keys in ``Recipe.values`` that are not ``api.build`` arguments: the CLI acts on them itself."""
-
-# Recipe spellings (dashes turned into underscores) that are not api.build's keyword names:
-# spelling -> (api name, whether the boolean is inverted). Mirrors the flags in cli.py.
-_ALIASES: dict[str, tuple[str, bool]] = {
-    "target": ("targets", False),
-    "input": ("inputs", False),
-    "lowrank_rank": ("lowrank_ranks", False),
-    "no_verify": ("verify", True),
-    "no_guard": ("guard", True),
-    "no_simplify": ("simplify", True),
-    "no_keras_safe_mode": ("keras_safe_mode", True),
-    "no_lowrank_bias_correction": ("lowrank_bias_correction", True),
-}
-_PATH_KEYS = frozenset({"source", "output", "labels", "weights", "calib", "cache_dir"})
-# The only options whose value may be a table: the api takes a dict for each.
-_TABLE_KEYS = frozenset({"preprocess", "model_kwargs", "lowrank_ranks"})
-# compile/calibrate flags that build refuses: it chooses them per target.
-_PER_TARGET_KEYS = frozenset({"per_channel", "per_tensor", "activation_type", "symmetric", "asymmetric"})
-
-LowrankMode = Literal["energy", "ratio", "budget"]
-Method = Literal["minmax", "entropy", "percentile"]
-Exporter = Literal["auto", "dynamo", "torchscript"]
-
 
 def _fail(message: str, item: int | str | None = None) -> PydanticCustomError:
     """A validator's error carrying a finished sentence (it follows the key's name in the report) and,
@@ -74,15 +52,24 @@ def _variant(spec: str) -> tuple[str, str]:
     """(target, precision) of `TARGET` or `TARGET:PRECISION`, as `edgekiln build --target` reads it."""
     name, _, precision = spec.partition(":")
     name = name.strip()
-    return name, precision.strip().lower() or (TARGETS[name].precision if name in TARGETS else "")
+    targets = _targets()
+    return name, precision.strip().lower() or (targets[name].precision if name in targets else "")
+
+
+@cache
+def _targets() -> dict[str, Any]:
+    from backends.registry import all_targets
+
+    return all_targets()
 
 
 def _known_target(spec: str) -> str:
     name, precision = _variant(spec)
-    if name not in TARGETS:
-        close = difflib.get_close_matches(name, TARGETS, n=1)
+    targets = _targets()
+    if name not in targets:
+        close = difflib.get_close_matches(name, targets, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise _fail(f"names an unknown target '{name}'{hint}; known targets: {', '.join(TARGETS)}")
+        raise _fail(f"names an unknown target '{name}'{hint}; known targets: {', '.join(targets)}")
     if precision not in PRECISIONS:
         raise _fail(f"names an unknown precision '{precision}' in '{spec}'; precisions: {', '.join(PRECISIONS)}")
     return spec
@@ -110,76 +97,16 @@ _TargetNames = Annotated[list[Annotated[str, AfterValidator(_known_target)]], Be
                          AfterValidator(_not_empty), AfterValidator(_no_repeats)]
 
 
-class _RecipeModel(BaseModel):
-    """Every key a recipe may hold, by its underscored spelling; all optional (absent = the CLI's value).
+class _RecipeChecks(BaseModel):
+    """The checks of recipe values that need more than a type: the keys' fields are generated (``_schema``).
 
     strict: YAML and TOML values are already typed, so "3" for a count or 1 for a flag is a mistake
-    to report, not to coerce. Bounds mirror what cli.py/api.py or the passes would refuse later.
+    to report, not to coerce. Bounds are the option groups' own.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
 
-    source: _Text | None = None
-    output: _Text | None = None
-    targets: _TargetNames | None = None
-    target: _TargetNames | None = None
-    labels: _Text | None = None
-    simplify: bool | None = None
-    no_simplify: bool | None = None
-    bench_iterations: Annotated[int, Field(ge=0)] | None = None
-    fail_fast: bool | None = None
-    # source flags (convert)
-    inputs: _Texts | None = None
-    input: _Texts | None = None
-    dynamic_batch: bool | None = None
-    opset: Annotated[int, Field(ge=7, le=23)] | None = None
-    model_class: _Text | None = None
-    weights: _Text | None = None
-    model_kwargs: Any = None
-    trust_pickle: bool | None = None
-    exporter: Exporter | None = None
-    keras_safe_mode: bool | None = None
-    no_keras_safe_mode: bool | None = None
-    # verification
-    verify: bool | None = None
-    no_verify: bool | None = None
-    atol: Annotated[_Number, Field(ge=0)] | None = None
-    rtol: Annotated[_Number, Field(ge=0)] | None = None
-    calib: _Text | None = None
-    seed: Annotated[int, Field(ge=0)] | None = None
-    preprocess: Any = None
-    # calibration and the INT8 guard
-    calib_size: Annotated[int, Field(ge=1)] | None = None
-    holdout: Annotated[int, Field(ge=0)] | None = None
-    max_drop: Annotated[_Number, Field(ge=0)] | None = None
-    min_cosine: Annotated[_Number, Field(gt=0, le=1)] | None = None
-    task: Literal["auto", "classify", "detect", "generic"] | None = None
-    method: Method | None = None
-    guard: bool | None = None
-    no_guard: bool | None = None
-    cache_dir: _Text | None = None
-    no_cache: bool | None = None
-    # low-rank (bounds from toolchain.passes.lowrank.LowRankConfig)
-    lowrank: bool | None = None
-    lowrank_mode: LowrankMode | None = None
-    lowrank_energy: Annotated[_Number, Field(gt=0, lt=1)] | None = None
-    lowrank_ratio: Annotated[_Number, Field(gt=0, lt=1)] | None = None
-    lowrank_min_cosine: Annotated[_Number, Field(gt=0, lt=1)] | None = None
-    lowrank_max_error: Annotated[_Number, Field(gt=0, lt=1)] | None = None
-    lowrank_rank_multiple: Annotated[int, Field(ge=1, le=1024)] | None = None
-    lowrank_min_params: Annotated[int, Field(ge=1)] | None = None
-    lowrank_ops: Any = None
-    lowrank_ranks: Any = None
-    lowrank_rank: Any = None
-    lowrank_exclude: _Texts | None = None
-    lowrank_bias_correction: bool | None = None
-    no_lowrank_bias_correction: bool | None = None
-    # what the CLI prints (routed by cli.py, not api.build arguments)
-    quiet: bool | None = None
-    json_: bool | None = Field(None, alias="json")  # 'json' would shadow BaseModel.json
-    dry_run: bool | None = None
-
-    @field_validator("lowrank_ops")
+    @field_validator("lowrank_ops", check_fields=False)
     @classmethod
     def _ops(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip(",").strip():
@@ -188,7 +115,7 @@ class _RecipeModel(BaseModel):
             return value
         raise _fail(f"must be operator types, as a list or comma-separated text, got {_show(value)}")
 
-    @field_validator("lowrank_ranks", "lowrank_rank")
+    @field_validator("lowrank_ranks", "lowrank_rank", check_fields=False)
     @classmethod
     def _ranks(cls, value: Any) -> Any:
         value = _listed(value)
@@ -207,7 +134,7 @@ class _RecipeModel(BaseModel):
             return value
         raise _fail(f"must be NODE=RANK items or a table of node = rank, got {_show(value)}")
 
-    @field_validator("model_kwargs")
+    @field_validator("model_kwargs", check_fields=False)
     @classmethod
     def _model_kwargs(cls, value: Any) -> Any:
         if isinstance(value, dict):
@@ -221,7 +148,7 @@ class _RecipeModel(BaseModel):
                 return value
         raise _fail(f"must be a table of constructor arguments (or a JSON object), got {_show(value)}")
 
-    @field_validator("preprocess")
+    @field_validator("preprocess", check_fields=False)
     @classmethod
     def _preprocess(cls, value: Any) -> Any:
         # calibration.spec imports numpy and Pillow: only pay for it when the recipe has the key.
@@ -245,7 +172,79 @@ class _RecipeModel(BaseModel):
         raise _fail(f"must be a preset name or a table of preprocessing settings, got {_show(value)}")
 
 
-_KNOWN_KEYS: tuple[str, ...] = tuple(f.alias or name for name, f in _RecipeModel.model_fields.items())
+# ---- the schema, generated from the build's option groups --------------------------------------
+
+# Keys that are not settings of a group: what build's positional arguments and CLI-only flags read.
+_OWN_FIELDS: dict[str, Any] = {"source": (_Text | None, None), "output": (_Text | None, None),
+                               "quiet": (bool | None, None), "dry_run": (bool | None, None),
+                               "json_": (bool | None, Field(None, alias="json"))}  # 'json' shadows BaseModel.json
+
+
+@dataclass(frozen=True)
+class _Schema:
+    model: type[BaseModel]
+    aliases: dict[str, tuple[str, bool]]
+    """Recipe spelling (dashes turned into underscores) -> (api keyword, whether the boolean is inverted)."""
+    paths: frozenset[str]
+    tables: frozenset[str]
+    """The only options whose value may be a table: the api takes a dict for each."""
+    per_target: frozenset[str]
+    """compile/calibrate flags that build refuses: it chooses them per target."""
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(f.alias or name for name, f in self.model.model_fields.items())
+
+
+def _recipe_type(setting: Any) -> Any:
+    """A setting's type as a recipe value: YAML/TOML text for paths, lists for repeatable values."""
+    bounds = Field(**setting.bounds) if setting.bounds else None
+    if setting.keyword == "targets":
+        kind: Any = _TargetNames
+    elif setting.kind == "any" or setting.spec.pairs or setting.spec.csv:
+        return Any  # checked by _RecipeChecks' validators
+    elif setting.spec.multiple:
+        kind = _Texts
+    elif setting.kind == "choice":
+        kind = Literal[setting.choices]
+    elif setting.kind in ("str", "path"):
+        kind = _Text
+    elif setting.kind == "float":
+        kind = Annotated[_Number, bounds] if bounds else _Number
+    elif setting.kind == "int":
+        kind = Annotated[int, bounds] if bounds else int
+    else:
+        kind = bool
+    return kind | None
+
+
+@cache
+def _schema() -> _Schema:
+    from pydantic import create_model
+
+    from toolchain.api import BUILD_PASSES, build_settings
+
+    fields: dict[str, Any] = dict(_OWN_FIELDS) | {name: (bool | None, None) for name in BUILD_PASSES}
+    aliases: dict[str, tuple[str, bool]] = {}
+    paths, tables = {"source", "output"}, set()
+    for setting in build_settings():
+        fields[setting.keyword] = (_recipe_type(setting), None)
+        spelled = setting.flag.removeprefix("--").replace("-", "_")
+        off = setting.off_flag.removeprefix("--").replace("-", "_") if setting.off_flag else None
+        for alias, inverted in ((spelled, setting.spec.negate), (off, True)):
+            if alias and alias != setting.keyword:
+                aliases[alias] = (setting.keyword, inverted)
+                fields[alias] = (_recipe_type(setting), None)
+        if setting.kind == "path":
+            paths.add(setting.keyword)
+        if setting.kind == "any" or setting.spec.pairs:
+            tables.add(setting.keyword)
+    from toolchain.settings import QuantSettings
+
+    per_target = {spelled for spelled, (keyword, _) in aliases.items() if keyword in QuantSettings.PER_TARGET}
+    model = create_model("_RecipeModel", __base__=_RecipeChecks, **fields)
+    return _Schema(model, aliases, frozenset(paths), frozenset(tables),
+                   frozenset(per_target | set(QuantSettings.PER_TARGET)))
 
 
 @dataclass(frozen=True)
@@ -531,18 +530,19 @@ def _scan_toml_value(rest: str, depth: int) -> tuple[int, str]:
 
 
 def _validate(entries: list[_Entry], path: Path) -> Recipe:
+    schema = _schema()
     problems: list[tuple[int, str]] = []  # (line, message): the first line's problem is reported
     by_key: dict[str, _Entry] = {}
     by_api: dict[str, _Entry] = {}
     for entry in entries:
         spelled = entry.key.replace("-", "_")
-        api_name = _ALIASES.get(spelled, (spelled, False))[0]
+        api_name = schema.aliases.get(spelled, (spelled, False))[0]
         if entry.value is None:  # YAML's `calib:` with nothing after it: an unfinished edit, not a default
             problems.append((entry.line, f"'{entry.key}' has no value; give one or remove the line"))
-        elif spelled in _PER_TARGET_KEYS:
+        elif spelled in schema.per_target:
             problems.append((entry.line, f"'{entry.key}' is chosen per target by build; "
                                          "set it with 'edgekiln compile' instead"))
-        elif isinstance(entry.value, dict) and api_name not in _TABLE_KEYS:
+        elif isinstance(entry.value, dict) and api_name not in schema.tables:
             problems.append((entry.line, f"'{entry.key}' is a nested table; recipe options are flat "
                                          "(only preprocess, model-kwargs and lowrank-rank take a table)"))
         elif api_name in by_api:
@@ -552,7 +552,7 @@ def _validate(entries: list[_Entry], path: Path) -> Recipe:
         else:
             by_key[spelled] = by_api[api_name] = entry
     try:
-        model = _RecipeModel.model_validate({key: entry.value for key, entry in by_key.items()})
+        model = schema.model.model_validate({key: entry.value for key, entry in by_key.items()})
     except ValidationError as exc:
         problems += [_describe(error, by_key) for error in exc.errors()]
     if problems:
@@ -566,15 +566,16 @@ def _validate(entries: list[_Entry], path: Path) -> Recipe:
 
 
 def _resolved(checked: dict[str, Any], by_key: dict[str, _Entry], path: Path) -> Recipe:
+    schema = _schema()
     folder = path.absolute().parent
     values: dict[str, Any] = {}
     lines: dict[str, int] = {}
     for spelled in (key for key in by_key if key in checked):  # in the recipe's order
         value = checked[spelled]
-        api_name, inverted = _ALIASES.get(spelled, (spelled, False))
+        api_name, inverted = schema.aliases.get(spelled, (spelled, False))
         if inverted:
             value = not value
-        elif api_name in _PATH_KEYS:
+        elif api_name in schema.paths:
             value = _relative_to(folder, value)
         elif api_name == "model_class":
             value = _model_class(folder, value)
@@ -615,49 +616,6 @@ def _describe(error: Any, by_key: dict[str, _Entry]) -> tuple[int, str]:
 
 
 def _suggestion(key: str) -> str:
-    candidates = [k.replace("_", "-") for k in _KNOWN_KEYS]
+    candidates = [k.replace("_", "-") for k in _schema().keys]
     close = difflib.get_close_matches(key.lower().strip("-").replace("_", "-"), candidates, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _phrase(error: Any) -> str:
-    """What is wrong with a value, as the end of a sentence that starts with the key."""
-    kind, context = error["type"], error.get("ctx") or {}
-    got = f", got {_show(error.get('input'))}"
-    if kind == "recipe":
-        return str(context["message"])
-    if kind == "literal_error":
-        choices = re.findall(r"'([^']*)'", str(context.get("expected", "")))
-        return f"must be one of {', '.join(choices)}{got}"
-    bounds = {"greater_than_equal": ("at least", "ge"), "greater_than": ("greater than", "gt"),
-              "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}
-    if kind in bounds:
-        words, name = bounds[kind]
-        return f"must be {words} {context[name]:g}{got}"
-    phrases = {"bool_type": "must be true or false", "int_type": "must be a whole number",
-               "int_from_float": "must be a whole number", "float_type": "must be a number",
-               "finite_number": "must be a finite number", "string_type": "must be text",
-               "list_type": "must be a list", "dict_type": "must be a table"}
-    if kind in phrases:
-        return phrases[kind] + got
-    if kind == "string_too_short":
-        return "must not be empty"
-    message = str(error.get("msg", "is invalid"))
-    return f"is invalid: {message[:1].lower()}{message[1:]}{got}"
-
-
-_REPR = reprlib.Repr()  # bounded output however big or deep the value (keyword arguments need 3.12)
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 60, 60
-
-
-def _show(value: Any) -> str:
-    """A value as the user wrote it, short: 'lots', true, 3, [1, 2, ...], a table."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "nothing"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, (str, int, float, list)):
-        return _REPR.repr(value)
-    return _REPR.repr(str(value))[1:-1]  # dates and times as written: 2024-01-01

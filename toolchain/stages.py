@@ -15,7 +15,7 @@ from typing import Any
 
 import onnx
 
-from toolchain.artifact import Artifact, sdk_versions, tool_versions, write_manifest
+from toolchain.artifact import SDK_DISTRIBUTIONS, Artifact, sdk_versions, tool_versions, write_manifest
 from toolchain.errors import MissingDependencyError, OutputError, UsageError
 from toolchain.fileio import atomic_directory, check_writable_destination, refuse_clobbering, sha256_path
 from toolchain.feeds import image_preprocess_or_none
@@ -83,49 +83,46 @@ class OptimizeResult:
     seconds: float
 
 
-def _lowrank(model: onnx.ModelProto, config: Any, calibration: Any | None) -> tuple[onnx.ModelProto, PassReport]:
-    """The low-rank pass, fed with the calibration and held-out samples when there are any."""
-    from toolchain.passes import lowrank as lowrank_pass
-
+def _sample_loader(calibration: Any | None):
+    """model -> (calibration feeds, held-out feeds, held-out labels) from ``calibration``, for passes that judge
+    themselves on samples (None without --calib)."""
     if calibration is None:
-        return lowrank_pass.run(model, config)
-    from toolchain.passes.calibrate import load_calibration_set
+        return None
 
-    info, samples = load_calibration_set(model, calibration)
-    batch = 1 if isinstance(info.shape[0], int) else 16
-    holdout = list(samples.feeds(info.name, "holdout", batch)) or None
-    return lowrank_pass.run(model, config, list(samples.feeds(info.name, "calibration", batch)), holdout,
-                            holdout_labels=samples.holdout_labels)
+    def load(model: onnx.ModelProto) -> tuple[list, list | None, Any]:
+        from toolchain.passes.calibrate import load_calibration_set
+
+        info, samples = load_calibration_set(model, calibration)
+        batch = 1 if isinstance(info.shape[0], int) else 16
+        holdout = list(samples.feeds(info.name, "holdout", batch)) or None
+        return list(samples.feeds(info.name, "calibration", batch)), holdout, samples.holdout_labels
+
+    return load
 
 
-def optimize(model_path: Path, output: Path, *, simplify: Any | None = None, lowrank: Any | None = None,
-             lossy: str | None = None, calibration: Any | None = None,
+def optimize(model_path: Path, output: Path, *, passes: dict[str, Any], calibration: Any | None = None,
              verify: VerifyOptions = VerifyOptions()) -> OptimizeResult:
-    """Run the requested passes on an ONNX file (simplify -> lowrank -> fp16/dynamic INT8), verified against
-    the input in ONNX Runtime: exactly for simplify, by cosine for the lossy passes.
+    """Run the passes named in ``passes`` (name -> config, ``toolchain.passes.registry``) in the table's order,
+    verified against the input in ONNX Runtime: exactly for exact passes, by cosine for the lossy ones.
     """
-    from toolchain.passes import simplify as simplify_pass
-    from toolchain.passes.quantize import convert_fp16, quantize_dynamic
+    from toolchain.passes.registry import PassContext, chosen
 
     started = time.perf_counter()
-    if simplify is None and lowrank is None and lossy is None:
+    entries = chosen({name: True for name in passes})
+    if not entries:
         raise UsageError("nothing to do: choose at least one pass (--simplify, --lowrank, --fp16, --dynamic-int8)")
     _require_onnx_suffix(output, model_path)
     original = load_onnx(model_path)
     model, reports = original, []
-    if simplify is not None:
-        model, report = simplify_pass.run(model, simplify)
+    context = PassContext(_sample_loader(calibration))
+    for entry in entries:
+        model, report = entry.runner()(model, passes[entry.name], context)
         reports.append(report)
-    if lowrank is not None:
-        model, report = _lowrank(model, lowrank, calibration)
-        reports.append(report)
-    if lossy is not None:
-        model, report = convert_fp16(model) if lossy == "fp16" else quantize_dynamic(model)
-        reports.append(report)
-    is_lossy = lossy is not None or lowrank is not None
-    if lowrank is not None and lowrank.cosine_budget is not None:
-        # An explicit, looser factorization budget is what the user asked to be checked against.
-        verify = replace(verify, min_cosine=min(verify.min_cosine, lowrank.cosine_budget))
+    is_lossy = any(entry.lossy for entry in entries)
+    for config in passes.values():
+        budget = getattr(config, "cosine_budget", None)
+        if budget is not None:  # a pass's own, looser budget (low-rank's) is what the user asked to be checked against
+            verify = replace(verify, min_cosine=min(verify.min_cosine, budget))
     parity = verify_callables(_ort_runner(original).run, _ort_runner(model).run, graph_inputs(original), verify,
                               reference="input model", candidate="optimized model",
                               lossy=is_lossy) if verify.enabled else []
@@ -220,7 +217,8 @@ def compile_artifact(model_path: Path, out_dir: Path, backend_name: str, options
             "model_file": compiled.model_file,
             "source": {"file": model_path.name, "sha256": sha256_path(model_path)},
             "tool": tool_versions(),
-            "sdk": sdk_versions(),
+            "sdk": sdk_versions(SDK_DISTRIBUTIONS + tuple(d for d in backend.distributions
+                                                         if d not in SDK_DISTRIBUTIONS)),
             "options": {"precision": options.precision, "target": options.target, **options.extra},
             "runtime_options": compiled.runtime_options,
             "inputs": [_tensor_dict(i) for i in inputs],

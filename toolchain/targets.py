@@ -5,6 +5,7 @@ Data only; commands read these instead of branching on target names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from toolchain.errors import UsageError
@@ -77,10 +78,11 @@ class Variant:
         return self.target.name if self.precision == self.target.precision else f"{self.target.name}-{self.precision}"
 
 
-def parse_variant(spec: str) -> Variant:
-    """``TARGET`` or ``TARGET:PRECISION`` (fp32, fp16, int8) as a build variant."""
+def parse_variant(spec: str, find: Callable[[str], Target] | None = None) -> Variant:
+    """``TARGET`` or ``TARGET:PRECISION`` (fp32, fp16, int8) as a build variant; ``find`` looks targets up
+    (default: the built-in profiles; the pipeline passes ``backends.registry.find_target``, plugins' too)."""
     name, _, precision = spec.partition(":")
-    target = get_target(name.strip())
+    target = (find or get_target)(name.strip())
     precision = precision.strip().lower() or target.precision
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision '{precision}' in '{spec}'; use one of {', '.join(PRECISIONS)}")

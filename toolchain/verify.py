@@ -24,9 +24,8 @@ import numpy as np
 from toolchain.errors import VerificationError
 from toolchain.frontends.base import Feed
 from toolchain.quality import constant_outputs, describe_non_finite
+from toolchain.settings import DEFAULT_ATOL, DEFAULT_MIN_COSINE, DEFAULT_RTOL  # noqa: F401 - re-exported
 
-DEFAULT_ATOL = 1e-4
-DEFAULT_RTOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -220,7 +219,7 @@ class VerifyOptions:
     """Folder of real images to verify on, besides random inputs."""
     preprocess: str | dict | None = None
     """Preset name or stored ``PreprocessSpec`` dict for the images; inferred from the input shape if None."""
-    min_cosine: float = 0.99
+    min_cosine: float = DEFAULT_MIN_COSINE
     """Pass criterion for lossy transformations (FP16, dynamic INT8), which cannot meet atol/rtol."""
     random_inputs: bool = True
     """False for statically quantized models: random data lies outside their calibrated ranges."""

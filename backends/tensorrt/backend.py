@@ -14,6 +14,7 @@ from typing import Any
 import onnx
 
 from backends.base import Backend, Capabilities, CompiledFiles, CompileOptions, Runner
+from backends.tensorrt.options import TensorRTOptions
 from toolchain.lazy import is_installed
 
 ENGINE_HINT = ("on a machine with an NVIDIA GPU: pip install 'edgekiln[tensorrt]'; on a Jetson: JetPack's "
@@ -41,6 +42,8 @@ class TensorRTBackend(Backend):
     capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), opset_range=(7, onnx.defs.onnx_opset_version()),
                                 layouts=("NCHW",), needs_gpu=True, runs_here=False, precision_via_onnx=False)
     required_modules = ("tensorrt",)
+    options = TensorRTOptions
+    distributions = ("tensorrt",)
 
     def is_available(self) -> tuple[bool, str]:
         # A bundle needs only ONNX and ONNX Runtime, so compile works everywhere; say what is missing for engines.

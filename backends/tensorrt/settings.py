@@ -12,15 +12,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from backends.tensorrt.devices import TensorRTDevice, release_for
+from backends.tensorrt.options import TensorRTOptions
 from toolchain.errors import UsageError
 from toolchain.onnx_io import TensorInfo
+from toolchain.options import keywords_of
 
 log = logging.getLogger("edgekiln")
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_MODES = ("qdq", "cache")
-EXTRA_KEYS = ("strict", "dla_core", "workspace_mb", "int8_mode", "tensorrt_version", "max_batch", "opt_batch",
-              "min_cosine", "graph_optimization")
+EXTRA_KEYS = (*keywords_of(TensorRTOptions), "min_cosine", "graph_optimization")
 """Keys of ``CompileOptions.extra`` this backend reads (graph_optimization is the ORT option the API always sends)."""
 
 

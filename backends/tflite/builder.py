@@ -26,6 +26,7 @@ from backends.tflite.converter import LowerConfig, lower
 from backends.tflite.flatbuffer import TFLiteGraph, parse_tflite
 from backends.tflite.io_binding import Binding, IOBindings, bind_inputs, output_candidates, resolve_outputs
 from backends.tflite.mcu import MicroBudget
+from backends.tflite.options import TFLiteOptions
 from toolchain.errors import ConversionError, UsageError
 from toolchain.lazy import is_installed
 from toolchain.onnx_io import graph_inputs, graph_outputs, load_onnx
@@ -115,6 +116,8 @@ class TFLiteBackend(Backend):
                                 precision_via_onnx=False)
     # onnx2tf 1.28 declares no dependencies; it imports these three at start-up besides TensorFlow.
     required_modules = ("onnx2tf", "tensorflow", "tf_keras", "onnx_graphsurgeon", "sng4onnx")
+    options = TFLiteOptions
+    distributions = ("tensorflow", "onnx2tf", "ai-edge-litert", "onnx-graphsurgeon", "tf-keras")
 
     def can_run(self) -> tuple[bool, str]:
         # Running needs only an interpreter: LiteRT, or TensorFlow's own.

@@ -135,13 +135,14 @@ def _model(node: Any, loader: Any, yaml: Any, path: Path, defaults: Recipe) -> M
 
 
 def _resources(node: Any, loader: Any, yaml: Any, path: Path) -> dict[str, dict[str, float]]:
-    from toolchain.targets import TARGETS
+    from backends.registry import all_targets
 
+    known = all_targets()
     table = {}
     for entry in _entries(node, loader, yaml, path):
-        if entry.key not in TARGETS:
+        if entry.key not in known:
             raise UsageError(f"{path}:{entry.line}: resources for unknown target '{entry.key}'; "
-                             f"known targets: {', '.join(TARGETS)}")
+                             f"known targets: {', '.join(known)}")
         value = entry.value
         if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, (int, float))
                                                   and not isinstance(v, bool) and v >= 0 for k, v in value.items()):

@@ -7,24 +7,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import onnx
-from pydantic import BaseModel, ConfigDict, ValidationError
 
-from toolchain.errors import UsageError
-
-
-class PassConfig(BaseModel):
-    """Base of pass configs: typed, every field described, unknown keys rejected."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @classmethod
-    def from_options(cls, **options: Any) -> "PassConfig":
-        """Validate user options, turning pydantic's report into one plain sentence."""
-        try:
-            return cls(**options)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
-            raise UsageError(f"invalid options for {cls.__name__}: {problems}") from exc
+from toolchain.passes.config import PassConfig  # noqa: F401 - re-exported: every pass config's base
 
 
 @dataclass(frozen=True)

@@ -27,68 +27,26 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper
-from pydantic import Field, PositiveInt
 
 from toolchain.errors import UsageError, VerificationError
 from toolchain.frontends.base import Feed
 from toolchain.onnx_io import check_model, graph_inputs
-from toolchain.passes.base import GraphStats, PassConfig, PassReport
-from toolchain.passes.lowrank_rules import RULES, SUPPORTED_OP_TYPES, Layer, Names, Skipped, apply, match
+from toolchain.passes.base import GraphStats, PassReport
+from toolchain.passes.lowrank_options import DEFAULT_MIN_COSINE, LowRankConfig  # noqa: F401 - re-exported
+from toolchain.passes.lowrank_rules import RULES, Layer, Names, Skipped, apply, match
 from toolchain.passes.lowrank_select import (LayerStats, Spectrum, Step, candidate_ranks, damage_path, energy_ranks,
                                              parameters_after, ranks_at, ratio_fraction)
 from toolchain.passes.quantize import named_copy
 
-OpType = Literal["Gemm", "MatMul", "Conv"]
 # Feeds used to estimate how much of each layer's own error reaches the outputs (budget mode).
 _GAIN_FEEDS = 16
 _LATENCY_RUNS_PER_ROUND = 10
 _RANDOM_CHECK_FEEDS = 4
-DEFAULT_MIN_COSINE = 0.99  # the same default as the INT8 guard's --min-cosine
-
-
-class LowRankConfig(PassConfig):
-    """Low-rank (SVD) factorization of Gemm, MatMul and Conv weights."""
-
-    mode: Literal["energy", "ratio", "budget"] = Field(
-        "energy", description="How ranks are chosen: 'energy' keeps a fraction of each layer's singular-value "
-                              "energy; 'ratio' reaches a whole-model parameter ratio; 'budget' removes the most MACs "
-                              "within an output-error budget measured on calibration data.")
-    energy: float = Field(0.95, gt=0, lt=1, description="Mode 'energy': fraction of sum(s^2) each layer keeps.")
-    target_ratio: float = Field(0.5, gt=0, lt=1,
-                                description="Mode 'ratio': whole-model parameters after / before (0.5 halves them).")
-    min_cosine: float | None = Field(
-        None, gt=0, lt=1, description="Mode 'budget': lowest cosine similarity between the original and factorized "
-                                      "outputs, per sample (0.99 when neither budget is given).")
-    max_relative_error: float | None = Field(
-        None, gt=0, lt=1, description="Mode 'budget': highest ||y' - y|| / ||y|| of each output, over all samples "
-                                      "together (both budgets are checked when both are given).")
-    rank_multiple: int = Field(8, ge=1, le=1024, description="Ranks are rounded up to a multiple of this when the "
-                                                             "rounded rank still saves parameters and MACs.")
-    min_parameters: int = Field(4096, ge=1, description="Layers whose weight has fewer elements are left alone.")
-    op_types: tuple[OpType, ...] = Field(SUPPORTED_OP_TYPES, min_length=1, description="Operator types considered.")
-    ranks: dict[str, PositiveInt] = Field(
-        default_factory=dict, description="Fixed rank per node name, used as given (not rounded) in every mode.")
-    nodes_to_exclude: tuple[str, ...] = Field((), description="Node names never factorized.")
-    bias_correction: bool | None = Field(
-        None, description="Add each layer's mean output shift back to its bias, measured on calibration data. "
-                          "None: on when calibration data is given; True without calibration data is an error.")
-    search_feeds: int = Field(64, ge=1, description="Mode 'budget': calibration feeds that judge each candidate "
-                                                    "during the search (the final check uses every held-out feed).")
-    latency_rounds: int = Field(5, ge=0, description="Interleaved ONNX Runtime timing rounds for the report's "
-                                                     "before/after latency (0: not measured).")
-
-
-    @property
-    def cosine_budget(self) -> float | None:
-        """The cosine the budget mode enforces: the given one, else 0.99 unless only a relative error was given."""
-        if self.min_cosine is not None:
-            return self.min_cosine
-        return DEFAULT_MIN_COSINE if self.max_relative_error is None else None
 
 
 class NothingToFactorizeError(UsageError):
@@ -693,3 +651,12 @@ def format_report(report: PassReport) -> str:
     lines += [f"  skipped {s['name']} ({s['op_type']}): {s['reason']}" for s in report.details["skipped"]]
     lines += [_model_line(report.details["model"]), _error_line(report.details["output_error"])]
     return "\n".join(lines + report.notes)
+
+
+def run_pass(model: onnx.ModelProto, config: LowRankConfig | None, context: Any) -> tuple[onnx.ModelProto, PassReport]:
+    """The pass protocol (``toolchain.passes.registry``): factorize, judged on the context's samples if any."""
+    samples = context.samples(model) if context is not None else None
+    if samples is None:
+        return run(model, config)
+    calibration, holdout, labels = samples
+    return run(model, config, calibration, holdout, holdout_labels=labels)

@@ -22,8 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from toolchain.onnx_io import infer_shapes, opset_version
-
-SUPPORTED_OP_TYPES = ("Gemm", "MatMul", "Conv")
+from toolchain.passes.lowrank_options import SUPPORTED_OP_TYPES  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)

@@ -452,3 +452,13 @@ def named_copy(model: onnx.ModelProto) -> onnx.ModelProto:
             node.name = f"{node.op_type}_{index}"
         seen.add(node.name)
     return copy
+
+
+def fp16_pass(model: onnx.ModelProto, config: object, context: object) -> tuple[onnx.ModelProto, PassReport]:
+    """The pass protocol (``toolchain.passes.registry``) for ``convert_fp16``."""
+    return convert_fp16(model)
+
+
+def dynamic_int8_pass(model: onnx.ModelProto, config: object, context: object) -> tuple[onnx.ModelProto, PassReport]:
+    """The pass protocol (``toolchain.passes.registry``) for ``quantize_dynamic``."""
+    return quantize_dynamic(model)

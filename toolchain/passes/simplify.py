@@ -7,24 +7,24 @@ Numerical re-verification is done by the caller on the before/after models.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
 
 import onnx
 from pydantic import Field
 
 from toolchain.errors import ConversionError, first_line
 from toolchain.lazy import is_installed
+from toolchain.options import Flag
 from toolchain.passes.base import GraphStats, PassConfig, PassReport
 
 
 class SimplifyConfig(PassConfig):
-    engine: Literal["auto", "onnxsim", "onnxslim"] = Field(
+    prefix: ClassVar[str] = "simplify"
+
+    engine: Annotated[Literal["auto", "onnxsim", "onnxslim"], Flag()] = Field(
         "auto", description="Which simplifier to use; auto tries onnxsim first and falls back to onnxslim.")
     fuse_batchnorm: bool = Field(
         True, description="Fold BatchNormalization into the preceding Conv/Gemm (onnxsim's default).")
-
-
-
 
 def _with_onnxsim(model: onnx.ModelProto, config: SimplifyConfig) -> onnx.ModelProto:
     import onnxsim
@@ -61,3 +61,8 @@ def run(model: onnx.ModelProto, config: SimplifyConfig | None = None) -> tuple[o
         return result, report
     raise ConversionError(f"no simplifier could process the model ({'; '.join(notes)})",
                           hint="Skip simplification, or report the model to onnxsim/onnxslim.")
+
+
+def run_pass(model: onnx.ModelProto, config: SimplifyConfig | None, context: object) -> tuple[onnx.ModelProto, PassReport]:
+    """The pass protocol (``toolchain.passes.registry``): simplify needs no samples."""
+    return run(model, config)
