@@ -496,3 +496,37 @@ def test_the_factorized_model_lowers_to_tflite(tmp_path: Path):
     onnx.save(factorized, str(tmp_path / "lowrank.onnx"))
     result = api.compile(tmp_path / "lowrank.onnx", tmp_path / "tflite", backend="tflite")
     assert result.parity and all(p.passed for p in result.parity), "the TFLite artifact matches ONNX Runtime"
+
+
+def test_build_runs_the_pass_as_a_stage_of_its_own(tmp_path):
+    """The build's pass stages come from the pass table: --lowrank is a stage between simplify and the
+    targets, with its settings in the stage's cache key; a model with nothing to factorize passes through."""
+    from helpers import make_onnx_model, make_single_layer_model
+    from toolchain import api
+
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((64, 8)) @ rng.standard_normal((8, 64))).astype(np.float32)
+    onnx.save(make_single_layer_model(weight, "Gemm"), str(tmp_path / "m.onnx"))
+    common = dict(targets=["x86"], bench_iterations=0, cache_dir=tmp_path / "cache", lowrank=True,
+                  lowrank_min_params=1024)
+    plan = api.build(tmp_path / "m.onnx", tmp_path / "out", dry_run=True, lowrank_energy=0.999, **common)
+    names = [stage.name for stage in plan]
+    assert names[:2] == ["convert", "simplify"] and names.index("lowrank") < names.index("compile x86")
+    assert "mode energy" in plan[names.index("lowrank")].description
+    other = api.build(tmp_path / "m.onnx", tmp_path / "out", dry_run=True, lowrank_energy=0.9, **common)
+    assert plan[names.index("lowrank")].key != other[names.index("lowrank")].key
+    assert plan[0].key == other[0].key
+
+    built = api.build(tmp_path / "m.onnx", tmp_path / "out", lowrank_energy=0.999, **common)
+    stage = next(s for s in built.stages if s["stage"] == "lowrank")
+    assert stage["output"] == "model.lowrank.onnx" and (tmp_path / "out" / "model.lowrank.onnx").is_file()
+    assert any("factorized" in note or "nodes" in note for note in stage["notes"])
+
+    onnx.save(make_onnx_model(), str(tmp_path / "tiny.onnx"))  # weights too small to factorize
+    passed = api.build(tmp_path / "tiny.onnx", tmp_path / "tiny", **{**common, "lowrank_min_params": 4096})
+    stage = next(s for s in passed.stages if s["stage"] == "lowrank")
+    assert stage["output"] == "-" and stage["notes"][0].startswith("skipped: ") and passed.ok
+
+    with pytest.raises(UsageError, match="budget needs calibration data"):
+        api.build(tmp_path / "m.onnx", tmp_path / "budget", lowrank_mode="budget", **common)
+    assert not (tmp_path / "budget").exists()

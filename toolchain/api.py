@@ -116,6 +116,8 @@ def build_request(source: PathLike | None = None, output: PathLike = "edgekiln-o
     source_values = {k: options.pop(k) for k in keywords_of(SourceSettings) if k in options}
     verify_values = {k: options.pop(k) for k in keywords_of(VerifySettings) if k in options}
     samples, quant = take(options, SampleSettings), take(options, QuantSettings)
+    from toolchain.passes.registry import BUILD_PASSES
+
     passes = _take_passes(options, BUILD_PASSES)
     backend_settings = _take_backend_settings(options)
     refuse_leftovers(options, _build_keywords(), "build")
@@ -135,19 +137,15 @@ def build_request(source: PathLike | None = None, output: PathLike = "edgekiln-o
     request = BuildRequest(Path(source) if source else None, Path(output), check_variants(targets or ["x86"]),
                            take(source_values, SourceSettings), take(verify_values, VerifySettings),
                            labels=build.labels, simplify=build.simplify, bench_iterations=build.bench_iterations,
-                           samples=samples, quant=quant, lowrank_config=passes.get("lowrank"),
+                           samples=samples, quant=quant, passes=passes,
                            backend_settings=backend_settings, fail_fast=build.fail_fast)
     cache_root = Path(samples.cache_dir) if samples.cache_dir else default_cache_root()
     return request, StageCache(cache_root, enabled=not samples.no_cache)
 
 
-BUILD_PASSES = ("lowrank",)
-"""The passes a build can be asked for (``lowrank=True``); simplify is a build setting of its own."""
-
-
 def build_settings() -> list[Any]:
     """Every setting ``edgekiln build`` takes (its flags, recipe keys and keywords), besides the pass switches."""
-    from toolchain.passes.registry import pass_entry
+    from toolchain.passes.registry import BUILD_PASSES, pass_entry
 
     passes = [s for name in BUILD_PASSES if pass_entry(name).config_class()
               for s in settings_of(pass_entry(name).config_class())]
@@ -156,6 +154,8 @@ def build_settings() -> list[Any]:
 
 
 def _build_keywords() -> tuple[str, ...]:
+    from toolchain.passes.registry import BUILD_PASSES
+
     return (*(s.keyword for s in build_settings()), *BUILD_PASSES)
 
 
@@ -322,6 +322,8 @@ def _signed() -> None:
                   + settings_of(SampleSettings) + settings_of(QuantSettings))
     with_keywords(compile, settings_of(VerifySettings) + settings_of(SampleSettings) + settings_of(QuantSettings)
                   + backend)
+    from toolchain.passes.registry import BUILD_PASSES
+
     for function in (build_request, build):
         with_keywords(function, build_settings(), {name: False for name in BUILD_PASSES})
 

@@ -51,10 +51,6 @@ def _int8_variants(request: Any) -> list[Variant]:
     return [v for v in request.variants if v.precision == "int8"]
 
 
-def _lowrank_reads_samples(request: Any) -> bool:
-    return request.lowrank and request.calib is not None
-
-
 def _uses_split(request: Any) -> bool:
     """Whether some stage draws calibration/held-out samples (and so needs a valid split)."""
     from calibration.dataset import is_array_source
@@ -62,7 +58,7 @@ def _uses_split(request: Any) -> bool:
     if request.calib is None:
         return False
     tensorrt_arrays = any(v.target.backend == "tensorrt" for v in request.variants) and is_array_source(request.calib)
-    return bool(_int8_variants(request)) or _lowrank_reads_samples(request) or tensorrt_arrays
+    return bool(_int8_variants(request)) or request.reads_samples or tensorrt_arrays
 
 
 def check_request(request: Any) -> tuple[Any, Checked]:
@@ -71,7 +67,9 @@ def check_request(request: Any) -> tuple[Any, Checked]:
     Raises a ``ToolchainError`` naming the target, option or file at fault.
     """
     _check_variant_needs(request)
-    _check_lowrank(request)
+    for config in request.passes.values():
+        if config is not None:
+            config.check_samples(request.calib is not None)
     checked = Checked()
     if _uses_split(request):
         checked.split = _resolve_split(request)
@@ -114,12 +112,10 @@ def _check_variant_needs(request: Any) -> None:
                               "samples), or leave that target out.")
 
 
-def _check_lowrank(request: Any) -> None:
-    """The low-rank options are checked now (the pass would refuse them only after conversion)."""
-    config = request.lowrank_config
-    if config is not None and config.mode == "budget" and request.calib is None:
-        raise UsageError("--lowrank-mode budget needs calibration data to measure the error",
-                         hint="Pass --calib with sample inputs, or use --lowrank-mode energy|ratio.")
+def _pass_flags(request: Any) -> str:
+    from toolchain.passes.registry import pass_entry
+
+    return ", ".join(pass_entry(name).flag for name in request.passes if pass_entry(name).reads_samples)
 
 
 # ---- the sample split ------------------------------------------------------------------------
@@ -226,11 +222,11 @@ def check_inputs(request: Any, inputs: list[TensorInfo]) -> list[str]:
     """Refuse samples the model cannot take; return the preprocessing line to announce, if inferred."""
     if not inputs or request.calib is None:
         return []
-    calibrating = _int8_variants(request) + ([] if not _lowrank_reads_samples(request) else [None])
+    calibrating = _int8_variants(request) + ([] if not request.reads_samples else [None])
     names = ", ".join(f"'{i.name}'" for i in inputs)
     if len(inputs) != 1:
         if calibrating:
-            who = _quoted([v for v in calibrating if v is not None]) or "--lowrank"
+            who = _quoted([v for v in calibrating if v is not None]) or _pass_flags(request)
             raise UsageError(f"calibration feeds one input, and this model has {len(inputs)} ({names}): {who} "
                              "cannot be calibrated", hint="Build those targets at fp32/fp16, or export a "
                                                           "single-input model.")
@@ -238,7 +234,7 @@ def check_inputs(request: Any, inputs: list[TensorInfo]) -> list[str]:
     info = inputs[0]
     batch = info.shape[0] if info.shape else None
     if calibrating and isinstance(batch, int) and batch > 1:
-        who = _quoted([v for v in calibrating if v is not None]) or "--lowrank"
+        who = _quoted([v for v in calibrating if v is not None]) or _pass_flags(request)
         # An ONNX model cannot be given a symbolic batch here: its fixed-batch original could not verify it.
         fix = "Re-export the model with batch 1 or a dynamic batch axis" if source_kind(request) == "onnx" else \
             "Give --input with batch 1, or pass --dynamic-batch"

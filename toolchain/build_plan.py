@@ -35,8 +35,8 @@ class BuildRequest:
     bench_iterations: int = 50
     samples: SampleSettings = SampleSettings()
     quant: QuantSettings = QuantSettings()
-    lowrank_config: Any | None = None
-    """The low-rank pass's ``LowRankConfig`` when --lowrank is on."""
+    passes: dict[str, Any] = field(default_factory=dict)
+    """The passes asked for (``lowrank``), each with its config, in the pass table's order."""
     backend_settings: dict[str, Any] = field(default_factory=dict)
     """Backend options the user set (keyword -> value); each variant gets those of its backend."""
     fail_fast: bool = False
@@ -55,8 +55,11 @@ class BuildRequest:
         return self.verify_settings.calib
 
     @property
-    def lowrank(self) -> bool:
-        return self.lowrank_config is not None
+    def reads_samples(self) -> bool:
+        """Whether one of its passes judges itself on the calibration samples."""
+        from toolchain.passes.registry import pass_entry
+
+        return self.calib is not None and any(pass_entry(name).reads_samples for name in self.passes)
 
     def backend_settings_for(self, backend: str) -> dict[str, Any]:
         from backends.registry import backend_option_owners
@@ -127,12 +130,14 @@ def _convert_stage(request: BuildRequest, verify: dict[str, Any]) -> PlannedStag
     return PlannedStage("convert", "convert", key, f"ingest {what} into ONNX and verify it against the source")
 
 
-def _lowrank_stage(request: BuildRequest, upstream: str, verify: dict[str, Any]) -> PlannedStage:
-    options = to_keywords(request.lowrank_config)
-    key = stage_key("lowrank", (), {"upstream": upstream, "options": options,
-                                    "calibration": _calibration_inputs(request), "verify": verify})
-    mode = request.lowrank_config.mode
-    return PlannedStage("lowrank", "lowrank", key, f"SVD low-rank factorization (mode {mode}), checked on held-out data")
+def _pass_stage(request: BuildRequest, name: str, upstream: str, verify: dict[str, Any]) -> PlannedStage:
+    from toolchain.passes.registry import pass_entry
+
+    entry, config = pass_entry(name), request.passes[name]
+    key = stage_key(name, (), {"upstream": upstream, "options": to_keywords(config) if config else {},
+                               "calibration": _calibration_inputs(request) if entry.reads_samples else None,
+                               "verify": verify})
+    return PlannedStage(name, "pass", key, (config.describe() if config else "") or entry.help)
 
 
 def _device_checks(variant: Variant) -> dict[str, str] | None:
@@ -201,7 +206,8 @@ def require_inputs(request: BuildRequest) -> None:
 
 
 def plan_build(request: BuildRequest) -> list[PlannedStage]:
-    """Stages in execution order: convert, simplify, low-rank, then compile + measure per variant."""
+    """Stages in execution order: convert, simplify, the passes asked for (low-rank), then compile + measure per
+    variant."""
     require_inputs(request)
     verify = _verify_inputs(request)
     stages = [_convert_stage(request, verify)]
@@ -212,8 +218,8 @@ def plan_build(request: BuildRequest) -> list[PlannedStage]:
     reference = stages[-1].key  # the FP32 model every variant is compared with
     stages.append(_measure_stage(request, None, reference, reference))
     model = reference
-    if request.lowrank:
-        stages.append(_lowrank_stage(request, model, verify))
+    for name in request.passes:
+        stages.append(_pass_stage(request, name, model, verify))
         model = stages[-1].key
     for variant in request.variants:
         compiled = _compile_stage(request, variant, model, verify)

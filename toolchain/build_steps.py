@@ -66,17 +66,17 @@ def simplify_step(stage: PlannedStage, context: StepContext) -> Record:
                          [r.summary() for r in result.passes])
 
 
-def lowrank_step(stage: PlannedStage, context: StepContext) -> Record:
-    """Factorize; a model with nothing worth factorizing is recorded and passed on unchanged."""
+def pass_step(stage: PlannedStage, context: StepContext) -> Record:
+    """One pass of the table (the stage's name); a model it finds nothing to change in is passed on unchanged."""
     from toolchain import commands
-    from toolchain.passes.lowrank import NothingToFactorizeError
+    from toolchain.passes.config import NothingToDoError
 
+    request = context.request
     try:
-        request = context.request
-        result = commands.optimize(context.path(context.model), context.path("model.lowrank.onnx"),
-                                   passes={"lowrank": request.lowrank_config}, verify=request.verify_settings,
+        result = commands.optimize(context.path(context.model), context.path(f"model.{stage.name}.onnx"),
+                                   passes={stage.name: request.passes[stage.name]}, verify=request.verify_settings,
                                    samples=request.samples)
-    except NothingToFactorizeError as exc:
+    except NothingToDoError as exc:
         return {"stage": stage.name, "output": "-", "seconds": 0.0, "size_bytes": 0, "worst_max_abs": None,
                 "worst_cosine": None, "notes": [f"skipped: {exc.message}"], "model": context.model}
     return _model_record(stage, context, result.output, result.seconds, result.parity,
@@ -196,6 +196,6 @@ def measure_step(stage: PlannedStage, context: StepContext) -> Record:
 
 
 STEPS: dict[str, Callable[[PlannedStage, StepContext], Record]] = {
-    "convert": convert_step, "simplify": simplify_step, "lowrank": lowrank_step, "compile": compile_step,
+    "convert": convert_step, "simplify": simplify_step, "pass": pass_step, "compile": compile_step,
     "measure": measure_step,
 }

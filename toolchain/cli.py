@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -55,6 +55,12 @@ def _pass_flags(names: tuple[str, ...] | None = None) -> list[click.Parameter]:
     return params
 
 
+def _build_passes() -> tuple[str, ...]:
+    from toolchain.passes.registry import BUILD_PASSES
+
+    return BUILD_PASSES
+
+
 def _backend_flags() -> list[click.Parameter]:
     """Every backend's own settings (built-in and plugins'), for compile and build."""
     from backends.registry import backend_option_groups
@@ -82,7 +88,7 @@ def _calibrate_flags() -> list[click.Parameter]:
 
 
 def _build_flags() -> list[click.Parameter]:
-    params = [*options_for(_groups("BuildSettings", "SourceSettings")), *_pass_flags(("lowrank",)),
+    params = [*options_for(_groups("BuildSettings", "SourceSettings")), *_pass_flags(_build_passes()),
               *options_for(_groups("VerifySettings", "SampleSettings", "QuantSettings")), *_backend_flags()]
     for param in params:
         if param.name == "targets":
@@ -304,11 +310,12 @@ def optimize(model: Path, output: Path, as_json: bool, **options: object) -> Non
     print_table(f"optimize -> {result.output}", ["pass", "engine", "nodes", "initializers", "KiB"], rows)
     for note in (n for r in result.passes for n in r.notes):
         say(f"  note: {note}")
-    for report in result.passes:
-        if report.name == "lowrank":
-            from toolchain.passes.lowrank import format_report
+    from toolchain.passes.registry import PASSES
 
-            say(format_report(report))
+    formatters = {entry.name: entry.formatter() for entry in PASSES if entry.report}
+    for report in result.passes:
+        if report.name in formatters:
+            say(formatters[report.name](report))
     print_parity(result.parity)
 
 

@@ -1,15 +1,15 @@
-"""The commands that turn one stage's keyword arguments into typed configs and run it.
+"""The stage commands: typed option groups (``toolchain.settings``) turned into the stages' configs, then run.
 
 ``convert``, ``optimize``, ``calibrate`` and ``compile`` live here, in the pipeline, so that the build's steps
-call them without going through the public API (``toolchain.api`` re-exports them; the import graph runs one
-way: face -> pipeline -> backends -> passes -> calibration -> core).
+call them without going through the public API (``toolchain.api`` parses keywords into the groups and calls
+these; the import graph runs one way: face -> pipeline -> backends -> passes -> calibration -> core).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from toolchain.errors import UsageError
 from toolchain.settings import DEFAULT_MIN_COSINE, QuantSettings, SampleSettings, SourceSettings, VerifySettings
@@ -65,16 +65,13 @@ def optimize(model: PathLike, output: PathLike, *, passes: dict[str, Any], verif
              samples: SampleSettings = SampleSettings(), min_cosine: float = DEFAULT_MIN_COSINE):
     """``edgekiln optimize``: the passes named in ``passes`` (name -> its config, or None for a pass without
     settings; ``toolchain.passes.registry``), in the table's order, re-verified in ONNX Runtime."""
+    from toolchain.passes.registry import pass_entry
     from toolchain.stages import optimize as run_optimize
 
     calibration = calibration_options(verify, samples) if any(
-        name in passes for name in SAMPLE_PASSES) else None
+        pass_entry(name).reads_samples for name in passes) else None
     return run_optimize(Path(model), Path(output), passes=passes, calibration=calibration,
                         verify=verify_options(verify, min_cosine))
-
-
-# Passes that read --calib's samples when they are given.
-SAMPLE_PASSES = ("lowrank",)
 
 
 def backend_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -113,6 +110,7 @@ def calibrate(model: PathLike, output: PathLike, *, target: str | None = None,
     ``post_training_passes`` turns on cross-layer equalization, the per-tensor MSE range search and bias
     correction; ``weight_rounding='learned'`` learned weight rounding (``QuantizeConfig``'s fields; API only
     for now, no CLI flag: they are opt-in until measured better than MinMax everywhere, see bench/ptq.md)."""
+    from backends.registry import find_target
     from toolchain.fileio import check_writable_destination, refuse_clobbering
     from toolchain.passes.calibrate import calibrate as run_calibrate
     from toolchain.passes.quantize import QuantizeConfig
@@ -124,7 +122,8 @@ def calibrate(model: PathLike, output: PathLike, *, target: str | None = None,
         options.overrides.update(equalize=True, range_search="mse", bias_correction=True)
     if weight_rounding is not None:
         options.overrides["weight_rounding"] = weight_rounding
-    config = QuantizeConfig.for_target(target, **options.overrides)  # an unknown target fails before any work
+    profile = find_target(target) if target else None  # an unknown target fails before any work
+    config = QuantizeConfig.for_target(profile, **options.overrides)
     for destination in (output, tensorrt_cache):
         if destination is not None:
             check_writable_destination(Path(destination))

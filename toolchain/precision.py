@@ -14,6 +14,7 @@ from typing import Any
 from toolchain.errors import UsageError
 from toolchain.onnx_io import load_onnx, save_onnx
 from toolchain.quant_guard import Budget
+from toolchain.targets import Target
 
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 LOSSY = ("fp16", "dynamic", "int8")
@@ -31,6 +32,14 @@ class QuantOptions:
     """None disables the accuracy guard."""
 
 
+def require_samples(calibration: Any | None) -> Any:
+    """``calibration``, or the one error every INT8 path gives without samples."""
+    if calibration is None:
+        raise UsageError("--precision int8 needs calibration samples",
+                         hint="Pass --calib DIR (a folder of sample images, or .npy/.npz samples).")
+    return calibration
+
+
 @dataclass
 class LoweredModel:
     path: Path
@@ -38,7 +47,7 @@ class LoweredModel:
     extra_files: list[Path] = field(default_factory=list)
 
 
-def apply_precision(model_path: Path, precision: str, workdir: Path, *, target: str | None,
+def apply_precision(model_path: Path, precision: str, workdir: Path, *, target: str | Target | None,
                     quant: QuantOptions) -> LoweredModel:
     """Write the model at ``precision`` into ``workdir`` (fp32 returns the input unchanged)."""
     if precision not in PRECISIONS:
@@ -56,13 +65,11 @@ def apply_precision(model_path: Path, precision: str, workdir: Path, *, target: 
     return LoweredModel(out, {"pass": report.summary()})
 
 
-def _static_int8(model_path: Path, workdir: Path, target: str | None, quant: QuantOptions) -> LoweredModel:
+def _static_int8(model_path: Path, workdir: Path, target: str | Target | None, quant: QuantOptions) -> LoweredModel:
     from toolchain.passes.calibrate import calibrate
     from toolchain.passes.quantize import QuantizeConfig, scheme_note
 
-    if quant.calibration is None:
-        raise UsageError("--precision int8 needs calibration samples",
-                         hint="Pass --calib DIR (a folder of sample images, or .npy/.npz samples).")
+    require_samples(quant.calibration)
     config = QuantizeConfig.for_target(target, **quant.overrides)
     result = calibrate(model_path, workdir / "model.int8.onnx", quant.calibration, config, quant.budget)
     note = scheme_note(target, config)

@@ -222,7 +222,8 @@ def _recipe_type(setting: Any) -> Any:
 def _schema() -> _Schema:
     from pydantic import create_model
 
-    from toolchain.api import BUILD_PASSES, build_settings
+    from toolchain.api import build_settings
+    from toolchain.passes.registry import BUILD_PASSES
 
     fields: dict[str, Any] = dict(_OWN_FIELDS) | {name: (bool | None, None) for name in BUILD_PASSES}
     aliases: dict[str, tuple[str, bool]] = {}

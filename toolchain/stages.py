@@ -172,6 +172,7 @@ def compile_artifact(model_path: Path, out_dir: Path, backend_name: str, options
     the artifact is then checked exactly against the lowered model, and the
     lowered model against the FP32 input by cosine (INT8 also by its accuracy guard).
     """
+    from backends.registry import find_target
     from toolchain.precision import LOSSY, QuantOptions, apply_precision
 
     started = time.perf_counter()
@@ -189,7 +190,8 @@ def compile_artifact(model_path: Path, out_dir: Path, backend_name: str, options
     lossy_verify = replace(verify, random_inputs=options.precision != "int8")
     with tempfile.TemporaryDirectory(prefix="edgekiln-lower-") as work, atomic_directory(out_dir) as staging:
         via_onnx = backend.capabilities.precision_via_onnx
-        lowered = (apply_precision(model_path, options.precision, Path(work), target=options.target, quant=quant)
+        profile = find_target(options.target) if options.target else None  # plugins' targets too
+        lowered = (apply_precision(model_path, options.precision, Path(work), target=profile, quant=quant)
                    if via_onnx else LoweredModel(model_path))
         model = source if lowered.path == model_path else load_onnx(lowered.path)
         parity = []

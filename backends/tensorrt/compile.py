@@ -119,10 +119,9 @@ def _int8(out_dir: Path, settings: BuildSettings, quant: Any, feeds: list[Feed])
     """Guarded INT8 from the prepared model: a TensorRT-form QDQ model, or a calibration cache (implicit INT8)."""
     from toolchain.passes.calibrate import calibrate
     from toolchain.passes.quantize import QuantizeConfig
+    from toolchain.precision import require_samples
 
-    if quant.calibration is None:
-        raise UsageError("--precision int8 needs calibration samples",
-                         hint="Pass --calib DIR (a folder of sample images, or .npy/.npz samples).")
+    require_samples(quant.calibration)
     config = QuantizeConfig.for_target(settings.target, **quant.overrides)
     if (config.activation_type, config.weight_type) != ("int8", "int8") or not (
             config.activation_symmetric and config.weight_symmetric):

@@ -93,10 +93,9 @@ class BuildPlan:
 def _check_int8_options(quant: Any) -> None:
     """Fail before the slow conversion when INT8 cannot be done as asked."""
     from backends.tflite.int8 import check_overrides
+    from toolchain.precision import require_samples
 
-    if quant is None or quant.calibration is None:
-        raise UsageError("--precision int8 needs calibration samples",
-                         hint="Pass --calib DIR (a folder of sample images, or .npy/.npz samples).")
+    require_samples(quant.calibration if quant is not None else None)
     check_overrides(dict(quant.overrides))
 
 

@@ -71,11 +71,9 @@ def check_overrides(overrides: dict[str, Any]) -> bool:
 
 def load_samples(model: onnx.ModelProto, calibration: Any) -> Samples:
     from toolchain.passes.calibrate import load_calibration_set
+    from toolchain.precision import require_samples
 
-    if calibration is None:
-        raise UsageError("--precision int8 needs calibration samples",
-                         hint="Pass --calib DIR (a folder of sample images, or .npy/.npz samples).")
-    info, samples = load_calibration_set(model, calibration)
+    info, samples = load_calibration_set(model, require_samples(calibration))
     return Samples(info.name, np.asarray(samples.calibration, np.float32), np.asarray(samples.holdout, np.float32),
                    samples.holdout_labels, samples.summary())
 

@@ -19,6 +19,13 @@ class PassConfig(BaseModel):
     prefix: ClassVar[str] = ""
     every_field: ClassVar[bool] = False
 
+    def check_samples(self, given: bool) -> None:
+        """Refuse settings that need samples when none are given (``given``: --calib was), before any work."""
+
+    def describe(self) -> str:
+        """What the pass will do with these settings, for a build's plan ('' : the table's help)."""
+        return ""
+
     @classmethod
     def from_options(cls, **options: Any) -> "PassConfig":
         """Validate user options, turning pydantic's report into one plain sentence."""
@@ -27,3 +34,7 @@ class PassConfig(BaseModel):
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
             raise UsageError(f"invalid options for {cls.__name__}: {problems}") from exc
+
+
+class NothingToDoError(UsageError):
+    """The pass finds nothing to change in this model: the model is passed on as it was (a build says so)."""

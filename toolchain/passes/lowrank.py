@@ -37,6 +37,7 @@ from toolchain.errors import UsageError, VerificationError
 from toolchain.frontends.base import Feed
 from toolchain.onnx_io import check_model, graph_inputs
 from toolchain.passes.base import GraphStats, PassReport
+from toolchain.passes.config import NothingToDoError
 from toolchain.passes.lowrank_options import DEFAULT_MIN_COSINE, LowRankConfig  # noqa: F401 - re-exported
 from toolchain.passes.lowrank_rules import RULES, Layer, Names, Skipped, apply, match
 from toolchain.passes.lowrank_select import (LayerStats, Spectrum, Step, candidate_ranks, damage_path, energy_ranks,
@@ -49,7 +50,7 @@ _LATENCY_RUNS_PER_ROUND = 10
 _RANDOM_CHECK_FEEDS = 4
 
 
-class NothingToFactorizeError(UsageError):
+class NothingToFactorizeError(NothingToDoError):
     """No layer of the model can be, or was chosen to be, factorized: the model is left as it was."""
 
 

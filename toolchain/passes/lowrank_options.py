@@ -7,6 +7,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, PositiveInt
 
+from toolchain.errors import UsageError
 from toolchain.options import Flag
 from toolchain.passes.config import PassConfig
 from toolchain.settings import DEFAULT_MIN_COSINE
@@ -60,3 +61,11 @@ class LowRankConfig(PassConfig):
         if self.min_cosine is not None:
             return self.min_cosine
         return DEFAULT_MIN_COSINE if self.max_relative_error is None else None
+
+    def check_samples(self, given: bool) -> None:
+        if self.mode == "budget" and not given:
+            raise UsageError("--lowrank-mode budget needs calibration data to measure the error",
+                             hint="Pass --calib with sample inputs, or use --lowrank-mode energy|ratio.")
+
+    def describe(self) -> str:
+        return f"SVD low-rank factorization (mode {self.mode}), checked on held-out data"

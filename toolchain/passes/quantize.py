@@ -29,6 +29,7 @@ from toolchain.errors import ConversionError, UsageError, first_line, whole_mess
 from toolchain.frontends.base import Feed
 from toolchain.passes.base import GraphStats, PassConfig, PassReport
 from toolchain.quiet import quiet
+from toolchain.targets import Target, get_target
 
 _QUANT_LOGGERS = ("root", "onnxruntime", "onnxruntime.quantization")
 # Ops worth quantizing on every backend edgekiln targets; elementwise ops stay float unless fused.
@@ -79,20 +80,20 @@ class QuantizeConfig(PassConfig):
                             "TensorRT or another CPU computes it.")
 
     @classmethod
-    def for_target(cls, target: str | None, **overrides: object) -> "QuantizeConfig":
-        """Target-aware defaults: TensorRT wants symmetric int8 activations; ORT/x86 runs fastest on uint8,
-        with 7-bit weights on CPUs without VNNI. No target means ONNX Runtime on this machine (``x86``)."""
-        from toolchain.targets import get_target
-
-        profile = get_target(target or "x86")
-        defaults: dict[str, object] = {}
-        if profile.backend == "tensorrt":
-            defaults = {"activation_type": "int8", "activation_symmetric": True, "guard_runtime": "reference"}
-        elif profile.backend == "tflite":
-            defaults = {"activation_type": "int8"}
-        elif profile.cpu_isa:
-            defaults = cpu_scheme(profile.int8_isa() or "other")
+    def for_target(cls, target: str | Target | None, **overrides: object) -> "QuantizeConfig":
+        """The target's INT8 defaults (``Target.int8``: TensorRT wants symmetric int8 activations), or for a
+        CPU target those of its ISA (uint8 activations, 7-bit weights without VNNI); then ``overrides``.
+        No target means ONNX Runtime on this machine (``x86``). A ``Target`` may be given instead of a name
+        (a plugin's, which the built-in table does not know)."""
+        profile = _profile(target)
+        defaults: dict[str, object] = dict(profile.int8)
+        if profile.cpu_isa:
+            defaults.update(cpu_scheme(profile.int8_isa() or "other"))
         return cls.from_options(**{**defaults, **overrides})
+
+
+def _profile(target: str | Target | None) -> Target:
+    return target if isinstance(target, Target) else get_target(target or "x86")
 
 
 # ISA classes whose u8 x s8 products go through a saturating int16 sum in ONNX Runtime (vpmaddubsw).
@@ -123,9 +124,8 @@ def cpu_scheme(isa: str) -> dict[str, object]:
 def scheme_note(target: str | None, config: "QuantizeConfig") -> str | None:
     """One line saying which INT8 scheme a CPU target got and why (None for other targets)."""
     from toolchain.hostcpu import host_cpu
-    from toolchain.targets import get_target
 
-    profile = get_target(target or "x86")
+    profile = _profile(target)
     if not profile.cpu_isa:
         return None
     isa = profile.int8_isa()

@@ -32,6 +32,12 @@ class PassEntry:
     """Verified by cosine against the input (else exactly)."""
     alternatives: tuple[str, ...] = ()
     """Passes it cannot be combined with."""
+    reads_samples: bool = False
+    """Judges itself on --calib's calibration and held-out samples when they are given."""
+    in_build: bool = False
+    """Offered by ``edgekiln build`` as a stage of its own (after simplify, before the targets)."""
+    report: str | None = None
+    """``module:function`` turning its ``PassReport`` into the lines ``optimize`` prints (None: none)."""
 
     @property
     def flag(self) -> str:
@@ -42,6 +48,9 @@ class PassEntry:
 
     def runner(self) -> Callable[..., Any]:
         return _load(self.run)
+
+    def formatter(self) -> Callable[[Any], str]:
+        return _load(self.report) if self.report else str
 
 
 @dataclass
@@ -61,12 +70,16 @@ PASSES: tuple[PassEntry, ...] = (
     PassEntry("simplify", "Constant folding and redundant-node removal (onnxsim, else onnxslim).",
               "toolchain.passes.simplify:run_pass", "toolchain.passes.simplify:SimplifyConfig"),
     PassEntry("lowrank", "Low-rank (SVD) factorization of large Gemm/MatMul/Conv weights (see --lowrank-mode).",
-              "toolchain.passes.lowrank:run_pass", "toolchain.passes.lowrank_options:LowRankConfig", lossy=True),
+              "toolchain.passes.lowrank:run_pass", "toolchain.passes.lowrank_options:LowRankConfig", lossy=True,
+              reads_samples=True, in_build=True, report="toolchain.passes.lowrank:format_report"),
     PassEntry("fp16", "FP16 weights and compute (float32 inputs/outputs kept).", "toolchain.passes.quantize:fp16_pass",
               lossy=True, alternatives=("dynamic_int8",)),
     PassEntry("dynamic_int8", "INT8 weights, activations quantized at run time (no calibration).",
               "toolchain.passes.quantize:dynamic_int8_pass", lossy=True, alternatives=("fp16",)),
 )
+
+
+BUILD_PASSES: tuple[str, ...] = tuple(entry.name for entry in PASSES if entry.in_build)
 
 
 def pass_entry(name: str) -> PassEntry:
