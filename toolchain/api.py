@@ -69,7 +69,8 @@ def optimize(model: PathLike, output: PathLike, **options: Any):
     return commands.optimize(model, output, passes=passes, verify=verify, samples=samples, min_cosine=min_cosine)
 
 
-_CALIBRATE_VERIFY = ("calib", "seed", "preprocess")
+CALIBRATE_VERIFY = ("calib", "seed", "preprocess")
+"""The verification settings ``calibrate`` takes: its samples, their selection and preprocessing."""
 
 
 def calibrate(model: PathLike, output: PathLike, *, target: str | None = None, tensorrt_cache: PathLike | None = None,
@@ -80,9 +81,9 @@ def calibrate(model: PathLike, output: PathLike, *, target: str | None = None, t
     ``post_training_passes`` turns on cross-layer equalization, the per-tensor MSE range search and bias
     correction; ``weight_rounding='learned'`` learned weight rounding (API only for now, no CLI flag: they are
     opt-in until measured better than MinMax everywhere, see bench/ptq.md)."""
-    verify = take(options, VerifySettings, only=_CALIBRATE_VERIFY)
+    verify = take(options, VerifySettings, only=CALIBRATE_VERIFY)
     samples, quant = take(options, SampleSettings), take(options, QuantSettings)
-    refuse_leftovers(options, (*_CALIBRATE_VERIFY, *keywords_of(SampleSettings, QuantSettings)), "calibrate")
+    refuse_leftovers(options, (*CALIBRATE_VERIFY, *keywords_of(SampleSettings, QuantSettings)), "calibrate")
     return commands.calibrate(model, output, target=target, verify=verify, samples=samples, quant=quant,
                               tensorrt_cache=tensorrt_cache, tensorrt_version=tensorrt_version,
                               post_training_passes=post_training_passes, weight_rounding=weight_rounding)
@@ -309,7 +310,10 @@ def qat(source: PathLike | None, output: PathLike, *, calib: PathLike, **options
 
 
 def _signed() -> None:
-    """Give each command function a signature listing every keyword it takes (generated from the groups)."""
+    """Give each command function a signature listing every keyword it takes (generated from the groups).
+
+    Done once, on the first look at one of them (``__getattr__`` below), not at import: it loads every
+    backend class, plugins' included, which ``import toolchain.api`` alone should not pay for."""
     from toolchain.passes.registry import PASSES
 
     pass_settings = [s for entry in PASSES if entry.config_class() for s in settings_of(entry.config_class())]
@@ -318,7 +322,7 @@ def _signed() -> None:
     with_keywords(convert, settings_of(SourceSettings) + settings_of(VerifySettings))
     with_keywords(optimize, pass_settings + [s for s in settings_of(QuantSettings) if s.keyword == "min_cosine"]
                   + settings_of(VerifySettings) + settings_of(SampleSettings), switches)
-    with_keywords(calibrate, [s for s in settings_of(VerifySettings) if s.keyword in _CALIBRATE_VERIFY]
+    with_keywords(calibrate, [s for s in settings_of(VerifySettings) if s.keyword in CALIBRATE_VERIFY]
                   + settings_of(SampleSettings) + settings_of(QuantSettings))
     with_keywords(compile, settings_of(VerifySettings) + settings_of(SampleSettings) + settings_of(QuantSettings)
                   + backend)
@@ -328,4 +332,19 @@ def _signed() -> None:
         with_keywords(function, build_settings(), {name: False for name in BUILD_PASSES})
 
 
-_signed()
+# The command functions are handed out by ``__getattr__`` so that the first look at one (a call, an import,
+# ``inspect.signature``) signs them all; until then they wait here, out of the module's namespace.
+_UNSIGNED = {name: globals().pop(name) for name in ("convert", "optimize", "calibrate", "compile", "build_request",
+                                                     "build")}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _UNSIGNED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals().update(_UNSIGNED)
+    _signed()
+    return _UNSIGNED[name]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_UNSIGNED})

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from toolchain import __version__
-from toolchain.cli_options import GeneratedCommand, options_for
+from toolchain.cli_options import GeneratedCommand, option_for, options_for
 from toolchain.json_output import echo_json, json_flag, json_requested, wants_json
 
 _existing_path = click.Path(path_type=Path)
@@ -31,12 +31,6 @@ def _complete_target(ctx: click.Context, param: click.Parameter, incomplete: str
 
 
 # ---- flags generated from the option groups (toolchain.settings, pass configs, backend options) -------------
-
-
-def _groups(*names: str) -> list[type]:
-    import toolchain.settings as settings
-
-    return [getattr(settings, name) for name in names]
 
 
 def _pass_switch(entry) -> click.Option:
@@ -55,12 +49,6 @@ def _pass_flags(names: tuple[str, ...] | None = None) -> list[click.Parameter]:
     return params
 
 
-def _build_passes() -> tuple[str, ...]:
-    from toolchain.passes.registry import BUILD_PASSES
-
-    return BUILD_PASSES
-
-
 def _backend_flags() -> list[click.Parameter]:
     """Every backend's own settings (built-in and plugins'), for compile and build."""
     from backends.registry import backend_option_groups
@@ -68,32 +56,47 @@ def _backend_flags() -> list[click.Parameter]:
     return options_for(group for _name, group in backend_option_groups())
 
 
+# The flag factories import the option groups when Click first asks for a command's parameters, not at start-up.
+
+
 def _convert_flags() -> list[click.Parameter]:
-    return options_for(_groups("SourceSettings", "VerifySettings"))
+    from toolchain.settings import SourceSettings, VerifySettings
+
+    return options_for([SourceSettings, VerifySettings])
 
 
 def _optimize_flags() -> list[click.Parameter]:
-    return [*_pass_flags(), *options_for(_groups("QuantSettings"), only=("min_cosine",), help={
+    from toolchain.settings import QuantSettings, SampleSettings, VerifySettings
+
+    return [*_pass_flags(), *options_for([QuantSettings], only=("min_cosine",), help={
         "min_cosine": "Lowest cosine a lossy pass (--lowrank, --fp16, --dynamic-int8) may reach against the input "
-                      "model."}), *options_for(_groups("VerifySettings", "SampleSettings"))]
+                      "model."}), *options_for([VerifySettings, SampleSettings])]
 
 
 def _compile_flags() -> list[click.Parameter]:
-    return [*options_for(_groups("VerifySettings", "SampleSettings", "QuantSettings")), *_backend_flags()]
+    from toolchain.settings import QuantSettings, SampleSettings, VerifySettings
+
+    return [*options_for([VerifySettings, SampleSettings, QuantSettings]), *_backend_flags()]
 
 
 def _calibrate_flags() -> list[click.Parameter]:
-    return [*options_for(_groups("VerifySettings"), only=("calib", "preprocess", "seed"), required=("calib",)),
-            *options_for(_groups("SampleSettings", "QuantSettings"))]
+    from toolchain.api import CALIBRATE_VERIFY
+    from toolchain.settings import QuantSettings, SampleSettings, VerifySettings
+
+    return [*options_for([VerifySettings], only=CALIBRATE_VERIFY, required=("calib",)),
+            *options_for([SampleSettings, QuantSettings])]
 
 
 def _build_flags() -> list[click.Parameter]:
-    params = [*options_for(_groups("BuildSettings", "SourceSettings")), *_pass_flags(_build_passes()),
-              *options_for(_groups("VerifySettings", "SampleSettings", "QuantSettings")), *_backend_flags()]
+    from toolchain.api import build_settings
+    from toolchain.passes.registry import BUILD_PASSES, pass_entry
+
+    params = [option_for(s) for s in build_settings() if s.spec.cli]
+    switches = [_pass_switch(pass_entry(name)) for name in BUILD_PASSES]
     for param in params:
         if param.name == "targets":
             param._custom_shell_complete = _complete_target  # Click's hook for a parameter's completion
-    return params
+    return params + switches
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -93,10 +93,6 @@ class Setting:
                     found[bound] = getattr(item, bound)
         return found
 
-    @property
-    def optional(self) -> bool:
-        return _allows_none(self.info.annotation)
-
 
 class OptionGroup(BaseModel):
     """Base of option groups: typed, frozen, unknown keys rejected; every field is a setting."""
@@ -201,10 +197,6 @@ def _flag(group: type[BaseModel], name: str) -> str:
     return "--" + _joined(getattr(group, "prefix", ""), name, "-")
 
 
-def _allows_none(annotation: Any) -> bool:
-    return type(None) in typing.get_args(annotation) if _is_union(annotation) else annotation is type(None)
-
-
 def _is_union(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
@@ -218,8 +210,8 @@ def _kind(annotation: Any, spec: Flag) -> tuple[str, tuple[str, ...]]:
     if origin is typing.Annotated:
         return _kind(typing.get_args(annotation)[0], spec)
     if origin is tuple and (spec.multiple or spec.csv):
-        item = typing.get_args(annotation)[0]
-        return _kind(item, Flag())[0] if not spec.csv else "str", _kind(item, Flag())[1]
+        kind, choices = _kind(typing.get_args(annotation)[0], Flag())
+        return "str" if spec.csv else kind, choices
     if origin is Literal:
         return "choice", tuple(str(a) for a in typing.get_args(annotation))
     simple = {bool: "bool", int: "int", float: "float", str: "str", Path: "path"}
@@ -267,9 +259,7 @@ def phrase(error: Any) -> str:
                "list_type": "must be a list", "dict_type": "must be a table", "tuple_type": "must be a list"}
     if kind in phrases:
         return phrases[kind] + got
-    if kind == "string_too_short":
-        return "must not be empty"
-    if kind == "too_short":
+    if kind in ("string_too_short", "too_short"):
         return "must not be empty"
     message = str(error.get("msg", "is invalid"))
     return f"is invalid: {message[:1].lower()}{message[1:]}{got}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from toolchain.errors import UsageError
@@ -59,7 +59,6 @@ class PassContext:
 
     load_samples: Callable[[Any], Any] | None = None
     """model -> ``(calibration feeds, held-out feeds, held-out labels)``; None when no --calib was given."""
-    notes: list[str] = field(default_factory=list)
 
     def samples(self, model: Any) -> tuple[Sequence[Any], Sequence[Any] | None, Any] | None:
         return self.load_samples(model) if self.load_samples is not None else None
@@ -87,11 +86,6 @@ def pass_entry(name: str) -> PassEntry:
         if entry.name == name:
             return entry
     raise UsageError(f"unknown pass '{name}'; passes: {', '.join(e.name for e in PASSES)}")
-
-
-def config_classes() -> list[type]:
-    """The configs of every pass that has settings, in table order."""
-    return [cls for cls in (entry.config_class() for entry in PASSES) if cls is not None]
 
 
 def chosen(switches: dict[str, bool]) -> list[PassEntry]:
