@@ -91,12 +91,18 @@ def _build_flags() -> list[click.Parameter]:
     from toolchain.api import build_settings
     from toolchain.passes.registry import BUILD_PASSES, pass_entry
 
-    params = [option_for(s) for s in build_settings() if s.spec.cli]
-    switches = [_pass_switch(pass_entry(name)) for name in BUILD_PASSES]
+    params: list[click.Parameter] = []
+    entries = [pass_entry(name) for name in BUILD_PASSES]
+    configs = {entry.config_class(): entry for entry in entries if entry.config}
+    for setting in (s for s in build_settings() if s.spec.cli):
+        if setting.group in configs:  # a pass's switch comes just before its own settings
+            params.append(_pass_switch(configs.pop(setting.group)))
+        params.append(option_for(setting))
+    params += [_pass_switch(entry) for entry in entries if not entry.config]  # passes without settings
     for param in params:
         if param.name == "targets":
             param._custom_shell_complete = _complete_target  # Click's hook for a parameter's completion
-    return params + switches
+    return params
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
