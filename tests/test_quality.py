@@ -45,6 +45,47 @@ def test_the_drop_budget_means_the_same_for_40_and_400_samples():
     assert abs(smallest_refused_rate(400, 0.01) - smallest_refused_rate(4000, 0.01)) < 0.01
 
 
+def _embeddings_with_diverged(samples: int, diverged: int, diverged_cosine: float, seed: int = 5):
+    """FP32 embeddings and a candidate equal to them except ``diverged`` samples turned to ``diverged_cosine``."""
+    rng = np.random.default_rng(seed)
+    ref = rng.standard_normal((samples, 64))
+    cand = ref.copy()
+    for i in range(diverged):
+        unit = ref[i] / np.linalg.norm(ref[i])
+        other = rng.standard_normal(64)
+        other -= (other @ unit) * unit
+        other /= np.linalg.norm(other)
+        cand[i] = np.linalg.norm(ref[i]) * (diverged_cosine * unit + np.sqrt(1 - diverged_cosine ** 2) * other)
+    return {"emb": ref}, {"emb": cand}
+
+
+@pytest.mark.parametrize("samples, allowed, refused", [(40, 1, 3), (400, 4, 10)])
+def test_the_cosine_budget_counts_diverged_samples_the_same_way_for_40_and_400(samples, allowed, refused):
+    """The lowest cosine of a set only falls as samples are added, so it cannot be the budget: samples under
+    --min-cosine are counted and their share judged like top-1 flips; one broken sample fails on its own."""
+    from toolchain.quant_guard import Budget, compare_quality
+
+    budget = Budget(task="generic")
+    passing = compare_quality(*_embeddings_with_diverged(samples, allowed, 0.97), task="generic")
+    assert passing.diverged_under(0.99) == allowed and passing.min_cosine < 0.99
+    assert passing.misses(budget) == []
+    failing = compare_quality(*_embeddings_with_diverged(samples, refused, 0.97), task="generic")
+    assert failing.misses(budget) and f"{refused} of {samples} samples have a cosine under 0.99" in failing.misses(budget)[0]
+    broken = compare_quality(*_embeddings_with_diverged(samples, 1, 0.5), task="generic")
+    assert broken.misses(budget) and "a broken output" in broken.misses(budget)[0]
+    # A stricter floor counts more samples: every sample is at cosine 1 but for the diverged ones.
+    assert compare_quality(*_embeddings_with_diverged(samples, allowed, 0.9995), task="generic").misses(
+        Budget(min_cosine=0.9999, task="generic")) == []
+
+
+def test_a_guard_record_from_before_per_sample_cosines_is_judged_by_its_lowest():
+    from toolchain.quant_guard import Budget, Quality
+
+    old = Quality.from_dict({"samples": 40, "min_cosine": 0.98, "max_abs": {}, "task": "generic"})
+    assert old.misses(Budget(task="generic"))
+    assert Quality.from_dict(old.to_dict()).misses(Budget(task="generic")) == old.misses(Budget(task="generic"))
+
+
 def test_embeddings_are_not_judged_by_top_1():
     from toolchain.quality import guess_task
 

@@ -209,6 +209,16 @@ def rate_lower_bound(events: int, trials: int) -> float:
     return max(0.0, (centre - margin) / (1 + z2 / trials))
 
 
+BROKEN_FACTOR = 10.0
+"""A sample whose cosine misses 1 this many times more than ``--min-cosine`` allows is a broken output."""
+
+
+def broken_floor(min_cosine: float) -> float:
+    """The per-sample cosine under which one sample fails the guard on its own: 1 - 10 x (1 - min_cosine),
+    0.9 for the default 0.99. Above it, samples under ``min_cosine`` are counted and their share is budgeted."""
+    return 1.0 - BROKEN_FACTOR * (1.0 - min_cosine)
+
+
 def smallest_refused_rate(trials: int, budget: float) -> float:
     """The lowest observed rate (a count over ``trials``) whose lower bound exceeds ``budget``: what the
     budget means at this sample count, for messages and plans."""

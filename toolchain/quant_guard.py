@@ -20,8 +20,8 @@ import onnx
 from calibration.ranges import ActivationRanges
 from toolchain.errors import UsageError, VerificationError
 from toolchain.frontends.base import Feed
-from toolchain.quality import (guess_task, match_detections, non_finite, rate_lower_bound, sample_cosines,
-                               yolo_layout)
+from toolchain.quality import (broken_floor, guess_task, match_detections, non_finite, rate_lower_bound,
+                               sample_cosines, yolo_layout)
 from toolchain.passes.quantize import QuantizeConfig, quantize_static
 from toolchain.sensitivity import SENSITIVITY_METRIC, concatenated, layer_sensitivity, run_all, with_float_biases
 
@@ -37,7 +37,9 @@ class Budget:
     """Percentage points of top-1 that may be lost: accuracy with labels, else agreement with FP32. Judged
     by a one-sided 95% lower bound on the observed rate, so it means the same for 40 or 400 samples."""
     min_cosine: float = 0.99
-    """Lowest per-sample cosine similarity between FP32 and INT8 outputs (channels scaled alike)."""
+    """Per-sample cosine between FP32 and INT8 outputs (channels scaled alike) under which a sample counts as
+    diverged. The share of diverged samples is held to ``max_drop`` by the same 95% lower bound, and one sample
+    under ``broken_floor(min_cosine)`` fails on its own: a broken output, not rounding noise."""
     min_detections_kept: float = 0.9
     """Detectors: the share of the FP32 model's detections the INT8 model must keep (IoU 0.5, score 0.25)."""
     task: str = "auto"
@@ -67,6 +69,8 @@ class Quality:
     of_samples: int | None = None
     """Set when the check stopped early, certain to fail: the held-out samples there were (``samples``:
     how many were compared)."""
+    cosines: tuple[float, ...] = ()
+    """Per sample, its lowest cosine over the outputs (empty in records from before the share rule)."""
 
     @property
     def drop_points(self) -> float | None:
@@ -103,17 +107,37 @@ class Quality:
             reasons.append(f"{kind} {self.drop_points:.2f} points on {self.samples} samples (at least "
                            f"{bound:.2f} with 95% confidence) > {budget.max_drop:g}")
         # A detector is judged by its detections: its score channels near zero make any cosine harsh.
-        if self.min_cosine < budget.min_cosine and self.task != "detect":
-            reasons.append(f"lowest per-sample cosine {self.min_cosine:.4f} < {budget.min_cosine:g}")
+        if self.task != "detect":
+            reasons.extend(self._cosine_misses(budget))
         kept = self.detections_kept
         if kept is not None and kept < budget.min_detections_kept:
             reasons.append(f"keeps {kept:.0%} of the FP32 model's {self.detections['reference']} detections "
                            f"< {budget.min_detections_kept:.0%}")
         return reasons
 
+    def diverged_under(self, min_cosine: float) -> int:
+        """How many samples' cosine is under ``min_cosine`` (a record without per-sample cosines: 0 or all)."""
+        if not self.cosines:
+            return self.samples if self.min_cosine < min_cosine else 0
+        return int(sum(c < min_cosine for c in self.cosines))
+
+    def _cosine_misses(self, budget: Budget) -> list[str]:
+        floor = broken_floor(budget.min_cosine)
+        if self.min_cosine < floor:
+            return [f"a sample's cosine is {self.min_cosine:.4f} < {floor:g} (a broken output, not rounding noise; "
+                    f"the floor is 1 - 10 x (1 - --min-cosine))"]
+        diverged = self.diverged_under(budget.min_cosine)
+        bound = 100.0 * rate_lower_bound(diverged, self.samples)
+        if bound <= budget.max_drop + 1e-9:
+            return []
+        return [f"{diverged} of {self.samples} samples have a cosine under {budget.min_cosine:g} "
+                f"({100.0 * diverged / max(self.samples, 1):.2f}%, at least {bound:.2f} with 95% confidence) "
+                f"> {budget.max_drop:g}; lowest {self.min_cosine:.4f}"]
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["non_finite"] = list(self.non_finite)
+        data["cosines"] = [round(c, 6) for c in self.cosines]
         data["drop_points"] = self.drop_points
         data["drop_bound_points"] = self.drop_bound_points
         return data
@@ -123,6 +147,7 @@ class Quality:
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
         values["non_finite"] = tuple(values.get("non_finite", ()))
+        values["cosines"] = tuple(values.get("cosines", ()))
         return cls(**values)
 
 
@@ -196,13 +221,15 @@ def compare_quality(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
     samples = len(next(iter(reference.values())))
     max_abs = {n: float(np.abs(reference[n].astype(np.float64) - candidate[n]).max()) for n in names}
     bad = tuple(non_finite(candidate))
-    cosines = np.concatenate([sample_cosines(reference[n], candidate[n], (scaled_by or {}).get(n))
-                              for n in names])
+    per_output = [sample_cosines(reference[n], candidate[n], (scaled_by or {}).get(n)) for n in names]
+    cosines = np.concatenate(per_output)
     if bad or not np.isfinite(cosines).all():
         return Quality(samples, float("nan"), max_abs, non_finite=bad or tuple(names), task=task)
     chosen = guess_task(reference) if task in ("auto", None) else task
+    # A sample is as faithful as its worst output; outputs without one row per sample count one by one.
+    per_sample = (np.min(per_output, axis=0) if all(len(c) == samples for c in per_output) else cosines)
     common = {"samples": samples, "min_cosine": float(cosines.min()), "max_abs": max_abs, "task": chosen,
-              "mean_cosine": float(cosines.mean())}
+              "mean_cosine": float(cosines.mean()), "cosines": tuple(float(c) for c in per_sample)}
     if chosen == "detect":
         layout = yolo_layout(reference)
         if layout is None:
@@ -281,6 +308,8 @@ class _Judge:
         self.runs, self.holdout, self.labels, self.budget = reference, list(holdout), labels, budget
         self.reference = concatenated(reference)
         self.task = guess_task(self.reference) if budget.task in ("auto", None) else budget.task
+        self.total = len(next(iter(self.reference.values())))
+        self.diverged = 0
 
     def __call__(self, quantized: onnx.ModelProto, config: QuantizeConfig, stop_early: bool = False) -> Quality:
         # Detectors are judged by their detections over the whole set, so they are always compared whole.
@@ -291,7 +320,7 @@ class _Judge:
 
         runner = OnnxRuntimeRunner.from_model(quantized, integer_reference=config.guard_runtime == "reference")
         outputs: list[dict[str, np.ndarray]] = []
-        compared = 0
+        compared, self.diverged = 0, 0
         for feed, expected in zip(self.holdout, self.runs):
             found = runner.run(feed)
             outputs.append(found)
@@ -304,12 +333,18 @@ class _Judge:
         return compare_quality(self.reference, concatenated(outputs), self.labels, self.budget.task)
 
     def _certain_to_fail(self, expected: dict[str, np.ndarray], found: dict[str, np.ndarray]) -> bool:
-        """One sample under the cosine floor (or non-finite) fails the lowest-cosine rule, whatever follows."""
+        """A non-finite output or a broken sample fails whatever follows, and so do enough diverged samples
+        that their share's lower bound is over budget even if every remaining sample is faithful (the bound
+        grows with the count at a fixed total)."""
+        floor = broken_floor(self.budget.min_cosine)
+        lowest = None
         for name, array in expected.items():
             cosines = sample_cosines(array, found[name], self.reference[name])
-            if not np.isfinite(cosines).all() or cosines.min() < self.budget.min_cosine:
+            if not np.isfinite(cosines).all() or cosines.min() < floor:
                 return True
-        return False
+            lowest = cosines if lowest is None or len(lowest) != len(cosines) else np.minimum(lowest, cosines)
+        self.diverged += int((lowest < self.budget.min_cosine).sum()) if lowest is not None else 0
+        return 100.0 * rate_lower_bound(self.diverged, self.total) > self.budget.max_drop + 1e-9
 
 
 def budget_error(report: GuardReport, fallback_limit: int) -> VerificationError:

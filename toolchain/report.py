@@ -59,6 +59,14 @@ def stopped_note(quality: dict) -> str:
     return f" (stopped after {quality['samples']} of {quality['of_samples']} samples: cannot pass)"
 
 
+def _diverged_note(quality: dict, budget: dict) -> str:
+    """' (3 under 0.99)': how many samples the guard counted as diverged (none said for old records)."""
+    cosines = quality.get("cosines")
+    if not cosines:
+        return ""
+    return f" ({sum(c < budget['min_cosine'] for c in cosines)} under {budget['min_cosine']:g})"
+
+
 def print_guard(guard: dict) -> None:
     """The accuracy guard's attempts: quality of each try and which layers stayed float."""
     budget = guard["budget"]
@@ -74,14 +82,15 @@ def print_guard(guard: dict) -> None:
                      f"{quality['accuracy_reference']:.2%} -> {quality['accuracy_candidate']:.2%}",
                      "-" if drop is None else f"{drop:.2f}" + ("" if bound is None else f" (>= {max(bound, 0):.2f})"),
                      "-" if not detections else f"{detections['matched']}/{detections['reference']}",
-                     f"{quality['min_cosine']:.4f}{stopped_note(quality)}"))
+                     f"{quality['min_cosine']:.4f}{_diverged_note(quality, budget)}{stopped_note(quality)}"))
     task = guard["attempts"][-1]["quality"].get("task")
     declared = budget.get("task", "auto")
     if task:
         say(f"  accuracy guard metric: {task} ({'guessed from the output shapes' if declared == 'auto' else 'as declared'}"
             f"; --task to set it)")
     print_table(f"accuracy guard on {guard['attempts'][-1]['quality']['samples']} held-out samples "
-                f"(budget: drop <= {budget['max_drop']:g} points, cosine >= {budget['min_cosine']:g}): "
+                f"(budget: drop and samples under cosine {budget['min_cosine']:g} each <= {budget['max_drop']:g} "
+                f"points): "
                 f"{'passed' if guard['passed'] else 'FAILED'}",
                 ["try", "float layers", "kept in float", "top-1 agreement", "accuracy fp32 -> int8",
                  "drop (95% bound)", "detections kept", "min cosine"], rows)

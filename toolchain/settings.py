@@ -93,7 +93,10 @@ class QuantSettings(OptionGroup):
         1.0, ge=0, description="Top-1 points INT8 may lose on the held-out samples (accuracy with labels, else "
                                "agreement with FP32), judged by a 95% lower bound of the observed drop.")
     min_cosine: _Number = Field(DEFAULT_MIN_COSINE, gt=0, le=1,
-                                description="Lowest cosine between FP32 and the lossy model's outputs.")
+                                description="Cosine between FP32 and the lossy model's outputs. The guard counts held-out "
+                                            "samples under it as diverged (their share is held to --max-drop by "
+                                            "the same bound; one under 1 - 10 x (1 - this) fails outright); "
+                                            "compile/optimize verification holds each output to it.")
     task: TaskChoice = Field(
         "auto", description="What the outputs are, for the guard's metric: classify (top-1 agreement), detect "
                             "(YOLO-style head: detections kept), generic (cosines only: embeddings and the like); "
