@@ -205,7 +205,7 @@ def run_effnet(args: argparse.Namespace) -> dict[str, Any]:
     try:
         result = api.calibrate(path, guarded, calib=calib_folder, target="x86", preprocess=spec,
                                calib_size=zoo.CALIB_SIZE, holdout=zoo.HOLDOUT, cache_dir=CACHE_DIR / "edgekiln-cache",
-                               post_training_passes=True)
+                               equalize=True, range_search="mse", bias_correction=True)
         variants["edgekiln guarded (api.calibrate)"] = guarded
         entries["edgekiln guarded (api.calibrate)"] = {
             "kept_float": result.guard.final.kept_float if result.guard else [], "notes": result.notes,
@@ -250,7 +250,8 @@ def run_effnet_learned_guard(args: argparse.Namespace) -> dict[str, Any]:
     entry: dict[str, Any] = {}
     try:
         result = api.calibrate(path, out, calib=calib_folder, target="x86", preprocess=spec,
-                               calib_size=zoo.CALIB_SIZE, holdout=zoo.HOLDOUT, weight_rounding="learned", post_training_passes=True,
+                               calib_size=zoo.CALIB_SIZE, holdout=zoo.HOLDOUT, weight_rounding="learned",
+                               equalize=True, range_search="mse", bias_correction=True,
                                cache_dir=CACHE_DIR / "edgekiln-cache")
         entry.update(kept_float=result.guard.final.kept_float if result.guard else [], notes=result.notes,
                      guard_final=result.guard.final.quality.to_dict() if result.guard else None,

@@ -47,11 +47,28 @@ def test_equalization_repairs_the_outlier_channel_with_no_layer_in_float(tmp_pat
     """The outlier is a per-channel rescaling through a ReLU, which cross-layer equalization undoes exactly."""
     onnx.save(make_outlier_cnn(1000.0), str(tmp_path / "m.onnx"))
     result = api.calibrate(tmp_path / "m.onnx", tmp_path / "q.onnx", calib=images, calib_size=60, holdout=60,
-                           no_cache=True, max_drop=2.0, post_training_passes=True)
+                           no_cache=True, max_drop=2.0, equalize=True, range_search="mse", bias_correction=True)
     assert len(result.guard.attempts) == 1 and result.guard.attempts[0].kept_float == []
     quality = result.guard.final.quality
     assert quality.top1_agreement >= 0.98 and quality.min_cosine >= 0.99
     assert any("cross-layer equalization: 2 layer pairs equalized" in note for note in result.notes)
+
+
+def test_post_training_passes_are_flags_and_tflite_refuses_them_in_one_line(tmp_path, images, capsys):
+    """The passes measured in bench/ptq.md reach the command line; a backend that cannot apply them says so."""
+    from helpers import assert_one_line_error, run_main
+
+    onnx.save(make_outlier_cnn(1000.0), str(tmp_path / "m.onnx"))
+    code, out, err = run_main(["calibrate", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "q.onnx"), "--calib", str(images),
+                               "--calib-size", "60", "--holdout", "60", "--no-cache", "--max-drop", "2", "--equalize",
+                               "--range-search", "mse", "--bias-correction"], capsys)
+    assert code == 0, err
+    assert "cross-layer equalization: 2 layer pairs equalized" in out and "bias correction:" in out
+    assert "passed" in out and "0 under 0.99" in out
+    code, out, err = run_main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "art"), "--backend", "tflite",
+                               "--precision", "int8", "--calib", str(images), "--bias-correction"], capsys)
+    assert_one_line_error(code, err, "--bias-correction is a pass of edgekiln's ONNX quantizer")
+    assert not (tmp_path / "art").exists()
 
 
 def test_guard_refuses_and_writes_nothing_when_budget_cannot_be_met(tmp_path, images):

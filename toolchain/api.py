@@ -74,19 +74,16 @@ CALIBRATE_VERIFY = ("calib", "seed", "preprocess")
 
 
 def calibrate(model: PathLike, output: PathLike, *, target: str | None = None, tensorrt_cache: PathLike | None = None,
-              tensorrt_version: str = "8201", post_training_passes: bool = False, weight_rounding: str | None = None,
-              **options: Any):
+              tensorrt_version: str = "8201", **options: Any):
     """``edgekiln calibrate``: static INT8 from sample images (``calib``), with the accuracy guard.
 
-    ``post_training_passes`` turns on cross-layer equalization, the per-tensor MSE range search and bias
-    correction; ``weight_rounding='learned'`` learned weight rounding (API only for now, no CLI flag: they are
-    opt-in until measured better than MinMax everywhere, see bench/ptq.md)."""
+    The post-training passes are keywords like the rest (``equalize=True, range_search='mse',
+    bias_correction=True, weight_rounding='learned'``; bench/ptq.md measures each)."""
     verify = take(options, VerifySettings, only=CALIBRATE_VERIFY)
     samples, quant = take(options, SampleSettings), take(options, QuantSettings)
     refuse_leftovers(options, (*CALIBRATE_VERIFY, *keywords_of(SampleSettings, QuantSettings)), "calibrate")
     return commands.calibrate(model, output, target=target, verify=verify, samples=samples, quant=quant,
-                              tensorrt_cache=tensorrt_cache, tensorrt_version=tensorrt_version,
-                              post_training_passes=post_training_passes, weight_rounding=weight_rounding)
+                              tensorrt_cache=tensorrt_cache, tensorrt_version=tensorrt_version)
 
 
 def compile(model: PathLike, output: PathLike, *, backend: str | None = None, target: str | None = None,  # noqa: A001

@@ -395,6 +395,8 @@ def calibrate(model: Path, output: Path, target: str | None, tensorrt_cache: Pat
         f"{' (symmetric)' if config.activation_symmetric else ''}, int8 weights "
         f"{'per channel' if config.per_channel else 'per tensor'}; ranges: {result.ranges_path}")
     say(f"  samples: {result.calibration_summary}")
+    for note in result.notes:  # what each post-training pass changed, and by how much
+        say(f"  {note}")
     if result.tensorrt_cache:
         say(f"  TensorRT calibration cache: {result.tensorrt_cache}")
     if result.guard:

@@ -96,7 +96,9 @@ def quant_options(verify: VerifySettings, samples: SampleSettings, quant: QuantS
 
     overrides = {k: v for k, v in {"method": quant.method, "per_channel": quant.per_channel,
                                    "activation_type": quant.activation_type,
-                                   "activation_symmetric": quant.symmetric}.items() if v is not None}
+                                   "activation_symmetric": quant.symmetric, "equalize": quant.equalize,
+                                   "range_search": quant.range_search, "bias_correction": quant.bias_correction,
+                                   "weight_rounding": quant.weight_rounding}.items() if v is not None}
     budget = Budget(quant.max_drop, quant.min_cosine, task=quant.task) if quant.guard else None
     return QuantOptions(calibration_options(verify, samples), overrides, budget)
 
@@ -104,12 +106,8 @@ def quant_options(verify: VerifySettings, samples: SampleSettings, quant: QuantS
 def calibrate(model: PathLike, output: PathLike, *, target: str | None = None,
               verify: VerifySettings = VerifySettings(), samples: SampleSettings = SampleSettings(),
               quant: QuantSettings = QuantSettings(), tensorrt_cache: PathLike | None = None,
-              tensorrt_version: str = "8201", post_training_passes: bool = False, weight_rounding: str | None = None):
-    """``edgekiln calibrate``: static INT8 from sample images, with the accuracy guard.
-
-    ``post_training_passes`` turns on cross-layer equalization, the per-tensor MSE range search and bias
-    correction; ``weight_rounding='learned'`` learned weight rounding (``QuantizeConfig``'s fields; API only
-    for now, no CLI flag: they are opt-in until measured better than MinMax everywhere, see bench/ptq.md)."""
+              tensorrt_version: str = "8201"):
+    """``edgekiln calibrate``: static INT8 from sample images, with the accuracy guard."""
     from backends.registry import find_target
     from toolchain.fileio import check_writable_destination, refuse_clobbering
     from toolchain.passes.calibrate import calibrate as run_calibrate
@@ -118,10 +116,6 @@ def calibrate(model: PathLike, output: PathLike, *, target: str | None = None,
     if verify.calib is None:
         raise UsageError("calibrate needs --calib, a folder of sample images (or .npy/.npz samples)")
     options = quant_options(verify, samples, quant)
-    if post_training_passes:
-        options.overrides.update(equalize=True, range_search="mse", bias_correction=True)
-    if weight_rounding is not None:
-        options.overrides["weight_rounding"] = weight_rounding
     profile = find_target(target) if target else None  # an unknown target fails before any work
     config = QuantizeConfig.for_target(profile, **options.overrides)
     for destination in (output, tensorrt_cache):

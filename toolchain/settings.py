@@ -89,6 +89,17 @@ class QuantSettings(OptionGroup):
         None, description="Default from the target: uint8 for ONNX Runtime on x86, int8 for TensorRT/TFLite.")
     symmetric: Annotated[bool | None, Flag(off="asymmetric")] = Field(
         None, description="Symmetric activation ranges (default from the target; TensorRT needs symmetric).")
+    # Post-training passes (toolchain.passes.ptq), measured in bench/ptq.md. Unset: off, plain MinMax ranges and
+    # nearest rounding, until they beat it on every measured model and backend.
+    equalize: Annotated[bool | None, Flag(off="no")] = Field(
+        None, description="Cross-layer equalization of Conv pairs before calibration (exact in FP32).")
+    range_search: Literal["mse", "off"] | None = Field(
+        None, description="mse: narrow each activation range to its lowest-error quantization range (default off).")
+    bias_correction: Annotated[bool | None, Flag(off="no")] = Field(
+        None, description="Shift each INT8 layer's bias by its mean output error on the calibration samples.")
+    weight_rounding: Literal["nearest", "learned"] | None = Field(
+        None, description="learned: round each weight up or down to minimise its layer's output error on the "
+                          "calibration samples (AdaRound's objective; seconds per layer; default nearest).")
     max_drop: _Number = Field(
         1.0, ge=0, description="Top-1 points INT8 may lose on the held-out samples (accuracy with labels, else "
                                "agreement with FP32), judged by a 95% lower bound of the observed drop.")

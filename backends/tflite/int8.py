@@ -36,6 +36,7 @@ _WEIGHTED_TFLITE = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CON
 _WEIGHTED_ONNX = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # QuantizeConfig fields the TFLite converter can honour, and the only values it has for the others.
 _FIXED = {"method": "minmax", "activation_type": "int8", "activation_symmetric": False}
+_ONNX_QUANTIZER_ONLY = ("equalize", "range_search", "bias_correction", "weight_rounding")
 
 
 @dataclass
@@ -64,6 +65,11 @@ def check_overrides(overrides: dict[str, Any]) -> bool:
         if key in _FIXED and value != _FIXED[key]:
             raise UsageError(f"the tflite backend cannot apply {key}={value}: TFLite's converter measures "
                              f"min/max ranges with asymmetric int8 activations")
+        if key in _ONNX_QUANTIZER_ONLY:
+            raise UsageError(f"--{key.replace('_', '-')} is a pass of edgekiln's ONNX quantizer (ONNX Runtime and "
+                             f"TensorRT INT8); the tflite backend's INT8 comes from TFLite's converter, which "
+                             f"measures its own ranges and rounds to nearest",
+                             hint="Leave it out for TFLite targets (a build applies it to every INT8 target).")
         if key not in _FIXED:
             raise UsageError(f"the tflite backend does not support the quantizer option '{key}'")
     return bool(overrides.get("per_channel", True))

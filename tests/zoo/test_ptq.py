@@ -41,7 +41,7 @@ def test_effnet_all_int8_passes_cut_the_cosine_error_and_reach_the_bar_where_min
     with_passes = tmp_path / "passes.onnx"
     result = api.calibrate(fp32, with_passes, calib=calib, target="x86", preprocess=spec,
                            calib_size=count, holdout=0, guard=False, cache_dir=zoo.cache,
-                           post_training_passes=True)
+                           equalize=True, range_search="mse", bias_correction=True)
     assert any(note.startswith("bias correction:") for note in result.notes)
     plain = tmp_path / "plain.onnx"
     config = QuantizeConfig.for_target("x86", equalize=False, range_search="off", bias_correction=False)
