@@ -66,8 +66,8 @@ def test_post_training_passes_are_flags_and_tflite_refuses_them_in_one_line(tmp_
     assert "cross-layer equalization: 2 layer pairs equalized" in out and "bias correction:" in out
     assert "passed" in out and "0 under 0.99" in out
     code, out, err = run_main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "art"), "--backend", "tflite",
-                               "--precision", "int8", "--calib", str(images), "--bias-correction"], capsys)
-    assert_one_line_error(code, err, "--bias-correction is a pass of edgekiln's ONNX quantizer")
+                               "--precision", "int8", "--calib", str(images), "--weight-rounding", "learned"], capsys)
+    assert_one_line_error(code, err, "--weight-rounding is a pass of edgekiln's ONNX quantizer")
     assert not (tmp_path / "art").exists()
 
 

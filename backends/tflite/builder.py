@@ -175,8 +175,15 @@ def _build(model: onnx.ModelProto, plan: BuildPlan, quant: Any, work: Path, log_
 
     from backends.tflite.prepare import zero_pad_maxpools
 
+    simplified, ptq_notes = _simplified(model), []
+    if plan.precision == "int8":
+        from backends.tflite.int8 import passes_before_conversion
+
+        simplified, ptq_notes = passes_before_conversion(simplified, quant)
+        for note in ptq_notes:
+            log.info("TFLite INT8: %s", note)
     log.info("TFLite: converting with onnx2tf (log: %s)", log_path.name)
-    prepared, rewritten = zero_pad_maxpools(_simplified(model))
+    prepared, rewritten = zero_pad_maxpools(simplified)
     if rewritten:
         log.info("TFLite: %d padded MaxPool(s) after ReLU made explicit zero pads (exact)", rewritten)
     saved = convert_to_saved_model(prepared, work, log_path, while_waiting=preload_tensorflow)
@@ -195,7 +202,7 @@ def _build(model: onnx.ModelProto, plan: BuildPlan, quant: Any, work: Path, log_
 
     result = quantize_int8(saved.path, model, bindings, quant, io_dtype=plan.io_dtype,
                            allow_float_fallback=not plan.micro)
-    details["int8"] = result.details
+    details["int8"] = {**result.details, **({"ptq": ptq_notes} if ptq_notes else {})}
     return Built(result.model, bindings, details)
 
 

@@ -197,6 +197,24 @@ def test_guard_keeps_the_layers_around_an_outlier_in_float(work):
     assert guard["sensitivity"][0]["node"] in ("conv1", "conv2")
 
 
+def test_bias_correction_runs_on_the_onnx_model_before_conversion(work, int8_rpi):
+    """TFLite's converter quantizes the corrected float weights itself; the guard still judges the result
+    against the untouched FP32 model, on the same held-out samples."""
+    from toolchain.onnx_io import load_onnx
+
+    result = api.compile(work / "tiny.onnx", work / "int8_rpi4_bc", backend="tflite", target="rpi4",
+                         calib=work / "gray", bias_correction=True, **CALIB)
+    details = _details(result)["int8"]
+    assert any(note.startswith("bias correction:") and "biases shifted" in note for note in details["ptq"])
+    assert any("+ bias correction" in note for note in details["ptq"])  # measured, not just applied
+    plain = _details(int8_rpi)["int8"]
+    assert "ptq" not in plain
+    assert details["calibration"].rsplit(";", 1)[0] == plain["calibration"].rsplit(";", 1)[0]
+    assert details["guard"]["passed"] and details["quality"]["samples"] == plain["quality"]["samples"]
+    assert (result.artifact.path / "model.tflite").read_bytes() != (int8_rpi.artifact.path / "model.tflite").read_bytes()
+    assert load_onnx(work / "tiny.onnx")  # the source model is untouched
+
+
 def test_full_integer_mcu_target_names_the_responsible_layers_and_writes_nothing(work):
     with pytest.raises(VerificationError) as error:
         api.compile(work / "outlier.onnx", work / "outlier_mcu", target="mcu", calib=work / "gray", **CALIB)
@@ -316,10 +334,11 @@ def test_an_op_onnx2tf_lacks_is_one_conversion_error_pointing_at_the_log(work):
     ({"target": "mcu", "precision": "fp32"}, "needs --precision int8"),
     ({"backend": "tflite", "precision": "int8"}, "needs calibration samples"),
     ({"backend": "tflite", "precision": "int8", "method": "entropy"}, "cannot apply method=entropy"),
+    ({"backend": "tflite", "precision": "int8", "range_search": "mse"}, "--range-search is a pass of edgekiln's ONNX"),
     ({"backend": "tflite", "precision": "int4"}, "does not support precision 'int4'"),
 ])
 def test_impossible_requests_fail_before_converting(work, kwargs, fragment):
-    calib = {"calib": work / "gray"} if "method" in kwargs else {}
+    calib = {"calib": work / "gray"} if "method" in kwargs or "range_search" in kwargs else {}
     with pytest.raises(UsageError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         api.compile(work / "tiny.onnx", work / "refused", **kwargs, **calib)
     assert not (work / "refused").exists()

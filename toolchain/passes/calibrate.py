@@ -86,7 +86,7 @@ def _batched(samples, name: str, part: str, batch_axis_fixed: bool):
     return list(samples.feeds(name, part, batch=1 if batch_axis_fixed else 16))
 
 
-def _prepared(model: onnx.ModelProto, feed: dict) -> tuple[onnx.ModelProto, list[str]]:
+def prepared_for_int8(model: onnx.ModelProto, feed: dict) -> tuple[onnx.ModelProto, list[str]]:
     """``prepare_for_quantization``, with every change checked against the input model on ``feed``."""
     import numpy as np
 
@@ -121,7 +121,7 @@ def calibrate(model_path: Path, output: Path, calibration: CalibrationOptions, c
                          f"integer nodes), so it has no float weights to quantize; calibrate the FP32 model instead")
     info, samples = load_calibration_set(model, calibration)
     fixed_batch = isinstance(info.shape[0], int)
-    model, notes = _prepared(model, next(iter(_batched(samples, info.name, "calibration", True))))
+    model, notes = prepared_for_int8(model, next(iter(_batched(samples, info.name, "calibration", True))))
     if not has_float_weights(model):
         raise UsageError(f"'{model_path.name}' has no float weights to quantize (already quantized?)")
     reference = model
