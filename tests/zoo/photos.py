@@ -106,14 +106,16 @@ def _fit(array: np.ndarray) -> "Image.Image":  # noqa: F821 - PIL imported lazil
     return image
 
 
-def _crops(array: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+def _random_crop(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """50-90% of each side, anywhere in the photo."""
     height, width = array.shape[:2]
-    crops = [array]
-    for _ in range(CROPS_PER_PHOTO):
-        h, w = int(height * rng.uniform(0.5, 0.9)), int(width * rng.uniform(0.5, 0.9))
-        top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-        crops.append(array[top:top + h, left:left + w])
-    return crops
+    h, w = int(height * rng.uniform(0.5, 0.9)), int(width * rng.uniform(0.5, 0.9))
+    top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+    return array[top:top + h, left:left + w]
+
+
+def _crops(array: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    return [array, *(_random_crop(array, rng) for _ in range(CROPS_PER_PHOTO))]
 
 
 def recipe_digest() -> str:
@@ -140,6 +142,36 @@ def build_photo_set(root: Path) -> PhotoSet:
             _fit(crop).save(staging / file_name, quality=92)
             groups[file_name] = name
     staging.rename(folder)  # a folder appears complete or not at all
+    index.write_text(json.dumps(groups, indent=1, sort_keys=True))
+    return PhotoSet(folder, groups)
+
+
+def more_crops(root: Path, names: list[str], per_photo: int, seed: int) -> PhotoSet:
+    """``per_photo`` further seeded crops (same recipe) of each photo in ``names``: a larger held-out set for
+    measurements whose differences one of 39 images would decide (crops of one photo are correlated, so
+    rates over them are compared by photo, not by image)."""
+    import shutil
+
+    chosen = hashlib.sha256(" ".join(sorted(names)).encode()).hexdigest()[:8]
+    folder = root / f"crops-{recipe_digest()}-{per_photo}-{seed}-{chosen}"
+    index = folder.with_suffix(".json")
+    if index.is_file() and folder.is_dir():
+        return PhotoSet(folder, json.loads(index.read_text()))
+    staging = root / f".{folder.name}.partial"
+    for leftover in (staging, folder):
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging.mkdir(parents=True)
+    groups: dict[str, str] = {}
+    wanted = set(names)
+    for position, (name, source) in enumerate(PHOTOS):
+        if name not in wanted:
+            continue
+        array, rng = _load(source), np.random.default_rng([seed, position])
+        for k in range(per_photo):
+            file_name = f"{name}-x{k:02d}.jpg"
+            _fit(_random_crop(array, rng)).save(staging / file_name, quality=92)
+            groups[file_name] = name
+    staging.rename(folder)
     index.write_text(json.dumps(groups, indent=1, sort_keys=True))
     return PhotoSet(folder, groups)
 
