@@ -53,3 +53,11 @@ def load_average() -> tuple[float, float, float] | None:
 
 def describe() -> dict[str, object]:
     return {"cpu": cpu(), "versions": versions(), "platform": platform.platform()}
+
+
+def summary(described: dict[str, object]) -> str:
+    """One line for a record's header, from ``describe()``: CPU, its INT8-relevant flags, library versions."""
+    cpu_info = described["cpu"]
+    versions_text = ", ".join(f"{k} {v}" for k, v in described["versions"].items())
+    return (f"{cpu_info['model']}, {cpu_info['logical_cpus']} logical CPUs, VNNI: {'yes' if cpu_info['vnni'] else 'no'} "
+            f"(flags: {', '.join(cpu_info['flags'])}); {versions_text}")
