@@ -72,7 +72,8 @@ def render(record: dict[str, Any]) -> str:
     for entry in record["models"].values():
         default, corrected = entry["variants"]["default"], entry["variants"]["--bias-correction"]
         for key, label in SHOWN:
-            if default.get(key) is None:
+            # A text-probability map's cosine means nothing (bench/zoo.md): its mask IoU is the metric.
+            if default.get(key) is None or (key.startswith("cosine") and default.get("mask_iou") is not None):
                 continue
             digits = ".4f" if key.startswith("cosine") or key == "mask_iou" else ".1%"
             lines.append(f"| {entry['title']} | {label} | {default[key]:{digits}} | {corrected[key]:{digits}} |")
