@@ -204,14 +204,14 @@ def markdown(record: dict) -> str:
 # Where a guarded calibration's time goes: (label, module path, function name) read from one cProfile run.
 PROFILED = (("the whole calibrate call", "toolchain/api.py", "calibrate"),
             ("the guard (guarded_quantize)", "toolchain/quant_guard.py", "guarded_quantize"),
-            ("  its per-layer ranking", "toolchain/sensitivity.py", "layer_sensitivity"),
-            ("  its fallback attempts' checks", "toolchain/quant_guard.py", "__call__"),
+            ("guard: its per-layer ranking", "toolchain/sensitivity.py", "layer_sensitivity"),
+            ("guard: its fallback attempts' checks", "toolchain/quant_guard.py", "__call__"),
             ("ONNX Runtime quantizer calls (quantize_static)", "toolchain/passes/quantize.py", "quantize_static"),
-            ("  of which per-channel weight scales (ORT's Python loop)", "onnxruntime/quantization/qdq_quantizer.py",
+            ("quantizer: per-channel weight scales (ORT's Python loop over channels)", "onnxruntime/quantization/qdq_quantizer.py",
              "_calc_initializer_quant_params"),
             ("ONNX Runtime session creation", "onnxruntime/capi/onnxruntime_inference_collection.py",
              "_create_inference_session"),
-            ("  of which serializing the model for it", "toolchain/onnx_io.py", "serialized_if_small"),
+            ("serializing each model for its session", "toolchain/onnx_io.py", "serialized_if_small"),
             ("ONNX Runtime inference runs", "onnxruntime/capi/onnxruntime_inference_collection.py", "run"))
 
 
@@ -249,8 +249,8 @@ def profile_markdown(record: dict) -> str:
              f"One `api.calibrate(target='x86')` of the {run.TITLES[found['model']]} with the default budget "
              f"(64 calibration + 32 held-out images), under cProfile: {found['guarded_s']:.1f} s "
              f"({'written' if found['written'] else 'refused'} after {found['attempts']} attempt(s)), against "
-             f"{found['unguarded_s']:.1f} s unguarded without the profiler. Cumulative seconds; nested rows are "
-             "parts of the row above, and the ORT rows cut across the guard's.", "",
+             f"{found['unguarded_s']:.1f} s unguarded without the profiler. Cumulative seconds; \"guard:\" rows are "
+             "parts of the guard; the ONNX Runtime rows cut across the guard's and the calibration's.", "",
              "| part | calls | cumulative s |", "|---|---:|---:|"]
     lines += [f"| {row['part']} | {row['calls']} | {row['seconds']:.1f} |" for row in found["rows"]]
     return "\n".join(lines) + "\n"
