@@ -108,12 +108,19 @@ def _guarded(fp32: Path, calib: Path, spec: dict, work: Path) -> dict[str, Any]:
 
     common = dict(calib=calib, preprocess=spec, calib_size=bench_zoo.CALIB_SIZE, holdout=bench_zoo.HOLDOUT,
                   cache_dir=CACHE_DIR / "edgekiln-cache")
+    def x86(out: Path, **extra: Any) -> dict:
+        return api.calibrate(fp32, out, target="x86", **common, **extra).guard.to_dict()
+
+    def rpi4(out: Path, **extra: Any) -> dict:
+        return api.compile(fp32, out, target="rpi4", **common, **extra).artifact.manifest["metrics"]["details"][
+            "int8"]["guard"]
+
     found: dict[str, Any] = {}
-    for name, build in (("ORT INT8 (x86)", lambda: api.calibrate(fp32, work / "guarded.onnx", target="x86",
-                                                                  **common).guard.to_dict()),
-                        ("TFLite INT8 (rpi4)", lambda: api.compile(fp32, work / "guarded-rpi4", target="rpi4",
-                                                                    **common).artifact.manifest["metrics"]
-                         ["details"]["int8"]["guard"])):
+    for name, build in (("ORT INT8 (x86)", lambda: x86(work / "guarded.onnx")),
+                        ("ORT INT8 (x86) + bias correction", lambda: x86(work / "guarded-bc.onnx", bias_correction=True)),
+                        ("TFLite INT8 (rpi4)", lambda: rpi4(work / "guarded-rpi4")),
+                        ("TFLite INT8 (rpi4) + bias correction",
+                         lambda: rpi4(work / "guarded-rpi4-bc", bias_correction=True))):
         started = time.perf_counter()
         try:
             guard = build()

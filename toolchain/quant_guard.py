@@ -296,7 +296,7 @@ def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: Q
                 return quantized, report
     if report.final.quality.of_samples is not None:  # the refusal names figures over every sample
         report.attempts[-1] = Attempt(report.final.kept_float, judge(quantized, candidate_config))
-    raise budget_error(report, limit)
+    raise budget_error(report, limit, bias_corrected=config.bias_correction)
 
 
 class _Judge:
@@ -347,7 +347,16 @@ class _Judge:
         return 100.0 * rate_lower_bound(self.diverged, self.total) > self.budget.max_drop + 1e-9
 
 
-def budget_error(report: GuardReport, fallback_limit: int) -> VerificationError:
+def refusal_hint(bias_corrected: bool, methods: bool = True) -> str:
+    """What a refused INT8 build can try next (bias correction first where it was off: bench/tflite_agreement.md)."""
+    tries = [] if bias_corrected else ["--bias-correction"]
+    if methods:
+        tries.append("--method entropy|percentile")
+    return ("No model was written for this target. Raise --max-drop or lower --min-cosine, try " + " or ".join(tries)
+            + ", give more or more representative --calib images, or use fp16/dynamic quantization.")
+
+
+def budget_error(report: GuardReport, fallback_limit: int, bias_corrected: bool = False) -> VerificationError:
     """The refusal: what was missed, by how much, which layers were tried in float, and the guard's record."""
     final, first = report.final.quality, report.attempts[0].quality
     tried = len(report.attempts) - 1
@@ -361,7 +370,6 @@ def budget_error(report: GuardReport, fallback_limit: int) -> VerificationError:
     error = VerificationError(
         f"INT8 misses the accuracy budget on {final.samples} held-out samples {fallback}: "
         f"{'; '.join(final.misses(report.budget))} (first attempt: {'; '.join(first.misses(report.budget))})",
-        hint="No model was written for this target. Raise --max-drop or lower --min-cosine, try --method "
-             "entropy|percentile, give more --calib images, or use fp16/dynamic quantization.")
+        hint=refusal_hint(bias_corrected))
     error.report = report.to_dict()  # type: ignore[attr-defined]  # the build reports the attempts
     return error

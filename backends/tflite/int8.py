@@ -24,7 +24,7 @@ import onnx
 from backends.tflite.converter import LayerError, LowerConfig, layer_errors, lower
 from backends.tflite.io_binding import IOBindings
 from toolchain.errors import UsageError, VerificationError
-from toolchain.quant_guard import Budget, Quality, compare_quality
+from toolchain.quant_guard import Budget, Quality, compare_quality, refusal_hint
 
 log = logging.getLogger("edgekiln.tflite")
 
@@ -171,7 +171,8 @@ def quantize_int8(saved_model: Path, model: onnx.ModelProto, bindings: IOBinding
     config = LowerConfig("int8", io_dtype, per_channel)
     log.info("TFLite INT8: calibrating on %d samples", len(samples.calibration))
     model_bytes = lower(saved_model, config, _feeder(samples.calibration, bindings))
-    details: dict[str, Any] = {"calibration": samples.summary, "per_channel": per_channel, "io_dtype": io_dtype}
+    details: dict[str, Any] = {"calibration": samples.summary, "per_channel": per_channel, "io_dtype": io_dtype,
+                               "bias_corrected": bool(quant.overrides.get("bias_correction"))}
     if quant.budget is None:  # --no-guard: no held-out comparison either (as on the ONNX Runtime path)
         return Int8Result(model_bytes, None, details)
     if len(samples.holdout) == 0:
@@ -210,11 +211,12 @@ def _fallback(saved_model: Path, model: onnx.ModelProto, bindings: IOBindings, s
                 details["quality"] = quality.to_dict()
                 details["kept_float"] = [describe(layer, names) for layer in kept]
                 return Int8Result(candidate, quality, details)
-    raise budget_error(guard, layers, names, len(samples.holdout), allow_float_fallback)
+    raise budget_error(guard, layers, names, len(samples.holdout), allow_float_fallback,
+                       bias_corrected=bool(details.get("bias_corrected")))
 
 
 def budget_error(guard: GuardLog, layers: list[LayerError], names: dict[str, str], samples: int,
-                 fallback_allowed: bool) -> VerificationError:
+                 fallback_allowed: bool, bias_corrected: bool = False) -> VerificationError:
     last = guard.attempts[-1]["quality"]
     quality = Quality.from_dict(last)
     worst = ", ".join(describe(layer, names) for layer in layers[:3]) or "no single layer stands out"
@@ -223,8 +225,7 @@ def budget_error(guard: GuardLog, layers: list[LayerError], names: dict[str, str
     error = VerificationError(
         f"TFLite INT8 misses the accuracy budget on {samples} held-out samples{fallback}: "
         f"{'; '.join(quality.misses(guard.budget))}; layers with the largest INT8 error: {worst}",
-        hint="No model was written for this target. Raise --max-drop or lower --min-cosine, give more or more "
-             "representative --calib images, or use fp16/dynamic.")
+        hint=refusal_hint(bias_corrected, methods=False))
     error.report = guard.to_dict()  # type: ignore[attr-defined]  # the build reports the attempts
     return error
 
