@@ -387,8 +387,8 @@ def _machine_line(load_before: Any, load_after: Any) -> str:
     load = ("" if not load_before or not load_after else
             f" Load average (1 min) {load_before[0]:.2f} at the start, {load_after[0]:.2f} at the end.")
     return (f"Machine: {cpu['model']}, {cpu['logical_cpus']} logical CPUs ({', '.join(cpu['flags'])}); "
-            f"Python {platform.python_version()}, {_versions()}. Shared with other jobs (a Docker image "
-            f"build ran concurrently): absolute times are noisy, same-round ratios less so.{load}")
+            f"Python {platform.python_version()}, {_versions()}. The machine may be shared with other "
+            f"jobs: absolute times are noisy, same-round ratios less so.{load}")
 
 
 def _speed_verdict(part: Part) -> str:
