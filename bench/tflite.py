@@ -44,7 +44,7 @@ CALIBRATION, HOLDOUT = 256, 512
 TARGET_SPEEDUP = 2.0
 TARGET_DROP_POINTS = 0.5
 PRECISIONS = ("fp32", "fp16", "int8")
-PARTS = ("example", "cnn")
+PARTS = ("example", "cnn", "effnet")
 CNN_NAMES = ("resnet18", "mobilenet_v2")
 CNN_INT8_MIN_COSINE = 0.90
 """Compile-time parity floor for the random-weight CNNs' INT8 artifacts (the default 0.99 is for trained models:
@@ -367,6 +367,57 @@ def run_cnn(name: str, settings: Settings, folder: Path) -> Part:
                 top1_same=agreement["int8"]["top1_agreement"] if int8 else None)
 
 
+def _delegation(model: Path) -> str:
+    """How LiteRT runs ``model`` with its default XNNPACK delegate: partitions and nodes left outside."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(model), num_threads=THREADS)
+    interpreter.allocate_tensors()
+    nodes = interpreter._get_ops_details()  # noqa: SLF001 - LiteRT's only view of the delegated graph
+    outside = sorted({n["op_name"] for n in nodes if n["op_name"] != "DELEGATE"})
+    partitions = sum(n["op_name"] == "DELEGATE" for n in nodes)
+    return (f"{partitions} XNNPACK partition(s), " +
+            (f"outside the delegate: {', '.join(outside)}" if outside else "no node outside the delegate"))
+
+
+def run_effnet(settings: Settings, folder: Path) -> Part:
+    """The zoo's trained EfficientNet-Lite0 (its wheels and photos: ``tests/zoo``), calibrated on the zoo's 81
+    calibration photos and compared with TFLite FP32 on its 39 held-out ones."""
+    from bench import zoo as bench_zoo
+    from zoo import metrics, models, photos as zoo_photos
+
+    model = models.EFFNET
+    spec = models.spec_for(model)
+    photos = zoo_photos.build_photo_set(bench_zoo.CACHE_DIR)
+    calib_names, held_names = photos.split()
+    calib = zoo_photos.subset(photos, calib_names, bench_zoo.CACHE_DIR / "calib")
+    held = sorted(zoo_photos.subset(photos, held_names, bench_zoo.CACHE_DIR / "heldout").iterdir())
+    work = bench_zoo.CACHE_DIR / model.key
+    work.mkdir(parents=True, exist_ok=True)
+    fp32 = bench_zoo._fp32(model, work)
+    count = len(list(calib.iterdir()))
+    variants = [_compile(fp32, folder / precision, calib, settings, backend="tflite", precision=precision,
+                         preprocess=spec, calib_size=count, holdout=0, guard=False) for precision in PRECISIONS]
+    runners = _runners(variants)
+    batch = metrics.preprocess(spec, held)
+    feeds = [{"input": batch[i: i + 1]} for i in range(len(batch))]
+    _log(f"effnet: timing, {settings.cnn_plan.rounds} rounds")
+    latency = _time(variants, runners, feeds[0], settings.cnn_plan)
+    agreement = _agreement({v.name: runners[v.name] for v in variants[1:]}, runners["fp32"], feeds)
+    for runner in runners.values():
+        runner.close()
+    delegation = "; ".join(f"{v.name}: {_delegation(v.artifact / 'model.tflite')}" for v in variants)
+    title = "EfficientNet-Lite0 (trained, the model zoo's)"
+    lines = [f"### {title}", "",
+             f"`{model.distribution}` {model.installed_version()} with its architecture package, converted and "
+             f"simplified by edgekiln (`bench.zoo`), input 1x3x224x224, ImageNet preprocessing, compiled per "
+             f"precision. INT8 calibrated on the zoo's {count} calibration photos (guard off: `bench/zoo.md` and "
+             f"`bench/tflite_agreement.md` measure what it accepts); agreement with TFLite FP32 on its "
+             f"{len(held)} held-out photos. Batch 1; {_plan_text(settings.cnn_plan)}.", "",
+             _cnn_table(variants, latency, agreement, {}), "", f"- Delegation: {delegation}.", ""]
+    return Part(title, lines, latency["int8"].ratio_vs_reference)
+
+
 # --- the section ------------------------------------------------------------------------------
 
 
@@ -426,6 +477,8 @@ def run(quick: bool, only: str | None = None, command: str = "python -m bench.tf
             parts.append(run_example(settings, folder / "example"))
         if only in (None, "cnn"):
             parts += [run_cnn(name, settings, folder / "cnn") for name in CNN_NAMES]
+        if only in (None, "effnet"):
+            parts.append(run_effnet(settings, folder / "effnet"))
     seconds = time.perf_counter() - started
     mode = ", ".join(filter(None, ["quick" if quick else "", f"only {only}" if only else ""])) or "full"
     lines = [
@@ -452,7 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tflite", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Fewer rounds, test and held-out images (smoke check).")
     parser.add_argument("--only", choices=PARTS,
-                        help="Only the bundled example, or only the ResNet18/MobileNetV2-sized CNNs.")
+                        help="Only the bundled example, the ResNet18/MobileNetV2-sized CNNs, or the zoo's "
+                             "EfficientNet-Lite0.")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "bench.tflite", *(sys.argv[1:] if argv is None else argv)])
     print(run(args.quick, args.only, command))
