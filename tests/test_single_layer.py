@@ -149,7 +149,9 @@ def test_early_stopped_attempts_decide_as_full_comparisons(min_cosine, passes):
 
     def guard(stop_early: bool):
         try:
-            return guarded_quantize(model, ranges, config, feeds[12:], budget, stop_early=stop_early)[1].to_dict()
+            # The plain schedule, so that a refusal has failed attempts before its last (the probe would skip them).
+            return guarded_quantize(model, ranges, config, feeds[12:], budget, stop_early=stop_early,
+                                    probe_largest=False)[1].to_dict()
         except VerificationError as error:
             return error.report
 
@@ -165,6 +167,35 @@ def test_early_stopped_attempts_decide_as_full_comparisons(min_cosine, passes):
     assert all(q["of_samples"] == 12 and q["samples"] < 12 and q["min_cosine"] < min_cosine for q in stopped)
 
 
+@pytest.mark.parametrize("min_cosine", [0.99999, 0.999, 0.99])
+def test_probing_the_largest_step_first_hands_over_what_the_plain_schedule_does(min_cosine):
+    """The guard tries its largest fallback step first and refuses at once when that misses; otherwise it
+    walks the schedule as before. Either way the model, the layers kept in float and the verdict are the
+    plain schedule's; a refusal costs two attempts (plain INT8 and the probe) instead of the schedule."""
+    from toolchain.errors import VerificationError
+    from toolchain.quant_guard import Budget, guarded_quantize
+
+    model, feeds = _branchy_cnn(), _feeds(24, 3)
+    config = QuantizeConfig.for_target("x86-avx2")
+    ranges = compute_ranges(model, feeds[:12], config)
+    budget = Budget(max_drop=1.0, min_cosine=min_cosine, task="generic")
+
+    def guard(probe: bool):
+        try:
+            quantized, report = guarded_quantize(model, ranges, config, feeds[12:], budget, probe_largest=probe)
+            return quantized.SerializeToString(), report.to_dict()
+        except VerificationError as error:
+            return None, error.report
+
+    (probed_model, probed), (plain_model, plain) = guard(True), guard(False)
+    assert probed_model == plain_model and probed["passed"] == plain["passed"]
+    assert probed["attempts"][-1] == plain["attempts"][-1] and probed["sensitivity"] == plain["sensitivity"]
+    if not plain["passed"]:
+        assert len(probed["attempts"]) == 2 < len(plain["attempts"])
+    else:
+        assert len(probed["attempts"]) <= len(plain["attempts"]) + 1
+
+
 def test_a_stopped_attempt_says_so_where_attempts_are_listed():
     """The build's 'tried' lines and the guard table show a stopped attempt's figures as partial."""
     from toolchain.build import _tried
@@ -175,7 +206,8 @@ def test_a_stopped_attempt_says_so_where_attempts_are_listed():
     config = QuantizeConfig.for_target("x86-avx2")
     ranges = compute_ranges(model, feeds[:12], config)
     with pytest.raises(VerificationError) as refused:
-        guarded_quantize(model, ranges, config, feeds[12:], Budget(min_cosine=0.99999, task="generic"))
+        guarded_quantize(model, ranges, config, feeds[12:], Budget(min_cosine=0.99999, task="generic"),
+                         probe_largest=False)
     report = refused.value.report.to_dict() if hasattr(refused.value.report, "to_dict") else refused.value.report
     lines = _tried(report)
     stopped = [a["quality"]["of_samples"] is not None for a in report["attempts"]]

@@ -260,7 +260,7 @@ def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: Q
                      max_float_fraction: float = 0.5,
                      reference: onnx.ModelProto | None = None,
                      bias_source: onnx.ModelProto | None = None,
-                     stop_early: bool = True) -> tuple[onnx.ModelProto, GuardReport]:
+                     stop_early: bool = True, probe_largest: bool = True) -> tuple[onnx.ModelProto, GuardReport]:
     """Quantize, check on ``holdout``, and keep the most sensitive layers in float until ``budget`` holds.
 
     ``reference`` is the FP32 model the INT8 model must match; pass it when ``model`` is not that model
@@ -269,7 +269,8 @@ def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: Q
     ranking, every layer but the one measured) take their biases from it. ``stop_early``: a fallback
     attempt stops comparing once a sample's cosine is under the budget's floor (it cannot pass then); the
     decisions are the same as with every sample compared, and the last attempt of a refusal is measured
-    on every sample."""
+    on every sample. ``probe_largest``: try the largest fallback step first and refuse at once if it misses
+    (see the loop); False keeps the plain schedule (bench/guard.md compares the two)."""
     fp32_model = reference if reference is not None else model
     judge = _Judge(run_all(fp32_model, holdout), holdout, labels, budget)
     report = GuardReport(budget)
@@ -283,17 +284,38 @@ def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: Q
     # weighted layer in float is an FP32 model, not the INT8 model that was asked for.
     limit = min(max(2, int(len(report.sensitivity) * max_float_fraction)), len(report.sensitivity) - 1)
     ranked = [name for name, _, _ in report.sensitivity]
-    for step in (s for s in _FALLBACK_STEPS if s <= limit):
+    steps = [s for s in _FALLBACK_STEPS if s <= limit]
+
+    def attempt(kept: list[str], early: bool) -> tuple[onnx.ModelProto, Attempt, QuantizeConfig]:
+        chosen = config.model_copy(update={"nodes_to_exclude": tuple(config.nodes_to_exclude) + tuple(kept)})
+        candidate = quantize_static(with_float_biases(model, bias_source, kept), ranges, chosen)
+        return candidate, Attempt(kept, judge(candidate, chosen, early)), chosen
+
+    largest: tuple[onnx.ModelProto, Attempt, QuantizeConfig] | None = None
+    if probe_largest and len(steps) > 1:
+        # The most float layers the schedule allows, first: when even that misses the budget, fewer would
+        # miss it too (a layer kept in float loses its rounding error), so the guard refuses after one
+        # attempt instead of the whole schedule (bench/guard.md). When it passes, the smaller steps are
+        # tried in order as before and the largest is the answer only if none of them passes.
+        largest = attempt(ranked[:steps[-1]], stop_early)
+        if largest[1].quality.misses(budget):
+            quantized, last, candidate_config = largest
+            report.attempts.append(last)
+            steps = []
+        else:
+            steps = steps[:-1]
+    for step in steps:
         # The one-layer ranking is a proxy: for the first float layer, where it matters most and costs
         # least, the next candidates are tried too (one layer each) before spending a second one.
         choices = [[name] for name in ranked[:_FIRST_STEP_CHOICES]] if step == 1 else [ranked[:step]]
         for kept in choices:
-            candidate_config = config.model_copy(
-                update={"nodes_to_exclude": tuple(config.nodes_to_exclude) + tuple(kept)})
-            quantized = quantize_static(with_float_biases(model, bias_source, kept), ranges, candidate_config)
-            report.attempts.append(Attempt(kept, judge(quantized, candidate_config, stop_early)))
+            quantized, last, candidate_config = attempt(kept, stop_early)
+            report.attempts.append(last)
             if report.passed:
                 return quantized, report
+    if largest is not None and not largest[1].quality.misses(budget):
+        report.attempts.append(largest[1])
+        return largest[0], report
     if report.final.quality.of_samples is not None:  # the refusal names figures over every sample
         report.attempts[-1] = Attempt(report.final.kept_float, judge(quantized, candidate_config))
     raise budget_error(report, limit, bias_corrected=config.bias_correction)
@@ -363,7 +385,7 @@ def budget_error(report: GuardReport, fallback_limit: int, bias_corrected: bool 
     if tried:
         worst = ", ".join(f"{n} ({s:.3g})" for n, _, s in report.sensitivity[:3])
         fallback = (f"even with the {len(report.final.kept_float)} most sensitive of {len(report.sensitivity)} "
-                    f"layers kept in float ({tried} attempts; most sensitive: {worst})")
+                    f"layers kept in float ({tried} attempt{'s' if tried != 1 else ''}; most sensitive: {worst})")
     else:
         fallback = ("and no layer could be kept in float (the model has too few weighted layers)"
                     if fallback_limit < 1 else "")

@@ -202,15 +202,34 @@ def _fallback(saved_model: Path, model: onnx.ModelProto, bindings: IOBindings, s
                           "score": round(l.relative_rmse, 6)} for l in layers]
     if allow_float_fallback and config.io_dtype == "float32":
         limit = max(2, len(layers) // 2)
-        for step in (s for s in FALLBACK_STEPS if s <= limit):
+        steps = [s for s in FALLBACK_STEPS if s <= limit]
+
+        def attempt(step: int) -> tuple[bytes, Quality, list[str]]:
             kept = layers[:step]
             candidate = lower(saved_model, LowerConfig("int8", "float32", config.per_channel,
                                                        tuple(layer.tensor for layer in kept)), representative)
-            quality = measure(candidate, bindings, samples, reference, guard.budget.task)
-            if guard.add([names.get(layer.tensor, layer.tensor) for layer in kept], quality):
-                details["quality"] = quality.to_dict()
-                details["kept_float"] = [describe(layer, names) for layer in kept]
-                return Int8Result(candidate, quality, details)
+            return (candidate, measure(candidate, bindings, samples, reference, guard.budget.task),
+                    [names.get(layer.tensor, layer.tensor) for layer in kept])
+
+        def accept(step: int, candidate: bytes, quality: Quality) -> Int8Result:
+            details["quality"] = quality.to_dict()
+            details["kept_float"] = [describe(layer, names) for layer in layers[:step]]
+            return Int8Result(candidate, quality, details)
+
+        # As the ONNX Runtime guard does: the largest step first, and a refusal right away if it misses.
+        largest = attempt(steps[-1]) if len(steps) > 1 else None
+        if largest is not None and largest[1].misses(guard.budget):
+            guard.add(largest[2], largest[1])
+            steps = []
+        elif largest is not None:
+            steps = steps[:-1]
+        for step in steps:
+            candidate, quality, kept_names = attempt(step)
+            if guard.add(kept_names, quality):
+                return accept(step, candidate, quality)
+        if largest is not None and not largest[1].misses(guard.budget):
+            guard.add(largest[2], largest[1])
+            return accept(len(largest[2]), largest[0], largest[1])
     raise budget_error(guard, layers, names, len(samples.holdout), allow_float_fallback,
                        bias_corrected=bool(details.get("bias_corrected")))
 
