@@ -179,3 +179,12 @@ def test_quick_start_and_build_examples_run(tmp_path):
     # The last example (a recipe) replaced out/ with the bundled example's five targets.
     recipe_report = json.loads((checkout / "out" / "report.json").read_text())
     assert [t["artifact"] for t in recipe_report["targets"]] == ["x86", "x86-int8", "rpi4", "mcu", "jetson-nano"]
+
+
+def test_benchmarks_md_lists_the_other_records_that_bench_run_appends():
+    """bench.run regenerates BENCHMARKS.md and appends bench/other_records.md: the two must not drift apart."""
+    benchmarks = (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8")
+    other = (ROOT / "bench" / "other_records.md").read_text(encoding="utf-8")
+    assert benchmarks.endswith(other)
+    for linked in re.findall(r"\]\((bench/[^)]+|[A-Z]+\.md)\)", other):
+        assert (ROOT / linked).is_file(), linked
