@@ -396,6 +396,7 @@ def run_effnet(settings: Settings, folder: Path) -> Part:
     work.mkdir(parents=True, exist_ok=True)
     fp32 = bench_zoo._fp32(model, work)
     count = len(list(calib.iterdir()))
+    folder.mkdir(parents=True)
     variants = [_compile(fp32, folder / precision, calib, settings, backend="tflite", precision=precision,
                          preprocess=spec, calib_size=count, holdout=0, guard=False) for precision in PRECISIONS]
     runners = _runners(variants)

@@ -267,8 +267,8 @@ def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: Q
     (after bias correction its biases carry the INT8 corrections). Default: ``model`` itself.
     ``bias_source``: ``model`` before bias correction; layers kept in float (and, in the sensitivity
     ranking, every layer but the one measured) take their biases from it. ``stop_early``: a fallback
-    attempt stops comparing once a sample's cosine is under the budget's floor (it cannot pass then); the
-    decisions are the same as with every sample compared, and the last attempt of a refusal is measured
+    attempt stops comparing once it cannot pass any more (a broken sample, or so many diverged ones that
+    their share's bound is over budget whatever follows); the decisions are the same as with every sample compared, and the last attempt of a refusal is measured
     on every sample. ``probe_largest``: try the largest fallback step first and refuse at once if it misses
     (see the loop); False keeps the plain schedule (bench/guard.md compares the two)."""
     fp32_model = reference if reference is not None else model
