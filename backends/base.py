@@ -46,6 +46,8 @@ class CompileOptions:
     quant: Any = None
     """``toolchain.precision.QuantOptions`` (calibration samples, quantizer overrides, accuracy budget) for
     backends that quantize themselves (``Capabilities.precision_via_onnx`` False)."""
+    verify: bool = True
+    """The backend's own checks of what it wrote (an emulated device run) are wanted; False with --no-verify."""
 
 
 @dataclass

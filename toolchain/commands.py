@@ -149,7 +149,7 @@ def compile(model: PathLike, output: PathLike, *, backend: str | None = None, ta
     extra = {"graph_optimization": graph_optimization, **backend_options(backend, backend_settings or {})}
     if profile is not None and profile.name == "mcu":
         _check_mcu_size(Path(model), extra.get("flash_kb"))
-    options = CompileOptions(precision=precision, target=target, threads=threads, extra=extra)
+    options = CompileOptions(precision=precision, target=target, threads=threads, extra=extra, verify=verify.verify)
     quantization = quant_options(verify, samples, quant)
     if precision == "int8":
         _check_split(quantization)

@@ -145,10 +145,11 @@ class TFLiteBackend(Backend):
 
             check_budgets(len(built.data), None, plan.budget)
         if not plan.micro and plan.target in ("rpi4", "rpi5"):
-            from backends.tflite.emulate import build_check  # aarch64 LiteRT under qemu-user, where prepared
+            from backends.tflite.emulate import build_check, check_skipped  # aarch64 LiteRT under qemu-user
 
             details.update(build_check(out_dir / MODEL_FILE, built.bindings, plan.target, plan.threads,
-                                       plan.xnnpack, model, options.quant))
+                                       plan.xnnpack, model, options.quant) if options.verify
+                           else check_skipped("--no-verify"))
         # Durations stay out of the details: the manifest keeps times under "timings" only.
         log.info("TFLite: %s build done in %.1f s", plan.precision, time.perf_counter() - started)
         runtime: dict[str, Any] = {"xnnpack": plan.xnnpack, "io": built.bindings.to_dict()}

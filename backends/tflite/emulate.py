@@ -332,6 +332,12 @@ def compare_with_x86(model: Path, input_sets: list[list[np.ndarray]], *, target:
 BUILD_SAMPLES = 4
 
 
+def check_skipped(why: str) -> dict:
+    """What ``compile --target rpi4/rpi5`` records when its checks were turned off: nothing ran anywhere."""
+    return {"executed_on": [], "not_executed_on": [{"where": AARCH64, "why": why}],
+            "notes": [f"not run on aarch64 LiteRT: {why}"]}
+
+
 def build_check(model_path: Path, bindings: "IOBindings", target: str, threads: int | None, xnnpack: bool,
                 onnx_model, quant) -> dict:
     """What ``compile --target rpi4/rpi5`` records: the aarch64 run where it can happen, else why not."""

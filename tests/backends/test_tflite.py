@@ -197,6 +197,18 @@ def test_guard_keeps_the_layers_around_an_outlier_in_float(work):
     assert guard["sensitivity"][0]["node"] in ("conv1", "conv2")
 
 
+def test_no_verify_skips_the_emulated_device_check_and_says_so(work):
+    """--no-verify turns the rpi4 build's aarch64 run off too (it is a check, not part of the artifact),
+    and the manifest does not claim any check ran."""
+    from backends.tflite.emulate import AARCH64
+
+    result = api.compile(work / "tiny.onnx", work / "fp32_rpi4_unverified", backend="tflite", target="rpi4",
+                         precision="fp32", verify=False)
+    details = _details(result)
+    assert details["executed_on"] == [] and details["not_executed_on"] == [{"where": AARCH64, "why": "--no-verify"}]
+    assert result.parity == []
+
+
 def test_bias_correction_runs_on_the_onnx_model_before_conversion(work, int8_rpi):
     """TFLite's converter quantizes the corrected float weights itself; the guard still judges the result
     against the untouched FP32 model, on the same held-out samples."""
