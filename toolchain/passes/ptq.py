@@ -96,7 +96,11 @@ def prepare_int8(model: onnx.ModelProto, feeds: Sequence[Feed], config: Quantize
 
     feeds = list(feeds)
     report = PtqReport()
-    meter = _Meter(model, feeds, config) if measure and feeds else None
+    # Measured only when a pass runs: plain MinMax has nothing to compare, and measuring it would cost a
+    # quantization and two runs over the samples (bench/build_overhead.md).
+    any_pass = (config.equalize or config.range_search == "mse" or config.weight_rounding == "learned"
+                or config.bias_correction)
+    meter = _Meter(model, feeds, config) if measure and feeds and any_pass else None
     if meter is not None:
         report.details["measured_on"] = len(meter.feeds)
     current = model
