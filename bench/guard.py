@@ -265,24 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         (BENCH_DIR / "guard.md").write_text(markdown(json.loads((BENCH_DIR / "guard.json").read_text())))
         return 0
     if (argv if argv is not None else sys.argv[1:]) == ["--profile"]:  # bench/guard_profile.md
-        import subprocess
-
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                                cwd=BENCH_DIR).stdout.strip()
-        record = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
+        record = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": machine.commit(),
                   "machine": machine.describe(), "profile": profile()}
         (BENCH_DIR / "guard_profile.json").write_text(json.dumps(record, indent=1) + "\n")
         (BENCH_DIR / "guard_profile.md").write_text(profile_markdown(record))
         return 0
-    import subprocess
-
     started = time.perf_counter()
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                            cwd=BENCH_DIR).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "toolchain"], capture_output=True, text=True,
-                           cwd=BENCH_DIR).stdout.strip()
-    record = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "commit": commit + (" with uncommitted changes under toolchain/" if dirty else ""),
+    record = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": machine.commit(),
               "machine": machine.describe(), "load": machine.load_average(),
               "results": [measure(name) for name in MODELS]}
     record["minutes"] = (time.perf_counter() - started) / 60

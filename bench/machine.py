@@ -61,3 +61,21 @@ def summary(described: dict[str, object]) -> str:
     versions_text = ", ".join(f"{k} {v}" for k, v in described["versions"].items())
     return (f"{cpu_info['model']}, {cpu_info['logical_cpus']} logical CPUs, VNNI: {'yes' if cpu_info['vnni'] else 'no'} "
             f"(flags: {', '.join(cpu_info['flags'])}); {versions_text}")
+
+
+PRODUCT_DIRS = ("toolchain", "backends", "calibration")
+
+
+def commit() -> str:
+    """The checkout's commit (12 hex digits), and which product files differ from it: a record must say
+    when it measured code that no commit holds."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout
+
+    found = git("rev-parse", "--short=12", "HEAD").strip()
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", *PRODUCT_DIRS).splitlines() if line.strip()]
+    return found + (f" with uncommitted changes to {', '.join(dirty)}" if dirty else "")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -185,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         args.render.with_suffix(".md").write_text(render(json.loads(args.render.read_text())))
         return 0
     started = time.monotonic()
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=BENCH_DIR.parent, capture_output=True,
-                            text=True).stdout.strip()
+    commit = machine.commit()
     record: dict[str, Any] = {"command": "python -m bench.noise_floor",
                               "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                               "commit": commit, "machine": machine.describe(), "models": {}}

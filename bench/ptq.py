@@ -463,13 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_DIR, capture_output=True,
-                            text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "toolchain", "backends", "calibration"],
-                           cwd=REPO_DIR, capture_output=True, text=True).stdout.split("\n")
-    dirty = [line[3:] for line in dirty if line.strip()]
-    if dirty:  # the record must say when it measured code that no commit holds
-        commit += f" with uncommitted changes to {', '.join(dirty)}"
+    commit = machine.commit()
     record: dict[str, Any] = {"command": "python -m bench.ptq" + "".join(f" --only {p}" for p in args.only or []),
                               "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                               "commit": commit, "machine": machine.describe(), "load": machine.load_average(),

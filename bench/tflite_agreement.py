@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -230,8 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         args.render.with_suffix(".md").write_text(render(json.loads(args.render.read_text())))
         return 0
     started = time.monotonic()
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=BENCH_DIR.parent, capture_output=True,
-                            text=True).stdout.strip()
+    commit = machine.commit()
     record = {"command": "python -m bench.tflite_agreement",
               "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
               "machine": machine.describe(), "result": run()}
