@@ -216,20 +216,10 @@ def _fallback(saved_model: Path, model: onnx.ModelProto, bindings: IOBindings, s
             details["kept_float"] = [describe(layer, names) for layer in layers[:step]]
             return Int8Result(candidate, quality, details)
 
-        # As the ONNX Runtime guard does: the largest step first, and a refusal right away if it misses.
-        largest = attempt(steps[-1]) if len(steps) > 1 else None
-        if largest is not None and largest[1].misses(guard.budget):
-            guard.add(largest[2], largest[1])
-            steps = []
-        elif largest is not None:
-            steps = steps[:-1]
         for step in steps:
             candidate, quality, kept_names = attempt(step)
             if guard.add(kept_names, quality):
                 return accept(step, candidate, quality)
-        if largest is not None and not largest[1].misses(guard.budget):
-            guard.add(largest[2], largest[1])
-            return accept(len(largest[2]), largest[0], largest[1])
     raise budget_error(guard, layers, names, len(samples.holdout), allow_float_fallback,
                        bias_corrected=bool(details.get("bias_corrected")))
 
