@@ -42,3 +42,11 @@ def cache_is_sound(cache: Path) -> int:
             data = (entry_path.parent / "files" / relative).read_bytes()
             assert len(data) == meta["size"] and hashlib.sha256(data).hexdigest() == meta["sha256"], entry_path
     return len(entries)
+
+
+def ctrl_c_reaches_the_child() -> None:
+    """``preexec_fn`` for a child that a test will Ctrl-C: a test run started in the background by a shell
+    inherits SIGINT ignored, and so would the child (a CLI rightly leaves an ignored SIGINT alone)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet_helpers import write_fleet
+from fleet_helpers import ctrl_c_reaches_the_child, write_fleet
 
 pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +22,8 @@ def test_ctrl_c_cancels_the_fleet_cleanly(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     command = [sys.executable, "-m", "toolchain", "fleet", str(fleet), "-o", str(tmp_path / "out"),
                "--cache-dir", str(tmp_path / "c"), "--workers", "2"]
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) as process:
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env,
+                          preexec_fn=ctrl_c_reaches_the_child) as process:
         try:
             for line in process.stderr:
                 if line.startswith("[1/"):  # the first task finished: the fleet is running on Ray

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from fleet_helpers import ctrl_c_reaches_the_child
 from helpers import run_main
 from toolchain.fleet.live import FleetBoard
 from toolchain.fleet.plan import plan_fleet
@@ -92,7 +93,7 @@ def _on_a_terminal(args: list[str], interrupt: bool = False, timeout: float = 24
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
            "COLUMNS": "120", "LINES": "40"}
     process = subprocess.Popen([sys.executable, "-m", "toolchain", *args], stderr=child, stdout=subprocess.DEVNULL,
-                               env=env, cwd=ROOT)
+                               env=env, cwd=ROOT, preexec_fn=ctrl_c_reaches_the_child)
     os.close(child)
     drawn, sent, deadline = b"", False, time.monotonic() + timeout
     try:
