@@ -10,17 +10,14 @@ Both are compared with FP32 on the zoo's 39 held-out images by the zoo's task me
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from bench import machine, zoo as bench_zoo
+from bench import machine
+from bench import zoo as bench_zoo
+from bench.record_main import record_main
 from zoo import metrics, models, photos as zoo_photos  # bench.zoo puts tests/ on sys.path
 
-BENCH_DIR = Path(__file__).resolve().parent
 VARIANTS = {"default": {}, "--bias-correction": {"bias_correction": True}}
 # The zoo metric each task is read by, and how to show it.
 SHOWN = (("agreement", "top-1 agreement"), ("kept", "FP32 detections kept (all 120 photos)"),
@@ -81,22 +78,7 @@ def render(record: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bias_correction", description=__doc__.splitlines()[0])
-    parser.add_argument("--render", type=Path, help="rewrite the Markdown of a saved JSON record and exit")
-    args = parser.parse_args(argv)
-    out = BENCH_DIR / "bias_correction.json"
-    if args.render:
-        args.render.with_suffix(".md").write_text(render(json.loads(args.render.read_text())))
-        return 0
-    started = time.monotonic()
-    commit = machine.commit()
-    record: dict[str, Any] = {"command": "python -m bench.bias_correction",
-                              "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                              "commit": commit, "machine": machine.describe(), "models": run()}
-    record["minutes"] = (time.monotonic() - started) / 60
-    out.write_text(json.dumps(record, indent=1, default=str))
-    out.with_suffix(".md").write_text(render(record))
-    return 0
+    return record_main("bias_correction", (__doc__ or "").splitlines()[0], lambda: {"models": run()}, render, argv)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,7 @@ Hand-written: no library injects quantization-sized noise into an ONNX graph.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,8 +23,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bench import machine
+from bench.record_main import record_main
 
-BENCH_DIR = Path(__file__).resolve().parent
 BITS = (8, 10, 12, 16)
 SEEDS = (0, 1)
 TARGET_COSINE = 0.99
@@ -175,29 +171,18 @@ def render(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.noise_floor", description=__doc__.splitlines()[0])
-    parser.add_argument("--render", type=Path, help="rewrite the Markdown of a saved JSON record and exit")
-    args = parser.parse_args(argv)
-    out = BENCH_DIR / "noise_floor.json"
-    if args.render:
-        args.render.with_suffix(".md").write_text(render(json.loads(args.render.read_text())))
-        return 0
-    started = time.monotonic()
-    commit = machine.commit()
-    record: dict[str, Any] = {"command": "python -m bench.noise_floor",
-                              "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                              "commit": commit, "machine": machine.describe(), "models": {}}
+def _measure() -> dict[str, Any]:
+    found: dict[str, Any] = {}
     for name, load in (("MobileNetV2-sized CNN (random weights)", _mobilenet),
                        ("EfficientNet-Lite0 (trained)", _effnet)):
         _log(name)
         model, calib, held, described = load()
-        record["models"][name] = {"data": described, **measure_model(model, calib, held)}
-    record["minutes"] = (time.monotonic() - started) / 60
-    out.write_text(json.dumps(record, indent=1, default=str))
-    out.with_suffix(".md").write_text(render(record))
-    _log(f"wrote {out} and {out.with_suffix('.md')}")
-    return 0
+        found[name] = {"data": described, **measure_model(model, calib, held)}
+    return {"models": found}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return record_main("noise_floor", (__doc__ or "").splitlines()[0], _measure, render, argv)
 
 
 if __name__ == "__main__":

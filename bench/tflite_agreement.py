@@ -16,16 +16,15 @@ question is how well each quantizer tracks FP32, not what the guard accepts), wi
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench import machine, zoo as bench_zoo
+from bench import machine
+from bench import zoo as bench_zoo
+from bench.record_main import record_main
 from zoo import metrics, models, photos as zoo_photos  # bench.zoo puts tests/ on sys.path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -221,23 +220,7 @@ def render(record: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.tflite_agreement", description=__doc__.splitlines()[0])
-    parser.add_argument("--render", type=Path, help="rewrite the Markdown of a saved JSON record and exit")
-    args = parser.parse_args(argv)
-    out = BENCH_DIR / "tflite_agreement.json"
-    if args.render:
-        args.render.with_suffix(".md").write_text(render(json.loads(args.render.read_text())))
-        return 0
-    started = time.monotonic()
-    commit = machine.commit()
-    record = {"command": "python -m bench.tflite_agreement",
-              "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
-              "machine": machine.describe(), "result": run()}
-    record["minutes"] = (time.monotonic() - started) / 60
-    out.write_text(json.dumps(record, indent=1, default=str))
-    out.with_suffix(".md").write_text(render(record))
-    _log(f"wrote {out} and {out.with_suffix('.md')}")
-    return 0
+    return record_main("tflite_agreement", (__doc__ or "").splitlines()[0], lambda: {"result": run()}, render, argv)
 
 
 if __name__ == "__main__":
