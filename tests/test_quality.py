@@ -78,6 +78,27 @@ def test_the_cosine_budget_counts_diverged_samples_the_same_way_for_40_and_400(s
         Budget(min_cosine=0.9999, task="generic")) == []
 
 
+def test_only_a_miss_far_over_the_budget_is_hopeless():
+    """The guard refuses without walking its fallback steps only when its largest step misses by far: a near
+    miss (noise between neighbouring steps) walks the steps, and a wider budget widens what counts as far."""
+    from toolchain.quant_guard import Budget, compare_quality
+
+    budget = Budget(task="generic")
+    near = compare_quality(*_embeddings_with_diverged(40, 4, 0.97), task="generic")
+    assert near.misses(budget) and not near.hopeless(budget)
+    far = compare_quality(*_embeddings_with_diverged(40, 20, 0.97), task="generic")
+    assert far.misses(budget) and far.hopeless(budget)
+    assert not far.hopeless(Budget(max_drop=5.0, task="generic"))  # 50 points of slack before "far"
+    nan = compare_quality({"y": np.ones((4, 3))}, {"y": np.full((4, 3), np.nan)}, task="generic")
+    assert nan.hopeless(budget)
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((40, 10))
+    flipped = logits.copy()
+    flipped[:20] = -logits[:20]  # half the top-1 decisions change: hopeless by the drop alone
+    quality = compare_quality({"y": logits}, {"y": flipped}, task="classify")
+    assert quality.drop_bound_points > 10 and quality.hopeless(Budget(min_cosine=-1.0, task="classify"))
+
+
 def test_a_guard_record_from_before_per_sample_cosines_is_judged_by_its_lowest():
     from toolchain.quant_guard import Budget, Quality
 

@@ -149,9 +149,9 @@ def test_early_stopped_attempts_decide_as_full_comparisons(min_cosine, passes):
 
     def guard(stop_early: bool):
         try:
-            # The plain schedule, so that a refusal has failed attempts before its last (the probe would skip them).
+            # The plain schedule, so that a refusal has failed attempts before its last (a hopeless one skips them).
             return guarded_quantize(model, ranges, config, feeds[12:], budget, stop_early=stop_early,
-                                    probe_largest=False)[1].to_dict()
+                                    refuse_hopeless=False)[1].to_dict()
         except VerificationError as error:
             return error.report
 
@@ -168,10 +168,10 @@ def test_early_stopped_attempts_decide_as_full_comparisons(min_cosine, passes):
 
 
 @pytest.mark.parametrize("min_cosine", [0.99999, 0.999, 0.99])
-def test_probing_the_largest_step_first_hands_over_what_the_plain_schedule_does(min_cosine):
-    """The guard tries its largest fallback step first and refuses at once when that misses; otherwise it
-    walks the schedule as before. Either way the model, the layers kept in float and the verdict are the
-    plain schedule's; a refusal costs two attempts (plain INT8 and the probe) instead of the schedule."""
+def test_refusing_a_hopeless_model_at_once_hands_over_what_the_plain_schedule_does(min_cosine):
+    """After the one-layer choices the guard tries its largest fallback step and refuses at once when that
+    misses by far; otherwise it walks the schedule as before. Either way the model, the layers kept in
+    float, the verdict and the final figures are the plain schedule's."""
     from toolchain.errors import VerificationError
     from toolchain.quant_guard import Budget, guarded_quantize
 
@@ -180,20 +180,24 @@ def test_probing_the_largest_step_first_hands_over_what_the_plain_schedule_does(
     ranges = compute_ranges(model, feeds[:12], config)
     budget = Budget(max_drop=1.0, min_cosine=min_cosine, task="generic")
 
-    def guard(probe: bool):
+    def guard(refuse_hopeless: bool):
         try:
-            quantized, report = guarded_quantize(model, ranges, config, feeds[12:], budget, probe_largest=probe)
-            return quantized.SerializeToString(), report.to_dict()
+            # Up to 4 of its 5 layers in float: steps 1, 2, 3 and 4, so there are steps to skip.
+            quantized, report = guarded_quantize(model, ranges, config, feeds[12:], budget, max_float_fraction=0.8,
+                                                 refuse_hopeless=refuse_hopeless)
+            return quantized.SerializeToString(), report.to_dict(), ""
         except VerificationError as error:
-            return None, error.report
+            return None, error.report, str(error)
 
-    (probed_model, probed), (plain_model, plain) = guard(True), guard(False)
-    assert probed_model == plain_model and probed["passed"] == plain["passed"]
-    assert probed["attempts"][-1] == plain["attempts"][-1] and probed["sensitivity"] == plain["sensitivity"]
-    if not plain["passed"]:
-        assert len(probed["attempts"]) == 2 < len(plain["attempts"])
+    (quick_model, quick, said), (plain_model, plain, _) = guard(True), guard(False)
+    assert quick_model == plain_model and quick["passed"] == plain["passed"]
+    assert quick["attempts"][-1] == plain["attempts"][-1] and quick["sensitivity"] == plain["sensitivity"]
+    assert [len(a["kept_float"]) for a in quick["attempts"]] == sorted(len(a["kept_float"]) for a in quick["attempts"])
+    if min_cosine == 0.99999:  # every sample diverges: hopeless, refused after the one-layer choices and one more
+        assert not plain["passed"] and "missed by far" in said
+        assert len(quick["attempts"]) == 1 + 3 + 1 < len(plain["attempts"])
     else:
-        assert len(probed["attempts"]) <= len(plain["attempts"]) + 1
+        assert len(quick["attempts"]) <= len(plain["attempts"]) + 1
 
 
 def test_a_stopped_attempt_says_so_where_attempts_are_listed():
@@ -207,7 +211,7 @@ def test_a_stopped_attempt_says_so_where_attempts_are_listed():
     ranges = compute_ranges(model, feeds[:12], config)
     with pytest.raises(VerificationError) as refused:
         guarded_quantize(model, ranges, config, feeds[12:], Budget(min_cosine=0.99999, task="generic"),
-                         probe_largest=False)
+                         refuse_hopeless=False)
     report = refused.value.report.to_dict() if hasattr(refused.value.report, "to_dict") else refused.value.report
     lines = _tried(report)
     stopped = [a["quality"]["of_samples"] is not None for a in report["attempts"]]

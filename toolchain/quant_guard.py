@@ -29,6 +29,10 @@ from toolchain.sensitivity import SENSITIVITY_METRIC, concatenated, layer_sensit
 _FALLBACK_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 # Single layers tried as the first one kept in float (the most sensitive few by the one-layer ranking).
 _FIRST_STEP_CHOICES = 3
+# A miss this many times the budget (and at least HOPELESS_POINTS points), with 95% confidence, is structural,
+# not noise between neighbouring steps: see ``Quality.hopeless``.
+HOPELESS_FACTOR = 10.0
+HOPELESS_POINTS = 10.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,23 @@ class Quality:
             reasons.append(f"keeps {kept:.0%} of the FP32 model's {self.detections['reference']} detections "
                            f"< {budget.min_detections_kept:.0%}")
         return reasons
+
+    def hopeless(self, budget: Budget) -> bool:
+        """Misses ``budget`` by far: non-finite outputs, or a 95% lower bound on the top-1 loss or on the share
+        of diverged samples over ``HOPELESS_FACTOR`` times ``max_drop`` (and ``HOPELESS_POINTS``), or a detector
+        keeping under half the detections it must. With the most float layers the fallback allows, such a model
+        does not meet the budget with fewer: steps' outcomes are noisy near the budget (the zoo's mini-Xception
+        met it with 6 layers in float and missed it with 8), not 10 points away from it."""
+        if self.non_finite:
+            return True
+        far = max(HOPELESS_POINTS, HOPELESS_FACTOR * budget.max_drop)
+        bound = self.drop_bound_points
+        if bound is not None and bound > far:
+            return True
+        if self.task != "detect" and 100.0 * rate_lower_bound(self.diverged_under(budget.min_cosine), self.samples) > far:
+            return True
+        kept = self.detections_kept
+        return kept is not None and kept < budget.min_detections_kept / 2
 
     def diverged_under(self, min_cosine: float) -> int:
         """How many samples' cosine is under ``min_cosine`` (a record without per-sample cosines: 0 or all)."""
@@ -260,7 +281,7 @@ def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: Q
                      max_float_fraction: float = 0.5,
                      reference: onnx.ModelProto | None = None,
                      bias_source: onnx.ModelProto | None = None,
-                     stop_early: bool = True, probe_largest: bool = False) -> tuple[onnx.ModelProto, GuardReport]:
+                     stop_early: bool = True, refuse_hopeless: bool = True) -> tuple[onnx.ModelProto, GuardReport]:
     """Quantize, check on ``holdout``, and keep the most sensitive layers in float until ``budget`` holds.
 
     ``reference`` is the FP32 model the INT8 model must match; pass it when ``model`` is not that model
@@ -268,11 +289,12 @@ def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: Q
     ``bias_source``: ``model`` before bias correction; layers kept in float (and, in the sensitivity
     ranking, every layer but the one measured) take their biases from it. ``stop_early``: a fallback
     attempt stops comparing once it cannot pass any more (a broken sample, or so many diverged ones that
-    their share's bound is over budget whatever follows); the decisions are the same as with every sample compared, and the last attempt of a refusal is measured
-    on every sample. ``probe_largest``: try the largest fallback step first and refuse at once if it misses.
-    Off by default: it cut a refused guard from 9 attempts to 2 (bench/guard.md), but on the zoo's
-    mini-Xception it refused a model the plain schedule delivers (8 layers in float missed the budget where
-    6 met it: near-tied outputs make the steps' outcomes noisy, not monotone)."""
+    their share's bound is over budget whatever follows); the decisions are the same as with every sample
+    compared, and the last attempt of a refusal is measured on every sample. ``refuse_hopeless``: when no
+    single layer in float is enough, the largest step the schedule allows is tried next, and a model it
+    leaves ``Quality.hopeless`` is refused at once instead of walking the steps between (bench/guard.md);
+    otherwise the schedule goes on in order and that attempt stands for its last step, so what is handed
+    over is the plain schedule's."""
     fp32_model = reference if reference is not None else model
     judge = _Judge(run_all(fp32_model, holdout), holdout, labels, budget)
     report = GuardReport(budget)
@@ -294,18 +316,20 @@ def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: Q
         return candidate, Attempt(kept, judge(candidate, chosen, early)), chosen
 
     largest: tuple[onnx.ModelProto, Attempt, QuantizeConfig] | None = None
-    if probe_largest and len(steps) > 1:
-        # The most float layers the schedule allows, first, refusing at once if even that misses the budget;
-        # when it passes, the smaller steps are tried in order as before and the largest is the answer only
-        # if none of them passes. Opt-in: see the docstring.
-        largest = attempt(ranked[:steps[-1]], stop_early)
-        if largest[1].quality.misses(budget):
-            quantized, last, candidate_config = largest
-            report.attempts.append(last)
-            steps = []
-        else:
-            steps = steps[:-1]
-    for step in steps:
+    for index, step in enumerate(steps):
+        if index == 1 and refuse_hopeless and len(steps) > 2:
+            # Judged on every sample: how far it misses decides, not just that it misses.
+            largest = attempt(ranked[:steps[-1]], False)
+            report.attempts.append(largest[1])
+            if largest[1].quality.hopeless(budget):
+                raise budget_error(report, limit, bias_corrected=config.bias_correction, hopeless=True)
+        if largest is not None and step == steps[-1]:
+            # Already measured; listed last so the report reads in the schedule's order.
+            report.attempts = [a for a in report.attempts if a is not largest[1]] + [largest[1]]
+            quantized, _, candidate_config = largest
+            if report.passed:
+                return quantized, report
+            break
         # The one-layer ranking is a proxy: for the first float layer, where it matters most and costs
         # least, the next candidates are tried too (one layer each) before spending a second one.
         choices = [[name] for name in ranked[:_FIRST_STEP_CHOICES]] if step == 1 else [ranked[:step]]
@@ -314,9 +338,6 @@ def guarded_quantize(model: onnx.ModelProto, ranges: ActivationRanges, config: Q
             report.attempts.append(last)
             if report.passed:
                 return quantized, report
-    if largest is not None and not largest[1].quality.misses(budget):
-        report.attempts.append(largest[1])
-        return largest[0], report
     if report.final.quality.of_samples is not None:  # the refusal names figures over every sample
         report.attempts[-1] = Attempt(report.final.kept_float, judge(quantized, candidate_config))
     raise budget_error(report, limit, bias_corrected=config.bias_correction)
@@ -379,14 +400,18 @@ def refusal_hint(bias_corrected: bool, methods: bool = True) -> str:
             + ", give more or more representative --calib images, or use fp16/dynamic quantization.")
 
 
-def budget_error(report: GuardReport, fallback_limit: int, bias_corrected: bool = False) -> VerificationError:
-    """The refusal: what was missed, by how much, which layers were tried in float, and the guard's record."""
+def budget_error(report: GuardReport, fallback_limit: int, bias_corrected: bool = False,
+                 hopeless: bool = False) -> VerificationError:
+    """The refusal: what was missed, by how much, which layers were tried in float, and the guard's record.
+    ``hopeless``: the largest fallback step missed by far, so the steps between were not tried."""
     final, first = report.final.quality, report.attempts[0].quality
     tried = len(report.attempts) - 1
     if tried:
         worst = ", ".join(f"{n} ({s:.3g})" for n, _, s in report.sensitivity[:3])
+        skipped = "; missed by far, so fewer were not tried" if hopeless else ""
         fallback = (f"even with the {len(report.final.kept_float)} most sensitive of {len(report.sensitivity)} "
-                    f"layers kept in float ({tried} attempt{'s' if tried != 1 else ''}; most sensitive: {worst})")
+                    f"layers kept in float ({tried} attempt{'s' if tried != 1 else ''}{skipped}; "
+                    f"most sensitive: {worst})")
     else:
         fallback = ("and no layer could be kept in float (the model has too few weighted layers)"
                     if fallback_limit < 1 else "")
