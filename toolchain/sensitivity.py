@@ -37,13 +37,17 @@ BORDER_BYTES_LIMIT = 1 << 30
 def run_all(model: onnx.ModelProto, feeds: Sequence[Feed], config: QuantizeConfig | None = None,
             names: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:
     """Per feed, the outputs (or the tensors ``names``); INT8 models run as ``config.guard_runtime`` says."""
-    from toolchain.runtime import OnnxRuntimeRunner
-
-    exact = config is not None and config.guard_runtime == "reference"
-    runner = OnnxRuntimeRunner.from_model(model, integer_reference=exact)
+    runner = _runner(model, config)
     if names is None:
         return [runner.run(feed) for feed in feeds]
     return [runner.run_named(feed, list(names)) for feed in feeds]
+
+
+def _runner(model: onnx.ModelProto, config: QuantizeConfig | None):
+    from toolchain.runtime import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner.from_model(model, integer_reference=config is not None and
+                                        config.guard_runtime == "reference")
 
 
 def concatenated(outputs: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -128,11 +132,11 @@ class _Border:
         border = set().union(*(_downstream(upstream, layer.name)[1] for layer in layers)) - graph_inputs
         # The graph outputs too: an output no quantized layer reaches keeps the float model's value.
         names = [*outputs, *sorted(border - set(outputs))]
-        probe = _with_outputs(upstream, names[len(outputs):])
+        probe = _runner(_with_outputs(upstream, names[len(outputs):]), config)
         values: list[dict[str, np.ndarray]] = []
         held = 0
-        for feed in feeds:
-            found = run_all(probe, [feed], config, names=names)[0]
+        for feed in feeds:  # one feed at a time, so that the limit stops it before memory runs out
+            found = probe.run_named(feed, names)
             found.update(feed)  # graph inputs on the border are the feeds themselves
             held += sum(a.nbytes for a in found.values())
             if held > BORDER_BYTES_LIMIT:

@@ -216,8 +216,23 @@ def _fallback(saved_model: Path, model: onnx.ModelProto, bindings: IOBindings, s
             details["kept_float"] = [describe(layer, names) for layer in layers[:step]]
             return Int8Result(candidate, quality, details)
 
-        for step in steps:
-            candidate, quality, kept_names = attempt(step)
+        largest: tuple[bytes, Quality, list[str]] | None = None
+        for index, step in enumerate(steps):
+            if index == 1 and len(steps) > 2:
+                # As the ONNX Runtime guard: after one layer in float, the most the schedule allows; a miss
+                # by far there is refused at once (each step is a conversion), otherwise it stands for the
+                # last step.
+                largest = attempt(steps[-1])
+                guard.add(largest[2], largest[1])
+                probe_entry, guard.passed = guard.attempts[-1], False
+                if largest[1].hopeless(guard.budget):
+                    raise budget_error(guard, layers, names, len(samples.holdout), allow_float_fallback,
+                                       bias_corrected=bool(details.get("bias_corrected")), hopeless=True)
+            if largest is not None and step == steps[-1]:
+                guard.attempts = [a for a in guard.attempts if a is not probe_entry]
+                candidate, quality, kept_names = largest
+            else:
+                candidate, quality, kept_names = attempt(step)
             if guard.add(kept_names, quality):
                 return accept(step, candidate, quality)
     raise budget_error(guard, layers, names, len(samples.holdout), allow_float_fallback,
@@ -225,11 +240,12 @@ def _fallback(saved_model: Path, model: onnx.ModelProto, bindings: IOBindings, s
 
 
 def budget_error(guard: GuardLog, layers: list[LayerError], names: dict[str, str], samples: int,
-                 fallback_allowed: bool, bias_corrected: bool = False) -> VerificationError:
+                 fallback_allowed: bool, bias_corrected: bool = False, hopeless: bool = False) -> VerificationError:
     last = guard.attempts[-1]["quality"]
     quality = Quality.from_dict(last)
     worst = ", ".join(describe(layer, names) for layer in layers[:3]) or "no single layer stands out"
-    fallback = (f" even with {len(guard.attempts[-1]['kept_float'])} layer(s) kept in float"
+    skipped = " (missed by far, so fewer were not tried)" if hopeless else ""
+    fallback = (f" even with {len(guard.attempts[-1]['kept_float'])} layer(s) kept in float{skipped}"
                 if len(guard.attempts) > 1 else "" if fallback_allowed else " (full-integer target: no float fallback)")
     error = VerificationError(
         f"TFLite INT8 misses the accuracy budget on {samples} held-out samples{fallback}: "

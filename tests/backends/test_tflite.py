@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from backends.base import CompileOptions
 from backends.tflite import TFLiteBackend
@@ -225,6 +225,40 @@ def test_bias_correction_runs_on_the_onnx_model_before_conversion(work, int8_rpi
     assert details["guard"]["passed"] and details["quality"]["samples"] == plain["quality"]["samples"]
     assert (result.artifact.path / "model.tflite").read_bytes() != (int8_rpi.artifact.path / "model.tflite").read_bytes()
     assert load_onnx(work / "tiny.onnx")  # the source model is untouched
+
+
+def _chain_cnn(convs: int = 6) -> onnx.ModelProto:
+    """``convs`` 3x3 convolutions with ReLU, then a Gemm: enough layers that the fallback has steps to skip."""
+    rng = np.random.default_rng(7)
+    nodes, inits, last = [], [], "x"
+    for i in range(convs):
+        inits += [numpy_helper.from_array((rng.standard_normal((4, 1 if i == 0 else 4, 3, 3)) * 0.5).astype(np.float32), f"w{i}"),
+                  numpy_helper.from_array(np.zeros(4, np.float32), f"b{i}")]
+        nodes += [helper.make_node("Conv", [last, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1], name=f"conv{i}"),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        last = f"r{i}"
+    inits += [numpy_helper.from_array((rng.standard_normal((10, 256)) * 0.1).astype(np.float32), "fc_w"),
+              numpy_helper.from_array(np.zeros(10, np.float32), "fc_b")]
+    nodes += [helper.make_node("Flatten", [last], ["f"], name="flatten"),
+              helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1, name="fc")]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_model_that_misses_by_far_is_refused_without_walking_every_fallback_step(work):
+    """7 layers: steps 1, 2 and 3. A budget no INT8 model meets is missed by far with 3 layers in float, so
+    step 2 is never converted: plain INT8, one layer, three layers."""
+    onnx.save(_chain_cnn(), str(work / "chain.onnx"))
+    with pytest.raises(VerificationError) as error:
+        api.compile(work / "chain.onnx", work / "chain_rpi", target="rpi4", calib=work / "gray", min_cosine=0.99999,
+                    **CALIB)
+    assert "even with 3 layer(s) kept in float (missed by far, so fewer were not tried)" in str(error.value)
+    attempts = error.value.report["attempts"]
+    assert [len(a["kept_float"]) for a in attempts] == [0, 1, 3]
+    assert not (work / "chain_rpi").exists()
 
 
 def test_full_integer_mcu_target_names_the_responsible_layers_and_writes_nothing(work):
