@@ -249,15 +249,16 @@ def _chain_cnn(convs: int = 6) -> onnx.ModelProto:
 
 
 def test_a_model_that_misses_by_far_is_refused_without_walking_every_fallback_step(work):
-    """7 layers: steps 1, 2 and 3. A budget no INT8 model meets is missed by far with 3 layers in float, so
-    step 2 is never converted: plain INT8, one layer, three layers."""
+    """Enough layers for steps 1 to 3 or more. A budget no INT8 model meets is missed by far with the most
+    layers in float the schedule allows, so the steps between are never converted: plain INT8, one layer,
+    the largest step."""
     onnx.save(_chain_cnn(), str(work / "chain.onnx"))
     with pytest.raises(VerificationError) as error:
         api.compile(work / "chain.onnx", work / "chain_rpi", target="rpi4", calib=work / "gray", min_cosine=0.99999,
                     **CALIB)
-    assert "even with 3 layer(s) kept in float (missed by far, so fewer were not tried)" in str(error.value)
-    attempts = error.value.report["attempts"]
-    assert [len(a["kept_float"]) for a in attempts] == [0, 1, 3]
+    kept = [len(a["kept_float"]) for a in error.value.report["attempts"]]
+    assert kept[:2] == [0, 1] and len(kept) == 3 and kept[2] >= 3
+    assert f"even with {kept[2]} layer(s) kept in float (missed by far, so fewer were not tried)" in str(error.value)
     assert not (work / "chain_rpi").exists()
 
 
