@@ -1,7 +1,8 @@
 """The accuracy guard's cost (issue #18, item 3): guarded vs unguarded INT8 calibration, and the guard as it
 was (a quantizer call per layer for its ranking, whole-model runs, every fallback attempt compared on every
-held-out sample) vs now (single-layer models cut from one quantization with only their downstream part run;
-a fallback attempt stops at the first sample under the cosine floor).
+held-out sample, every fallback step tried) vs now (single-layer models cut from one quantization with only
+their downstream part run; a fallback attempt stops once it cannot pass; a model that misses by far with the
+most float layers allowed is refused without the steps between).
 
     python -m bench.guard          # bench/guard.md + bench/guard.json (about 15 minutes on 2 cores)
     python -m bench.guard --profile   # bench/guard_profile.md: where one guarded calibration's time goes (1 min)
@@ -10,10 +11,10 @@ Models: the ResNet-18- and MobileNetV2-sized CNNs of ``bench/run.py`` (random we
 64 calibration + 32 held-out Fashion-MNIST images upsampled to 224x224, ``api.calibrate`` for target ``x86``
 in this process. Two budgets: the default (``--max-drop 1 --min-cosine 0.99``) and a strict one
 (``--min-cosine 0.99999``) that no INT8 model meets, so the guard runs its whole fallback schedule: the
-worst case. "old guard" swaps in the previous ranking (kept here, verbatim in effect) and turns early
-stopping off; "largest step first" is the opt-in schedule that tries the most float layers allowed first and
-refuses at once if that misses (off by default: on the zoo's mini-Xception it refused a model the plain
-schedule delivers). All run in the same rounds; the record checks the probe's choices against the old guard.
+worst case. "old guard" swaps in the previous ranking (kept here, verbatim in effect), turns early
+stopping off and walks every fallback step; "every step" is the shipped guard walking every step too
+(``refuse_hopeless=False``, as before this change). All run in the same rounds; the record checks the
+shipped guard's choices against the old guard's.
 """
 
 from __future__ import annotations
@@ -61,10 +62,10 @@ def old_layer_sensitivity(model, ranges, config, feeds, reference=None, bias_sou
 
 
 @contextmanager
-def ranking(implementation: Callable | None, spent: list[float], probe: bool = False):
+def ranking(implementation: Callable | None, spent: list[float], every_step: bool = False):
     """Run the guard with ``implementation`` as its ranking (None: the current one), timing the ranking.
-    With the old ranking, fallback attempts are also compared on every sample, as before early stopping;
-    ``probe`` turns on the opt-in largest-step-first schedule."""
+    With the old ranking, fallback attempts are also compared on every sample, as before early stopping, and
+    every fallback step is tried; ``every_step`` walks every step with the current ranking."""
     from functools import partial
 
     from toolchain import quant_guard
@@ -74,9 +75,9 @@ def ranking(implementation: Callable | None, spent: list[float], probe: bool = F
     chosen = implementation or current
     guard = calibrate.guarded_quantize
     if implementation is not None:
-        calibrate.guarded_quantize = partial(guard, stop_early=False, probe_largest=False)
-    elif probe:
-        calibrate.guarded_quantize = partial(guard, probe_largest=True)
+        calibrate.guarded_quantize = partial(guard, stop_early=False, refuse_hopeless=False)
+    elif every_step:
+        calibrate.guarded_quantize = partial(guard, refuse_hopeless=False)
 
     def timed(*args, **kwargs):
         started = time.perf_counter()
@@ -94,14 +95,14 @@ def ranking(implementation: Callable | None, spent: list[float], probe: bool = F
 
 
 def calibrate_once(fp32: Path, samples: Path, guard: bool, budget: dict, implementation: Callable | None,
-                   work: Path, probe: bool = False) -> dict:
+                   work: Path, every_step: bool = False) -> dict:
     from toolchain import api
     from toolchain.errors import VerificationError
 
     spent: list[float] = []
     outcome: dict = {}
     started = time.perf_counter()
-    with ranking(implementation, spent, probe):
+    with ranking(implementation, spent, every_step):
         try:
             result = api.calibrate(fp32, work / "int8.onnx", calib=samples, target="x86", calib_size=CALIBRATION,
                                    holdout=HOLDOUT, guard=guard, no_cache=True, **budget)
@@ -120,11 +121,11 @@ def calibrate_once(fp32: Path, samples: Path, guard: bool, budget: dict, impleme
 
 
 def variants() -> dict[str, tuple[bool, str, Callable | None, bool]]:
-    """name -> (guarded, budget, ranking implementation (None: current), largest step first)."""
+    """name -> (guarded, budget, ranking implementation (None: current), every fallback step)."""
     found = {"unguarded": (False, "default", None, False)}
     for budget in BUDGETS:
         found[f"guarded, {budget} budget"] = (True, budget, None, False)
-        found[f"guarded, {budget} budget, largest step first (opt-in)"] = (True, budget, None, True)
+        found[f"guarded, {budget} budget, every step"] = (True, budget, None, True)
         found[f"guarded, {budget} budget, old guard"] = (True, budget, old_layer_sensitivity, False)
     return found
 
@@ -139,10 +140,10 @@ def measure(name: str) -> dict:
     for round_index in range(ROUNDS):
         shift = round_index % len(order)
         for variant in order[shift:] + order[:shift]:  # rotate, so no variant always runs first
-            guard, budget, implementation, probe = variants()[variant]
+            guard, budget, implementation, every_step = variants()[variant]
             with tempfile.TemporaryDirectory(prefix="edgekiln-bench-guard-") as work:
                 runs[variant].append(calibrate_once(fp32, samples, guard, BUDGETS[budget], implementation, Path(work),
-                                                    probe))
+                                                    every_step))
             print(f"[guard] {name} round {round_index + 1} {variant}: {runs[variant][-1]['seconds']:.1f} s",
                   file=sys.stderr)
     return {"model": name, "runs": runs}
@@ -164,9 +165,9 @@ def summary(result: dict) -> dict:
                          "kept_float": (found[0].get("attempts") or [[]])[-1]}
     same, score_diff = {}, {}
     for budget in BUDGETS:
-        new, old = runs[f"guarded, {budget} budget, largest step first (opt-in)"], runs[f"guarded, {budget} budget, old guard"]
-        # The new guard tries the largest fallback step first, so its attempts differ; what it hands over
-        # (or refuses with) must not: the same ranking, the same layers kept in float, the same outcome.
+        new, old = runs[f"guarded, {budget} budget"], runs[f"guarded, {budget} budget, old guard"]
+        # The shipped guard may skip fallback steps, so its attempts differ; what it hands over (or refuses
+        # with) must not: the same ranking, the same layers kept in float, the same outcome.
         same[budget] = all(a.get("ranking") == b.get("ranking") and (a.get("attempts") or [[]])[-1]
                            == (b.get("attempts") or [[]])[-1] and a["written"] == b["written"]
                            for a, b in zip(new, old))
@@ -198,7 +199,7 @@ def markdown(record: dict) -> str:
                 outcome += f", {row['attempts']} attempt(s), kept in float: {len(row['kept_float'])}"
             lines.append(f"| {variant} | {row['median_s']:.1f} | {row['x_unguarded']:.2f}x | "
                          f"{row['ranking_s']:.1f} | {outcome} |")
-        lines += ["", "Largest step first against the old guard: same ranking order, same final layers kept in "
+        lines += ["", "The shipped guard against the old guard: same ranking order, same final layers kept in "
                   "float and same outcome, "
                   "every round: " + ", ".join(f"{b} budget {'yes' if s else '**no**'}"
                                               for b, s in found["same_choice"].items())
@@ -207,8 +208,8 @@ def markdown(record: dict) -> str:
         plain = found["rows"]["unguarded"]["median_s"]
         lines += ["The guard's own cost (guarded median minus unguarded median): " + "; ".join(
             f"{b} budget {found['rows'][f'guarded, {b} budget']['median_s'] - plain:.1f} s as shipped, "
-            f"{found['rows'][f'guarded, {b} budget, largest step first (opt-in)']['median_s'] - plain:.1f} s "
-            f"largest step first, "
+            f"{found['rows'][f'guarded, {b} budget, every step']['median_s'] - plain:.1f} s "
+            f"every step, "
             f"{found['rows'][f'guarded, {b} budget, old guard']['median_s'] - plain:.1f} s old guard" for b in BUDGETS)
             + ". Target (issue #18): a guarded compile at most 2x the unguarded one: "
             + ("met" if found["rows"]["guarded, default budget"]["x_unguarded"] <= 2 else "**missed**") + ".", ""]
