@@ -96,6 +96,7 @@ def cnn_fp32(name: str, source: data.CnnSource) -> Path:
     images = torch.from_numpy(data.cnn_images(source, BATCHNORM_IMAGES, "batchnorm", SEED))
     models.settle_batchnorm(network, images.split(16), SEED)
     weights = path.with_suffix(".pth")
+    weights.parent.mkdir(parents=True, exist_ok=True)  # a fresh checkout has no cache folder yet
     torch.save(network.state_dict(), weights)
     _log(f"{name}: exporting with toolchain.api.convert (opset 17, batch 1, verified against PyTorch)")
     model_class = f"bench.models:{models.ARCHITECTURES[name].__name__}"
