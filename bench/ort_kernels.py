@@ -1,6 +1,6 @@
 """ONNX Runtime INT8 on depthwise networks, kernel by kernel (issue #18, item 2).
 
-    python -m bench.ort_kernels    # bench/ort_kernels.md + bench/ort_kernels.json (about 5 minutes on 2 cores)
+    python -m bench.ort_kernels    # bench/ort_kernels.md + bench/ort_kernels.json (about 4 minutes on 2 cores)
 
 Per model, the FP32 model and edgekiln's x86 INT8 (MinMax, uint8 activations, symmetric per-channel int8
 weights, no layer in float: the "edgekiln INT8" row of ``bench/run.py``) are timed whole, interleaved. Then each
