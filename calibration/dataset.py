@@ -352,6 +352,20 @@ def _check_numeric(array: np.ndarray, path: Path) -> None:
         )
 
 
+def _check_finite(array: np.ndarray, where: str) -> None:
+    """Refuse a sample holding NaN or Inf: every model output on it would be NaN, and the model blamed."""
+    if array.dtype.kind != "f":
+        return
+    finite = np.isfinite(array)
+    if finite.all():
+        return
+    nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+    first = tuple(int(i) for i in np.argwhere(~finite)[0])
+    counts = " and ".join(f"{n} {kind} value{'' if n == 1 else 's'}" for n, kind in ((nan, "NaN"), (inf, "Inf")) if n)
+    raise InputFileError(f"calibration sample {where} holds {counts} (the first at index {first}), so no model "
+                         "output on it can be compared", hint="Fix or remove that sample.")
+
+
 # ---- choosing and splitting ---------------------------------------------------------
 
 
@@ -582,6 +596,8 @@ def _load_arrays(found: _Found, cal: list[_Item], hold: list[_Item]) -> _Built:
         assert found.array is not None
         rows = np.asarray([item.index for item in ordered], dtype=np.intp)
         batch = np.ascontiguousarray(found.array[rows])  # copies just the chosen rows out of the map
+        for item, row in zip(ordered, batch):
+            _check_finite(row, f"{item.index} of '{found.source.name}'")
         return _split_rows(found, batch, ordered, len(cal), [], len(cal))
     samples: list[np.ndarray] = []
     kept: list[_Item] = []
@@ -592,6 +608,7 @@ def _load_arrays(found: _Found, cal: list[_Item], hold: list[_Item]) -> _Built:
         except InputFileError as exc:
             skipped.append((item.name, exc.one_line().rstrip(".")))
             continue
+        _check_finite(sample, f"'{item.name}'")
         if samples and (sample.shape, sample.dtype) != (samples[0].shape, samples[0].dtype):
             raise InputFileError(
                 f"'{item.path}' holds a {sample.shape} {sample.dtype} sample but '{kept[0].path}' "

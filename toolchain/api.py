@@ -108,6 +108,7 @@ def build_request(source: PathLike | None = None, output: PathLike = "edgekiln-o
     ``edgekiln fleet`` plans each of its models with this."""
     from toolchain.build import check_variants, example_defaults
     from toolchain.build_plan import BuildRequest
+    from toolchain.cache_root import cache_problem
     from toolchain.stage_cache import StageCache, default_cache_root
 
     build = take(options, BuildSettings)
@@ -138,7 +139,14 @@ def build_request(source: PathLike | None = None, output: PathLike = "edgekiln-o
                            samples=samples, quant=quant, passes=passes,
                            backend_settings=backend_settings, fail_fast=build.fail_fast)
     cache_root = Path(samples.cache_dir) if samples.cache_dir else default_cache_root()
-    return request, StageCache(cache_root, enabled=not samples.no_cache)
+    cache = StageCache(cache_root, enabled=not samples.no_cache)
+    problem = cache_problem(cache_root) if cache.enabled else None
+    if problem:
+        why, unreadable = problem
+        cache.enabled = not unreadable
+        cache.notes.append(f"cache '{cache_root}' not used: {why}; every stage runs" if unreadable else
+                           f"cache '{cache_root}': {why}, so new stages may not be cached")
+    return request, cache
 
 
 def build_settings() -> list[Any]:

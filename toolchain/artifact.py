@@ -86,12 +86,39 @@ class Artifact:
             manifest = json.loads(manifest_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputFileError(f"{manifest_path} is not valid JSON ({exc})") from exc
+        except RecursionError:
+            raise InputFileError(f"{manifest_path} nests too deep to be a manifest (a corrupt or hostile file)") \
+                from None
         if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
             raise InputFileError(f"{manifest_path} is not an {MANIFEST_FORMAT} manifest")
         artifact = cls(path, manifest)
-        if not artifact.model_path.is_file():
-            raise InputFileError(f"artifact '{path}' is missing its model file '{manifest['model_file']}'")
+        artifact._check_model_file(manifest_path)
         return artifact
+
+    def _check_model_file(self, manifest_path: Path) -> None:
+        """The manifest's model file is inside the artifact folder and is the file that was written there.
+
+        A manifest is data: its ``model_file`` could name ``/etc/passwd``, or another model elsewhere on the
+        host that would then run silently under this artifact's name.
+        """
+        from toolchain.errors import printable
+        from toolchain.fileio import sha256_path
+
+        name = self.manifest.get("model_file")
+        if not isinstance(name, str) or not name or "\x00" in name:
+            raise InputFileError(f"{manifest_path} names no valid model_file")
+        folder = self.path.resolve()
+        target = (folder / name).resolve()
+        if Path(name).is_absolute() or folder not in target.parents:
+            raise InputFileError(f"{manifest_path} names a model file outside the artifact folder "
+                                 f"('{printable(name)}'); refusing to open it")
+        if not target.is_file():
+            raise InputFileError(f"artifact '{self.path}' is missing its model file '{printable(name)}'")
+        recorded = self.manifest.get("model_sha256")
+        if recorded is not None and sha256_path(target) != recorded:
+            raise InputFileError(f"the model file '{printable(name)}' of artifact '{self.path}' is not the one its "
+                                 "manifest recorded (sha256 differs): it was changed or replaced after the build",
+                                 hint="Rebuild the artifact, or restore its model file.")
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -635,31 +635,49 @@ def main(argv: list[str] | None = None) -> None:
     from toolchain.quiet import debug_output
 
     token, json_token = debug_output.set(debug), json_requested.set(wants_json(args))
-    interrupted = _note_interrupts()
+    interrupted, unwatch = _note_interrupts()
     try:
-        with _progress_logging():
-            code = cli.main(args=args, prog_name="edgekiln", standalone_mode=False)
-    except BaseException as exc:
-        if interrupted and not debug and not isinstance(exc, SystemExit):
-            # Ctrl-C inside a library's import or cleanup can surface as another error type.
-            from toolchain.failures import interruption
+        try:
+            with _progress_logging():
+                code = cli.main(args=args, prog_name="edgekiln", standalone_mode=False)
+        except BaseException as exc:
+            if interrupted and not debug and not isinstance(exc, SystemExit):
+                # Ctrl-C inside a library's import or cleanup can surface as another error type.
+                from toolchain.failures import interruption
 
-            interruption(interrupted).end()
-        _exit_for(exc, args, debug, interrupted)
-    finally:
-        debug_output.reset(token)
-        json_requested.reset(json_token)
-    sys.exit(code if isinstance(code, int) else 0)
+                interruption(interrupted).end()
+            _exit_for(exc, args, debug, interrupted)
+        finally:
+            debug_output.reset(token)
+            json_requested.reset(json_token)
+            unwatch()
+        sys.exit(code if isinstance(code, int) else 0)
+    except SystemExit as ending:
+        _end_now_if_a_run_is_stuck(ending)
+        raise
 
 
-def _note_interrupts() -> list[int]:
-    """Record SIGINT and SIGTERM and raise KeyboardInterrupt for both, as Python does for SIGINT.
+def _end_now_if_a_run_is_stuck(ending: SystemExit) -> None:
+    """Exit at once when a model run that cannot be stopped is still going: waiting for it would hang."""
+    from toolchain.watchdog import abandoned
 
-    SIGTERM (docker stop, systemd, kill) thereby runs the same clean-up as Ctrl-C: staging
-    folders are removed on the way out. The list holds the signals received, in order.
-    Handlers the embedding program installed are left alone.
+    if abandoned():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(ending.code if isinstance(ending.code, int) else 1)
+
+
+def _note_interrupts() -> tuple[list[int], Callable[[], None]]:
+    """Record SIGINT, SIGTERM, SIGHUP and SIGQUIT and raise KeyboardInterrupt for each, as Python does for SIGINT.
+
+    SIGTERM (docker stop, systemd, kill), SIGHUP (the terminal closed) and SIGQUIT thereby run the same
+    clean-up as Ctrl-C: staging folders are removed on the way out. The list holds the signals received, in
+    order. Handlers the embedding program installed are left alone. Signals also stop a model run that is
+    busy inside ONNX Runtime (``toolchain.watchdog``); the returned function undoes that.
     """
     import signal
+
+    from toolchain.watchdog import watch_signals
 
     seen: list[int] = []
 
@@ -669,9 +687,10 @@ def _note_interrupts() -> list[int]:
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, handler)
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, handler)
-    return seen
+    for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        if signal.getsignal(number) == signal.SIG_DFL:
+            signal.signal(number, handler)
+    return seen, watch_signals()
 
 
 def _exit_for(exc: BaseException, args: list[str], debug: bool, interrupted: list[int] | None = None) -> None:

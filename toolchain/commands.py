@@ -45,7 +45,8 @@ def convert(source: PathLike | None, output: PathLike, *, target: str | None = N
     options = ConvertOptions(inputs=tuple(parse_input_specs(list(settings.inputs))),
                              dynamic_batch=settings.dynamic_batch, opset=opset, model_class=settings.model_class,
                              weights=settings.weights, model_kwargs=parse_kwargs(settings.model_kwargs),
-                             trust_pickle=settings.trust_pickle, exporter=settings.exporter,
+                             trust_pickle=settings.trust_pickle, trust_savedmodel=settings.trust_savedmodel,
+                             exporter=settings.exporter,
                              keras_safe_mode=settings.keras_safe_mode)
     return run_convert(Path(source) if source else None, Path(output), options, verify_options(verify))
 

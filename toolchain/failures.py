@@ -14,7 +14,6 @@ import click
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process killed by it
 
 
 @dataclass(frozen=True)
@@ -44,11 +43,13 @@ def one_line(text: str) -> str:
 
 
 def interruption(seen: list[int]) -> Failure:
-    """The first signal that stopped the command (SIGTERM, else Ctrl-C)."""
+    """The first signal that stopped the command: Ctrl-C, else SIGTERM, SIGHUP or SIGQUIT (exit 128 + its number,
+    as a shell reports a process killed by it)."""
     import signal
 
-    if seen and seen[0] == signal.SIGTERM:
-        return Failure("edgekiln: terminated (SIGTERM)", "terminated (SIGTERM)", EXIT_TERMINATED, "terminated")
+    if seen and seen[0] != signal.SIGINT:
+        name = signal.Signals(seen[0]).name
+        return Failure(f"edgekiln: terminated ({name})", f"terminated ({name})", 128 + seen[0], "terminated")
     return Failure("interrupted", "interrupted", EXIT_INTERRUPTED, "interrupted")
 
 

@@ -69,8 +69,34 @@ def _absolute(path: Path) -> Path:
     return Path(os.path.abspath(path))
 
 
+# Staging names add ".", "." and ".<pid>.<random>.tmp" (or ".previous") to an output's name: about 30 characters.
+_STAGING_EXTRA = 32
+
+
+def refuse_impossible_name(dest: Path) -> None:
+    """Refuse a path the file system cannot hold (a component past NAME_MAX with room for the staging name,
+    a whole past PATH_MAX, a NUL byte) with one line, before anything touches it."""
+    text = os.fspath(dest)
+    if "\x00" in text:
+        raise OutputError("output path holds a NUL byte")
+    absolute = os.path.abspath(text)
+    try:
+        name_max, path_max = os.pathconf(os.getcwd(), "PC_NAME_MAX"), os.pathconf(os.getcwd(), "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    longest = max(Path(absolute).parts, key=len)
+    if len(longest.encode()) + _STAGING_EXTRA > name_max:
+        raise OutputError(f"output path has a name of {len(longest.encode())} bytes ('{longest[:40]}...'); this "
+                          f"file system allows {name_max}, and edgekiln needs {_STAGING_EXTRA} of them for its "
+                          "temporary name", hint="Choose a shorter name.")
+    if len(absolute.encode()) + _STAGING_EXTRA > path_max:
+        raise OutputError(f"output path is {len(absolute.encode())} bytes long; paths on this system stop at "
+                          f"{path_max}", hint="Choose a shorter path.")
+
+
 def check_writable_destination(dest: Path) -> None:
     """Fail early, before any expensive work, if ``dest`` cannot be created or replaced."""
+    refuse_impossible_name(dest)
     refuse_unreplaceable(dest)
     parent = _absolute(dest).parent
     if not parent.exists():

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
-from toolchain.errors import InputFileError, OutputError, whole_message
+from toolchain.errors import InputFileError, OutputError, printable, whole_message
 from toolchain.fileio import check_writable_destination, publishable, require_file
 
 # Protobuf cannot serialise a message over 2 GiB; stay well below it.
@@ -53,14 +53,26 @@ def _check_external_data_paths(model: onnx.ModelProto, base: Path) -> None:
         if not external_data_helper.uses_external_data(tensor):
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        target = (base / location).resolve()
+        name = printable(tensor.name)
+        if "\x00" in location or not location:
+            raise InputFileError(f"external data of tensor '{name}' has an invalid location "
+                                 f"'{printable(location)}' ({'empty' if not location else 'it holds a NUL byte'})")
+        try:
+            target = (base / location).resolve()
+        except OSError as exc:  # a name too long for the file system, a link loop
+            raise InputFileError(f"external data '{printable(location)}' of tensor '{name}' cannot be resolved: "
+                                 f"{exc.strerror or exc}") from exc
         if os.path.isabs(location) or base not in target.parents:
             raise InputFileError(
-                f"external data '{location}' of tensor '{tensor.name}' points outside the model's folder",
+                f"external data '{printable(location)}' of tensor '{name}' points outside the model's folder",
                 hint="Refusing to read it; keep external-data files next to the .onnx file.",
             )
+        if not target.exists():
+            raise InputFileError(f"external data file '{printable(location)}' for tensor '{name}' is missing")
         if not target.is_file():
-            raise InputFileError(f"external data file '{location}' for tensor '{tensor.name}' is missing")
+            kind = "a folder" if target.is_dir() else "a FIFO, device or socket"
+            raise InputFileError(f"external data '{printable(location)}' for tensor '{name}' is {kind}, "
+                                 "not a data file")
 
 
 def load_onnx(path: Path, *, check: bool = True) -> onnx.ModelProto:

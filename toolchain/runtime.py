@@ -16,6 +16,7 @@ import onnx
 from toolchain.errors import InputFileError, UsageError, whole_message
 from toolchain.lazy import require
 from toolchain.onnx_io import TensorInfo, graph_inputs, graph_outputs
+from toolchain.watchdog import RunTimeout, stoppable
 
 Feed = dict[str, np.ndarray]
 
@@ -170,7 +171,18 @@ class OnnxRuntimeRunner(Runner):
         if set(feed) != expected:
             raise UsageError(f"the model takes inputs {sorted(expected)}, got {sorted(feed)}")
         try:
-            values = self.session.run(names, feed)
+            values = bounded_run(self.session, names, feed)
+        except RunTimeout:
+            raise
         except Exception as exc:  # ORT reports bad shapes/dtypes as its own exception types
             raise UsageError(f"ONNX Runtime rejected the inputs: {whole_message(exc)}") from exc
         return dict(zip(names, values))
+
+
+def bounded_run(session, names: list[str] | None, feed: Feed) -> list:
+    """``session.run`` bounded in time and stoppable by a signal (``toolchain.watchdog``)."""
+    ort = require("onnxruntime", "Running an ONNX model")
+    options = ort.RunOptions()
+    options.log_severity_level = 4  # a stopped run's error is raised; ORT's own log line would be a second one
+    with stoppable(lambda: setattr(options, "terminate", True), "ONNX Runtime"):
+        return session.run(names, feed, options)

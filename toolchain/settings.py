@@ -43,6 +43,8 @@ class SourceSettings(OptionGroup):
     model_kwargs: Annotated[str | dict[str, Any] | None, Flag(metavar="JSON")] = Field(
         None, description="Constructor keyword arguments for --model-class.")
     trust_pickle: bool = Field(False, description="Allow unpickling a whole model object (runs code from the file).")
+    trust_savedmodel: bool = Field(False, description="Allow a SavedModel whose graph reads or writes files, runs "
+                                                      "Python or reaches the network (converting it runs them).")
     exporter: Exporter = Field("auto", description="PyTorch ONNX exporter.")
     keras_safe_mode: Annotated[bool, Flag(negate=True, help="Allow Keras Lambda layers (deserializes code from "
                                                            "the file).")] = Field(

@@ -21,11 +21,12 @@ from toolchain.fileio import atomic_directory, check_writable_destination, refus
 from toolchain.feeds import image_preprocess_or_none
 from toolchain.frontends import ingest
 from toolchain.hostcpu import host_cpu
-from toolchain.frontends.base import ConvertOptions
+from toolchain.frontends.base import ConvertOptions, Feed
 from toolchain.onnx_io import TensorInfo, graph_inputs, graph_outputs, load_onnx, opset_version, save_onnx
 from toolchain.passes.base import PassReport
 from toolchain.precision import LoweredModel
 from toolchain.verify import ParityReport, VerifyOptions, verify_callables
+from toolchain.watchdog import run_bounded
 
 
 def _ort_runner(model: onnx.ModelProto, integer_reference: bool = False):
@@ -64,7 +65,11 @@ def convert(source: Path | None, output: Path, options: ConvertOptions,
     ingested = ingest(source, options)
     model = ingested.model
     inputs = graph_inputs(model)
-    parity = verify_callables(ingested.reference, _ort_runner(model).run, inputs, verify,
+    reference = ingested.reference
+    if ingested.framework != "onnx":  # TensorFlow and PyTorch cannot be asked to stop a run: wait apart from it
+        def reference(feed: Feed, run=ingested.reference, runtime=ingested.describe_reference()) -> Feed:
+            return run_bounded(lambda: run(feed), runtime)
+    parity = verify_callables(reference, _ort_runner(model).run, inputs, verify,
                               reference=ingested.describe_reference(),
                               candidate="ONNX Runtime") if verify.enabled else []
     if ingested.framework != "onnx":  # a passthrough keeps the user's producer metadata
@@ -217,6 +222,7 @@ def compile_artifact(model_path: Path, out_dir: Path, backend_name: str, options
         manifest = {
             "backend": backend_name,
             "model_file": compiled.model_file,
+            "model_sha256": sha256_path(staging / compiled.model_file),  # checked whenever the artifact is opened
             "source": {"file": model_path.name, "sha256": sha256_path(model_path)},
             "tool": tool_versions(),
             "sdk": sdk_versions(SDK_DISTRIBUTIONS + tuple(d for d in backend.distributions

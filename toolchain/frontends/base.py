@@ -46,6 +46,7 @@ class ConvertOptions:
     model_kwargs: dict = field(default_factory=dict)
     """Keyword arguments for the model class constructor (``--model-kwargs``, JSON)."""
     trust_pickle: bool = False
+    trust_savedmodel: bool = False
     """Allow unpickling a whole model object, which can execute code (``--trust-pickle``)."""
     exporter: Exporter = "auto"
     """PyTorch exporter: TorchScript-based, dynamo (torch.export) or auto (``--exporter``)."""

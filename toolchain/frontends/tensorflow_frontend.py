@@ -41,7 +41,8 @@ ModelBody = Callable[[Sequence[Any]], dict[str, Any]]
 # Loggers that chat at INFO/WARNING while loading and converting (tf2onnx logs every step).
 _NOISY_LOGGERS = ("tf2onnx", "tensorflow", "absl", "keras", "h5py")
 # Layer classes whose config carries Python bytecode that Keras executes on load.
-_UNSAFE_CLASSES = {"Lambda", "__lambda__"}
+# TFSMLayer loads and runs another SavedModel, named by a path in the file.
+_UNSAFE_CLASSES = {"Lambda", "__lambda__", "TFSMLayer"}
 _BATCH_DIM = "batch"
 _SAFE_MODE_HINT = "Pass --no-keras-safe-mode only if you trust the file."
 
@@ -73,7 +74,7 @@ def ingest_savedmodel(path: Path, options: ConvertOptions) -> IngestedModel:
     """Convert a TensorFlow SavedModel folder's serving signature to ONNX."""
     tf = require("tensorflow", "Converting a TensorFlow SavedModel")
     with quiet(*_NOISY_LOGGERS):
-        loaded = _load_savedmodel(tf, path)
+        loaded = _load_savedmodel(tf, path, options.trust_savedmodel)
         key, signature = _serving_signature(loaded, path)
         keys, inputs = _signature_inputs(signature)
         body = _signature_body(tf, signature, keys)
@@ -312,14 +313,20 @@ def _load_keras(keras: Any, path: Path, source_format: str, options: ConvertOpti
     require_file(path, "Keras model")
     if path.stat().st_size == 0:
         raise InputFileError(f"Keras model '{path}' is empty")
-    config = _keras_archive_config(path) if source_format == "keras" else _h5_config(path)
-    unsafe = _unsafe_layers(config)
+    try:
+        config = _keras_archive_config(path) if source_format == "keras" else _h5_config(path)
+        unsafe = _unsafe_layers(config)
+    except RecursionError:  # json and the layer scan recurse per level; no real model nests this deep
+        raise InputFileError(f"the model config in '{path}' nests too deep to read (a corrupt or hostile file)") \
+            from None
     if unsafe and options.keras_safe_mode:
         _refuse_unsafe(path, unsafe)
     try:
         return keras.models.load_model(path, compile=False, safe_mode=options.keras_safe_mode)
     except ToolchainError:
         raise
+    except RecursionError:
+        raise InputFileError(f"the model config in '{path}' nests too deep for Keras to load") from None
     except Exception as exc:
         if "safe_mode" in str(exc):  # unsafe code the config scan did not spot
             _refuse_unsafe(path, [])
@@ -441,11 +448,13 @@ def _name_outputs(tensors: Sequence[Any], names: Sequence[str]) -> dict[str, Any
 # ---------------------------------------------------------------------- SavedModel
 
 
-def _load_savedmodel(tf: Any, path: Path) -> Any:
+def _load_savedmodel(tf: Any, path: Path, trusted: bool) -> Any:
     if not path.exists():
         raise InputFileError(f"SavedModel '{path}' does not exist")
     if not path.is_dir():
         raise InputFileError(f"SavedModel '{path}' is not a folder")
+    if not trusted:
+        _refuse_unsafe_ops(path)
     try:
         return tf.saved_model.load(str(path))
     except Exception as exc:
@@ -454,6 +463,28 @@ def _load_savedmodel(tf: Any, path: Path) -> Any:
             raise InputFileError(f"SavedModel '{path}' is missing its variables/ data ({problem})",
                                  hint="Copy the whole SavedModel folder, including variables/.") from exc
         raise InputFileError(f"cannot load SavedModel '{path}': {first_line(exc)}") from exc
+
+
+def _refuse_unsafe_ops(path: Path) -> None:
+    """Refuse, before TensorFlow loads or runs anything, a graph that reads or writes files, runs Python or
+    reaches the network (``toolchain.frontends.savedmodel_ops``)."""
+    from google.protobuf.message import DecodeError
+
+    from toolchain.frontends.savedmodel_ops import unsafe_ops
+
+    if not (path / "saved_model.pb").is_file():
+        return  # TensorFlow's loader says what is missing (a .pbtxt is read by it alone)
+    try:
+        found = unsafe_ops(path)
+    except (DecodeError, RecursionError, ValueError) as exc:
+        raise InputFileError(f"SavedModel '{path}': saved_model.pb is not a readable SavedModel "
+                             f"({type(exc).__name__})") from exc
+    if found:
+        others = sorted({f.op for f in found} - {found[0].op})
+        more = f" (also {', '.join(others)})" if others else ""
+        raise InputFileError(f"SavedModel '{path}' does more than compute: its graph has {found[0].describe()}{more}; "
+                             "converting and verifying it would run that",
+                             hint="Pass --trust-savedmodel only if you trust the file.")
 
 
 def _variables_problem(path: Path) -> str | None:

@@ -36,7 +36,7 @@ def stream(model: onnx.ModelProto, feeds: Iterable[Feed], names: Sequence[str],
 
     A name that is a graph input is given its fed value. Returns the number of feeds run.
     """
-    from toolchain.runtime import session_options
+    from toolchain.runtime import bounded_run, session_options
 
     import onnxruntime as ort
 
@@ -46,7 +46,7 @@ def stream(model: onnx.ModelProto, feeds: Iterable[Feed], names: Sequence[str],
     wanted = [o.name for o in session.get_outputs()]
     count = 0
     for feed in feeds:
-        values = session.run(wanted, feed)
+        values = bounded_run(session, wanted, feed)
         consume({**feed, **dict(zip(wanted, values))})
         count += 1
     return count
