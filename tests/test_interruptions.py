@@ -104,3 +104,29 @@ def test_concurrent_builds_into_the_same_folder(model, tmp_path):
     _assert_complete_or_absent(out)
     assert out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
+
+
+def test_eight_concurrent_builds_on_one_cache_with_random_sigkills(model, tmp_path):
+    """Load test (issue #40): 8 builds share one cache while random ones are SIGKILLed at random times, twice
+    over; then each is rerun on the same cache, and every artifact matches a clean build's, byte for byte."""
+    reference = tmp_path / "reference"
+    subprocess.run(_build_command(model, reference) + ["--cache-dir", str(tmp_path / "clean-cache")], check=True,
+                   capture_output=True, timeout=300)
+    cache, rng = tmp_path / "shared-cache", random.Random(1)
+    outs = [tmp_path / f"out{i}" for i in range(8)]
+    for _ in range(2):
+        processes = [subprocess.Popen(_build_command(model, out) + ["--cache-dir", str(cache)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for out in outs]
+        victims = rng.sample(range(len(processes)), 5)
+        for index in victims:
+            time.sleep(rng.uniform(0.2, 3.0))
+            processes[index].send_signal(signal.SIGKILL)
+        for process in processes:
+            process.wait(timeout=600)
+        for out in outs:
+            _assert_complete_or_absent(out)
+    for out in outs:
+        subprocess.run(_build_command(model, out) + ["--cache-dir", str(cache)], check=True, capture_output=True,
+                       timeout=300)
+        assert _fingerprint(out) == _fingerprint(reference), out.name
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
