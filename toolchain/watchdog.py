@@ -126,6 +126,8 @@ def watch_signals() -> Callable[[], None]:
     """
     import signal
 
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # only the main thread gets signals (and may set the descriptor)
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
