@@ -4,6 +4,7 @@ and no output folder (the command's own embedded Ray instance, in a fresh proces
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,6 +35,9 @@ def test_ctrl_c_cancels_the_fleet_cleanly(tmp_path):
         finally:
             process.kill()
     assert code == 130
-    assert [line for line in rest.splitlines() if line.strip()] == ["interrupted"]
+    # Ray's native workers may log one line of their own as the driver goes ("[date ...] task_manager.cc:1545:
+    # Failed to push error to driver"), seen once in 3 runs here; edgekiln's own output is the one line.
+    ray_native = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+ \w \d+ \d+\] \w+\.cc:\d+: ")
+    assert [line for line in rest.splitlines() if line.strip() and not ray_native.match(line)] == ["interrupted"]
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no staging folder left
