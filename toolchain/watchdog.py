@@ -78,7 +78,10 @@ class _Watcher:
         self.lock = threading.Lock()
         self.runs: dict[int, _Run] = {}
         self.ids = itertools.count()
-        self.wakeup_fd: int | None = None
+        # One pipe for the process, never closed: a closed descriptor's number is reused by the next open
+        # file, which a watcher still reading it would corrupt.
+        self.pipe: tuple[int, int] | None = None
+        self.watching = False
         self.thread: threading.Thread | None = None
 
     def add(self, run: _Run) -> int:
@@ -103,13 +106,12 @@ class _Watcher:
 
     def _loop(self) -> None:
         while True:
-            fd = self.wakeup_fd
-            if fd is None:
+            if self.pipe is None:
                 time.sleep(_TICK_S)
             else:
-                with contextlib.suppress(OSError, ValueError):
-                    readable, _, _ = select.select([fd], [], [], _TICK_S)
-                    if readable and os.read(fd, 64):
+                readable, _, _ = select.select([self.pipe[0]], [], [], _TICK_S)
+                with contextlib.suppress(BlockingIOError):
+                    if readable and os.read(self.pipe[0], 64) and self.watching:
                         self._stop_all("signal", lambda run: True)
             now = time.monotonic()
             self._stop_all("timeout", lambda run: now >= run.deadline)
@@ -128,17 +130,17 @@ def watch_signals() -> Callable[[], None]:
 
     if threading.current_thread() is not threading.main_thread():
         return lambda: None  # only the main thread gets signals (and may set the descriptor)
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
-    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    _WATCHER.wakeup_fd = read_fd
+    with _WATCHER.lock:
+        if _WATCHER.pipe is None:
+            _WATCHER.pipe = os.pipe()
+            for fd in _WATCHER.pipe:
+                os.set_blocking(fd, False)
+    previous = signal.set_wakeup_fd(_WATCHER.pipe[1], warn_on_full_buffer=False)
+    _WATCHER.watching = True
 
     def undo() -> None:
+        _WATCHER.watching = False
         signal.set_wakeup_fd(previous)
-        _WATCHER.wakeup_fd = None
-        for fd in (read_fd, write_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
     return undo
 
