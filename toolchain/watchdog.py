@@ -45,14 +45,19 @@ class RunTimeout(InputFileError):
     """A model run passed its time budget and was stopped."""
 
 
+def env_seconds(variable: str, default: float) -> float:
+    """A budget in seconds from the environment variable ``variable``; ``default`` when unset or unusable."""
+    raw = os.environ.get(variable, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = default
+    return value if value > 0 else default
+
+
 def run_timeout() -> float:
     """The per-run budget in seconds, from ``EDGEKILN_RUN_TIMEOUT`` (read on each call, never at import)."""
-    raw = os.environ.get("EDGEKILN_RUN_TIMEOUT", "")
-    try:
-        value = float(raw) if raw else DEFAULT_RUN_TIMEOUT_S
-    except ValueError:
-        value = DEFAULT_RUN_TIMEOUT_S
-    return value if value > 0 else DEFAULT_RUN_TIMEOUT_S
+    return env_seconds("EDGEKILN_RUN_TIMEOUT", DEFAULT_RUN_TIMEOUT_S)
 
 
 def timeout_error(runtime: str, seconds: float) -> RunTimeout:

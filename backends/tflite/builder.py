@@ -173,8 +173,7 @@ class Built:
 def _build(model: onnx.ModelProto, plan: BuildPlan, quant: Any, work: Path, log_path: Path) -> Built:
     from backends.tflite.converter import preload_tensorflow
     from backends.tflite.onnx2tf_run import convert_to_saved_model
-
-    from backends.tflite.prepare import zero_pad_maxpools
+    from backends.tflite.prepare import prepare_for_onnx2tf
 
     simplified, ptq_notes = _simplified(model), []
     if plan.precision == "int8":
@@ -184,10 +183,11 @@ def _build(model: onnx.ModelProto, plan: BuildPlan, quant: Any, work: Path, log_
         for note in ptq_notes:
             log.info("TFLite INT8: %s", note)
     log.info("TFLite: converting with onnx2tf (log: %s)", log_path.name)
-    prepared, rewritten = zero_pad_maxpools(simplified)
-    if rewritten:
-        log.info("TFLite: %d padded MaxPool(s) after ReLU made explicit zero pads (exact)", rewritten)
-    saved = convert_to_saved_model(prepared, work, log_path, while_waiting=preload_tensorflow)
+    prepared = prepare_for_onnx2tf(simplified)
+    for note in prepared.notes:
+        log.info("TFLite: %s", note)
+    saved = convert_to_saved_model(prepared.model, work, log_path, while_waiting=preload_tensorflow,
+                                   node_names=prepared.original_names)
     # Only an FP32 build needs the float TFLite model itself; the others bind from the SavedModel's
     # signature and lower the float model only when shapes leave the output order open.
     float_model = _FloatModel(saved.path, eager=plan.precision == "fp32")

@@ -13,6 +13,7 @@ import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -122,34 +123,25 @@ def _converter_reason(exc: Exception) -> str:
 
 
 def layer_errors(saved_model: Path, config: LowerConfig, representative: Representative,
-                 debug_samples: Representative) -> list["LayerError"]:
+                 debug_samples: Representative, float_stats: dict[str, Any]) -> list["LayerError"]:
     """Per-layer INT8 error (float vs quantized output of each op, fed the same quantized inputs).
 
-    The metric is the relative RMS error ``rms(float - dequant(q)) / rms(float)``: 0 is exact, 1 means
-    the layer's output is lost in quantization noise. In execution order.
+    The metric is the relative RMS error ``rms(float - dequant(q)) / rms(float)``: 0 is exact, 1 means the
+    layer's output is lost in quantization noise. The differences are the debugger's own NumericVerify
+    results; ``rms(float)`` comes from ``float_stats`` (see ``float_stats``: the debugger's float tensors are
+    not reliable). In execution order; a layer with no float magnitude scores NaN and ranks last.
     """
     tf = _tf()
-    options = tf.lite.experimental.QuantizationDebugOptions(
-        layer_direct_compare_metrics={"relative_rmse": _relative_rmse})
     try:
         with quiet(*_TF_LOGGERS), native_stderr_captured():
             converter = _converter(saved_model, LowerConfig("int8", "float32", config.per_channel), representative)
-            debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=debug_samples,
-                                                                 debug_options=options)
+            debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=debug_samples)
             debugger.run()
             dump = io.StringIO()
             debugger.layer_statistics_dump(dump)
     except Exception as exc:  # the debugger re-converts the model; same failure modes as lower()
         raise ConversionError(f"TFLite quantization debugger failed: {_converter_reason(exc)}") from exc
-    return parse_layer_statistics(dump.getvalue())
-
-
-def _relative_rmse(floats: np.ndarray, quantized: np.ndarray, scale: float, zero_point) -> float:
-    reference = np.asarray(floats, np.float64)
-    restored = (np.asarray(quantized, np.float64) - np.asarray(zero_point, np.float64)) * scale
-    norm = float(np.sqrt(np.mean(reference ** 2)))
-    error = float(np.sqrt(np.mean((reference - restored) ** 2)))
-    return 0.0 if norm == 0.0 and error == 0.0 else error / max(norm, 1e-12)
+    return parse_layer_statistics(dump.getvalue(), float_stats)
 
 
 @dataclass(frozen=True)
@@ -160,8 +152,16 @@ class LayerError:
     scale: float
 
 
-def parse_layer_statistics(csv_text: str) -> list[LayerError]:
+def parse_layer_statistics(csv_text: str, float_stats: dict[str, Any]) -> list[LayerError]:
+    """The debugger's CSV dump as layers; ``float_stats`` maps tensor names to objects with an ``rms``."""
     import csv
 
+    def relative(row: dict[str, str]) -> float:
+        stats = float_stats.get(row["tensor_name"])
+        error = float(np.sqrt(max(float(row["mean_squared_error"]), 0.0)))
+        if stats is None:
+            return float("nan")
+        return 0.0 if error == 0.0 else error / max(stats.rms, 1e-12)
+
     rows = csv.DictReader(io.StringIO(csv_text))
-    return [LayerError(r["op_name"], r["tensor_name"], float(r["relative_rmse"]), float(r["scale"])) for r in rows]
+    return [LayerError(r["op_name"], r["tensor_name"], relative(r), float(r["scale"])) for r in rows]

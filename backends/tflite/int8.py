@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from backends.tflite.converter import LayerError, LowerConfig, layer_errors, lower
+from backends.tflite.float_stats import Join, TensorStats, float_tensor_stats
 from backends.tflite.io_binding import IOBindings
 from toolchain.errors import UsageError, VerificationError
 from toolchain.quant_guard import Budget, Quality, compare_quality, refusal_hint
@@ -163,16 +164,37 @@ class GuardLog:
                 "sensitivity_metric": "relative RMS error of each layer's own INT8 output (TFLite debugger)"}
 
 
+def _float_profile(saved_model: Path, samples: Samples, bindings: IOBindings) -> tuple[dict[str, TensorStats],
+                                                                                       list[Join]]:
+    """Every float tensor's magnitude on calibration samples, and the joins INT8 would make lossy."""
+    float_model = lower(saved_model, LowerConfig("fp32"))
+    return float_tensor_stats(float_model, _tflite_batches(samples.calibration[:DEBUG_SAMPLES], bindings))
+
+
+def _describe_join(join: Join) -> str:
+    ranges = ", ".join(f"{r:.3g}" for r in join.ranges)
+    return (f"{join.op} '{join.tensor[:60]}' joins inputs of max |x| {ranges} at one int8 scale "
+            f"(the narrowest keeps {join.levels:.1f} of 256 levels)")
+
+
 def quantize_int8(saved_model: Path, model: onnx.ModelProto, bindings: IOBindings, quant: Any, *,
                   io_dtype: str, allow_float_fallback: bool) -> Int8Result:
     """Calibrate, convert and (unless ``quant.budget`` is None) guard a full-integer INT8 model."""
     per_channel = check_overrides(dict(quant.overrides))
     samples = load_samples(model, quant.calibration)
-    config = LowerConfig("int8", io_dtype, per_channel)
+    stats, joins = _float_profile(saved_model, samples, bindings)
+    float_joins = tuple(j.tensor for j in joins) if allow_float_fallback and io_dtype == "float32" else ()
+    config = LowerConfig("int8", io_dtype, per_channel, float_joins)
     log.info("TFLite INT8: calibrating on %d samples", len(samples.calibration))
+    for join in joins:
+        log.info("TFLite INT8: %s%s", _describe_join(join), ": kept in float" if float_joins else "")
     model_bytes = lower(saved_model, config, _feeder(samples.calibration, bindings))
     details: dict[str, Any] = {"calibration": samples.summary, "per_channel": per_channel, "io_dtype": io_dtype,
                                "bias_corrected": bool(quant.overrides.get("bias_correction"))}
+    if joins:
+        details["mixed_range_joins"] = [_describe_join(j) for j in joins]
+    if float_joins:
+        details["kept_float"] = [f"{_describe_join(j)}: kept in float" for j in joins]
     if quant.budget is None:  # --no-guard: no held-out comparison either (as on the ONNX Runtime path)
         return Int8Result(model_bytes, None, details)
     if len(samples.holdout) == 0:
@@ -185,19 +207,23 @@ def quantize_int8(saved_model: Path, model: onnx.ModelProto, bindings: IOBinding
         if guard.add([], quality):
             return Int8Result(model_bytes, quality, details)
         return _fallback(saved_model, model, bindings, samples, reference, config, guard, details,
-                         allow_float_fallback)
+                         allow_float_fallback, stats, joins)
     finally:
         details["guard"] = guard.to_dict()
 
 
 def _fallback(saved_model: Path, model: onnx.ModelProto, bindings: IOBindings, samples: Samples,
               reference: dict[str, np.ndarray], config: LowerConfig, guard: GuardLog, details: dict[str, Any],
-              allow_float_fallback: bool) -> Int8Result:
+              allow_float_fallback: bool, stats: dict[str, TensorStats], joins: list[Join]) -> Int8Result:
     log.info("TFLite INT8 misses the budget; measuring each layer's error")
     representative = _feeder(samples.calibration, bindings)
-    in_order = layer_errors(saved_model, config, representative, _feeder(samples.holdout[:DEBUG_SAMPLES], bindings))
+    in_order = layer_errors(saved_model, config, representative, _feeder(samples.holdout[:DEBUG_SAMPLES], bindings),
+                            stats)
     names = onnx_node_names(model, in_order)
-    layers = sorted(in_order, key=lambda layer: -layer.relative_rmse)
+    kept_first = set(config.float_nodes)
+    # Worst first; NaN (no float magnitude) last; layers already kept in float are not candidates.
+    layers = sorted((layer for layer in in_order if layer.tensor not in kept_first),
+                    key=lambda layer: -layer.relative_rmse if np.isfinite(layer.relative_rmse) else float("inf"))
     guard.sensitivity = [{"node": names.get(l.tensor, l.tensor), "op_type": l.op, "tensor": l.tensor,
                           "score": round(l.relative_rmse, 6)} for l in layers]
     if allow_float_fallback and config.io_dtype == "float32":
@@ -207,13 +233,14 @@ def _fallback(saved_model: Path, model: onnx.ModelProto, bindings: IOBindings, s
         def attempt(step: int) -> tuple[bytes, Quality, list[str]]:
             kept = layers[:step]
             candidate = lower(saved_model, LowerConfig("int8", "float32", config.per_channel,
-                                                       tuple(layer.tensor for layer in kept)), representative)
+                                                       (*config.float_nodes, *(layer.tensor for layer in kept))),
+                              representative)
             return (candidate, measure(candidate, bindings, samples, reference, guard.budget.task),
                     [names.get(layer.tensor, layer.tensor) for layer in kept])
 
         def accept(step: int, candidate: bytes, quality: Quality) -> Int8Result:
             details["quality"] = quality.to_dict()
-            details["kept_float"] = [describe(layer, names) for layer in layers[:step]]
+            details["kept_float"] = [*details.get("kept_float", []), *(describe(layer, names) for layer in layers[:step])]
             return Int8Result(candidate, quality, details)
 
         largest: tuple[bytes, Quality, list[str]] | None = None
@@ -227,7 +254,8 @@ def _fallback(saved_model: Path, model: onnx.ModelProto, bindings: IOBindings, s
                 probe_entry, guard.passed = guard.attempts[-1], False
                 if largest[1].hopeless(guard.budget):
                     raise budget_error(guard, layers, names, len(samples.holdout), allow_float_fallback,
-                                       bias_corrected=bool(details.get("bias_corrected")), hopeless=True)
+                                       bias_corrected=bool(details.get("bias_corrected")), hopeless=True,
+                                       joins=joins)
             if largest is not None and step == steps[-1]:
                 guard.attempts = [a for a in guard.attempts if a is not probe_entry]
                 candidate, quality, kept_names = largest
@@ -236,14 +264,17 @@ def _fallback(saved_model: Path, model: onnx.ModelProto, bindings: IOBindings, s
             if guard.add(kept_names, quality):
                 return accept(step, candidate, quality)
     raise budget_error(guard, layers, names, len(samples.holdout), allow_float_fallback,
-                       bias_corrected=bool(details.get("bias_corrected")))
+                       bias_corrected=bool(details.get("bias_corrected")), joins=joins)
 
 
 def budget_error(guard: GuardLog, layers: list[LayerError], names: dict[str, str], samples: int,
-                 fallback_allowed: bool, bias_corrected: bool = False, hopeless: bool = False) -> VerificationError:
+                 fallback_allowed: bool, bias_corrected: bool = False, hopeless: bool = False,
+                 joins: list[Join] = ()) -> VerificationError:
     last = guard.attempts[-1]["quality"]
     quality = Quality.from_dict(last)
     worst = ", ".join(describe(layer, names) for layer in layers[:3]) or "no single layer stands out"
+    if joins and not fallback_allowed:
+        worst = f"{_describe_join(joins[0])}; {worst}"
     skipped = " (missed by far, so fewer were not tried)" if hopeless else ""
     fallback = (f" even with {len(guard.attempts[-1]['kept_float'])} layer(s) kept in float{skipped}"
                 if len(guard.attempts) > 1 else "" if fallback_allowed else " (full-integer target: no float fallback)")

@@ -14,6 +14,12 @@ folder. Known traps handled here:
   point at a closed local port so any other download fails at once.
 - Its own onnxsim step shells out to ``onnxsim`` three times (about 13 s even
   for a tiny model): edgekiln simplifies in-process once instead.
+- Without a parameter-replacement file, a failed op starts its automatic
+  replacement search, which re-converts the model dozens of times (14 minutes
+  on YOLOv8n before failing anyway): it always gets one, empty unless
+  edgekiln has replacements to make, so a failure is reported in seconds.
+- Its per-op progress ("N / M") is printed at debug verbosity only: the child
+  runs at debug, so progress and a stopped conversion can name the op.
 
 The conversion is deterministic (same ONNX bytes, same SavedModel, byte-identical
 ``.tflite``), so a process converts each distinct model once (``ConversionCache``).
@@ -48,13 +54,25 @@ log = logging.getLogger("edgekiln.tflite")
 
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 SAVED_MODEL_DIR = "saved_model"
+REPLACEMENT_FILE = "replacements.json"
+TIMEOUT_VARIABLE = "EDGEKILN_CONVERT_TIMEOUT"
 _SCRIPT = "import json, sys\nimport onnx2tf\nonnx2tf.convert(**json.loads(sys.argv[1]))\n"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # onnx2tf's phase banners, reported as progress.
 _PHASES = {"Model loaded": "onnx2tf: model loaded", "Model conversion started": "onnx2tf: converting ops",
            "saved_model output started": "onnx2tf: writing SavedModel",
            "Float32 tflite output complete": "onnx2tf: done"}
-DEFAULT_TIMEOUT_S = 1800.0
+_OP_PROGRESS = re.compile(r"^INFO: (\d+) / (\d+)[ \t]*$", re.MULTILINE)
+_OP_NAME = re.compile(r"onnx_op_type: (\S+) onnx_op_name: (\S+)")
+DEFAULT_TIMEOUT_S = 900.0
+"""A whole onnx2tf conversion (YOLOv8n: about 5 s of ops, 60 s in all on 2 cores)."""
+
+
+def conversion_timeout() -> float:
+    """The conversion budget in seconds, from ``EDGEKILN_CONVERT_TIMEOUT`` (read on each call)."""
+    from toolchain.watchdog import env_seconds
+
+    return env_seconds(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_S)
 
 
 @dataclass
@@ -134,16 +152,22 @@ def _write_sample_images(folder: Path) -> None:
 def _job(model_file: str) -> dict:
     return {"input_onnx_file_path": model_file, "output_folder_path": SAVED_MODEL_DIR,
             "output_signaturedefs": True,  # signature inputs keep the ONNX input names
-            "not_use_onnxsim": True, "verbosity": "info"}
+            "not_use_onnxsim": True, "verbosity": "debug", "param_replacement_file": REPLACEMENT_FILE}
+
+
+def _write_replacements(folder: Path, operations: list[dict]) -> None:
+    (folder / REPLACEMENT_FILE).write_text(json.dumps({"format_version": 1, "operations": operations}))
 
 
 def convert_to_saved_model(model: onnx.ModelProto, workdir: Path, log_path: Path, *,
-                           timeout_s: float = DEFAULT_TIMEOUT_S, cache: ConversionCache | None = _CACHE,
+                           timeout_s: float | None = None, cache: ConversionCache | None = _CACHE,
                            progress: Callable[[str], None] | None = None,
-                           while_waiting: Callable[[], None] | None = None) -> SavedModel:
+                           while_waiting: Callable[[], None] | None = None,
+                           node_names: dict[str, str] | None = None) -> SavedModel:
     """Convert ``model`` to a SavedModel; the full onnx2tf output goes to ``log_path``.
 
     ``while_waiting`` runs in this process while the child converts (not when the result is reused).
+    ``node_names`` maps node names of ``model`` back to the user's (errors name the user's nodes).
 
     ``workdir`` is the child's private working folder. The SavedModel path returned stays valid for
     the life of the process when ``cache`` is used, else as long as ``workdir``.
@@ -159,13 +183,25 @@ def convert_to_saved_model(model: onnx.ModelProto, workdir: Path, log_path: Path
         return SavedModel(entry.path, time.perf_counter() - started, entry.warnings, reused=True)
     onnx.save(model, str(workdir / "model.onnx"))
     _write_sample_images(workdir)
+    _write_replacements(workdir, [])
+    budget = conversion_timeout() if timeout_s is None else timeout_s
     command = [sys.executable, "-c", _SCRIPT, json.dumps(job)]
-    returncode = _run_logged(command, workdir, log_path, timeout_s, progress or log.info, while_waiting)
+    returncode, timed_out = _run_logged(command, workdir, log_path, budget, progress or log.info, while_waiting)
     saved = workdir / SAVED_MODEL_DIR
     text = log_path.read_text(errors="replace")
+    if timed_out:
+        kept = _keep_failed_log(log_path)
+        raise ConversionError(f"onnx2tf did not finish within {budget:g} s and was stopped "
+                              f"({last_step(text, node_names)})",
+                              hint=f"Raise the budget with {TIMEOUT_VARIABLE}=SECONDS; the onnx2tf log so far "
+                                   f"is in {kept}.")
     if returncode != 0 or not (saved / "saved_model.pb").is_file():
         kept = _keep_failed_log(log_path)
-        raise ConversionError(f"onnx2tf could not convert the model: {failure_summary(text, returncode)}",
+        first_node_of: dict[str, str] = {}
+        for node in model.graph.node:
+            first_node_of.setdefault(node.op_type, node.name or node.output[0])
+        raise ConversionError(f"onnx2tf could not convert the model: "
+                              f"{failure_summary(text, returncode, node_names, first_node_of)}",
                               hint=f"The full onnx2tf log is in {kept}.")
     warnings = warning_lines(text)
     if cache is not None:
@@ -174,8 +210,10 @@ def convert_to_saved_model(model: onnx.ModelProto, workdir: Path, log_path: Path
 
 
 def _run_logged(command: list[str], cwd: Path, log_path: Path, timeout_s: float,
-                progress: Callable[[str], None], while_waiting: Callable[[], None] | None = None) -> int:
+                progress: Callable[[str], None],
+                while_waiting: Callable[[], None] | None = None) -> tuple[int, bool]:
     """Run the child, copying its output to ``log_path``; ``while_waiting`` runs here meanwhile.
+    Returns the exit code and whether the budget stopped it.
 
     A reader thread drains the child's output, so this thread is free for ``while_waiting`` (the
     build imports TensorFlow then, in parallel with the child's own import). Phase messages wait in
@@ -204,8 +242,8 @@ def _run_logged(command: list[str], cwd: Path, log_path: Path, timeout_s: float,
             timed_out = not watchdog.is_alive() and returncode < 0
             watchdog.cancel()
         if timed_out:
-            sink.write(f"\nERROR: edgekiln stopped onnx2tf after {timeout_s:.0f} s\n")
-    return returncode
+            sink.write(f"\n[edgekiln] stopped onnx2tf after {timeout_s:.0f} s\n")
+    return returncode, timed_out
 
 
 def _copy_output(process: subprocess.Popen, sink: Any, phases: queue.Queue) -> None:
@@ -214,6 +252,9 @@ def _copy_output(process: subprocess.Popen, sink: Any, phases: queue.Queue) -> N
             plain = _ANSI.sub("", line)
             sink.write(plain)
             phase = next((msg for marker, msg in _PHASES.items() if marker in plain), None)
+            counted = _OP_PROGRESS.match(plain)
+            if counted and _is_tenth(int(counted.group(1)), int(counted.group(2))):
+                phase = f"onnx2tf: op {counted.group(1)} of {counted.group(2)}"
             if phase:
                 phases.put(phase)
     finally:
@@ -228,17 +269,52 @@ def _keep_failed_log(log_path: Path) -> Path:
     return Path(name)
 
 
-def failure_summary(text: str, returncode: int) -> str:
-    """One line naming what onnx2tf choked on (the op type and node when it says so)."""
+def _is_tenth(done: int, total: int) -> bool:
+    """Report op progress in tenths, never once per op."""
+    return total >= 20 and done * 10 // total != (done - 1) * 10 // total
+
+
+def _last_op(text: str, node_names: dict[str, str] | None) -> tuple[str, str] | None:
+    """The op onnx2tf was converting last (type, the user's node name), from its debug lines."""
+    found = None
+    for found in _OP_NAME.finditer(text):
+        pass
+    if found is None:
+        return None
+    return found.group(1), (node_names or {}).get(found.group(2), found.group(2))
+
+
+def last_step(text: str, node_names: dict[str, str] | None = None) -> str:
+    """What onnx2tf was doing when it was stopped, for the timeout line."""
+    op = _last_op(text, node_names)
+    counts = _OP_PROGRESS.findall(text)
+    if op is not None and counts:
+        return f"converting op {counts[-1][0]} of {counts[-1][1]}: {op[0]} node '{op[1]}'"
+    phases = [msg for line in text.splitlines() for marker, msg in _PHASES.items() if marker in line]
+    return phases[-1].removeprefix("onnx2tf: ") if phases else "starting up"
+
+
+def failure_summary(text: str, returncode: int, node_names: dict[str, str] | None = None,
+                    first_node_of: dict[str, str] | None = None) -> str:
+    """One line naming what onnx2tf choked on (the op type and the user's node when it says so).
+
+    ``first_node_of`` maps op types to the first node of that type: onnx2tf names no node when it lacks
+    the op's converter altogether."""
+    names = node_names or {}
     missing = re.search(r"ERROR:\s*(\S+) OP is not yet implemented", text)
-    op_type = re.search(r"onnx_op_type:\s*([^\s,]+)", text)
-    node = (re.search(r"Error occurred at ONNX operation:\s*(\S+)", text)
-            or re.search(r"onnx_op_name:\s*([^\s,]+)", text))
-    where = f" (node '{node.group(1)}')" if node else ""
+    if missing and first_node_of and missing.group(1) in first_node_of:
+        node = first_node_of[missing.group(1)]
+        return f"onnx2tf has no converter for op {missing.group(1)} (node '{names.get(node, node)}')"
+    failed_at = (re.search(r"ERROR:\s*onnx_op_name:\s*([^\s,]+)", text)
+                 or re.search(r"Error occurred at ONNX operation:\s*(\S+)", text))
+    last = _last_op(text, names)
+    node = names.get(failed_at.group(1), failed_at.group(1)) if failed_at else last[1] if last else None
+    where = f" (node '{node}')" if node else ""
     if missing:
         return f"onnx2tf has no converter for op {missing.group(1)}{where}"
-    if op_type:
-        return f"op {op_type.group(1)}{where} failed to convert"
+    if last is not None:
+        reason = _tensorflow_reason(text)
+        return clip(f"op {last[0]}{where} failed to convert" + (f": {reason}" if reason else ""))
     errors = [line.strip() for line in text.splitlines()
               if line.strip().startswith(("ERROR:", "Error", "RuntimeError", "ValueError", "NotImplementedError",
                                           "KeyError", "TypeError"))
@@ -246,6 +322,16 @@ def failure_summary(text: str, returncode: int) -> str:
     if errors:
         return clip(errors[-1])
     return f"onnx2tf exited with code {returncode} without writing a SavedModel"
+
+
+def _tensorflow_reason(text: str) -> str | None:
+    """TensorFlow's own sentence about why an op could not be built (a shape mismatch, a bad name)."""
+    for pattern in (r"(Dimension \d+ in both shapes must be equal, but are \d+ and \d+)",
+                    r"('[^']*' is not a valid scope name)", r"(Shapes? .{0,80} (?:are )?(?:in)?compatible)"):
+        found = re.search(pattern, text)
+        if found:
+            return found.group(1)
+    return None
 
 
 def warning_lines(text: str, limit: int = 5) -> list[str]:

@@ -105,8 +105,6 @@ YOLO = ZooModel(
     distribution="nudenet", version="3.4.2", package_file="nudenet/320n.onnx",
     file_format="ONNX opset 17 (dynamic batch/height/width)", licence="MIT (NudeNet); AGPL-3.0 (Ultralytics YOLOv8)",
     task="detect", inputs=("images:1x3x320x320",), preprocess="yolo", source_name="yolov8n-320.onnx",
-    slow_targets={t: "onnx2tf fails on /model.22/Concat_25 only after 14 min of trying 110 automatic fixes"
-                  for t in ("rpi4", "mcu")},
     notes="output0 is [1, 22, 2100]: box centre/size in input pixels (4 rows) then 18 class scores in 0..1")
 
 PPOCR_CLS = ZooModel(
