@@ -396,8 +396,9 @@ def refusal_hint(bias_corrected: bool, methods: bool = True) -> str:
     tries = [] if bias_corrected else ["--bias-correction"]
     if methods:
         tries.append("--method entropy|percentile")
-    return ("No model was written for this target. Raise --max-drop or lower --min-cosine, try " + " or ".join(tries)
-            + ", give more or more representative --calib images, or use fp16/dynamic quantization.")
+    tried = f"try {' or '.join(tries)}, " if tries else ""
+    return ("No model was written for this target. Raise --max-drop or lower --min-cosine, " + tried
+            + "give more or more representative --calib images, or use fp16/dynamic quantization.")
 
 
 def budget_error(report: GuardReport, fallback_limit: int, bias_corrected: bool = False,

@@ -150,6 +150,11 @@ class TFLiteBackend(Backend):
             details.update(build_check(out_dir / MODEL_FILE, built.bindings, plan.target, plan.threads,
                                        plan.xnnpack, model, options.quant) if options.verify
                            else check_skipped("--no-verify"))
+        if plan.precision == "int8":
+            from backends.tflite.int8 import kept_float_note
+
+            note = kept_float_note(details.get("int8", {}), len(built.data))
+            details["notes"] = [*details.get("notes", []), *([note] if note else [])]
         # Durations stay out of the details: the manifest keeps times under "timings" only.
         log.info("TFLite: %s build done in %.1f s", plan.precision, time.perf_counter() - started)
         runtime: dict[str, Any] = {"xnnpack": plan.xnnpack, "io": built.bindings.to_dict()}

@@ -40,6 +40,11 @@ _FIXED = {"method": "minmax", "activation_type": "int8", "activation_symmetric":
 # Post-training passes that change only float weights and biases, so they can run on the ONNX model before
 # onnx2tf; the others set ranges or rounding, which TFLite's converter decides itself.
 BEFORE_CONVERSION = ("equalize", "bias_correction")
+# Both stay opt-in here too. Bias correction raised TFLite INT8's agreement with FP32 on EfficientNet-Lite0 by
+# 5.7 points over 298 held-out images (bench/tflite_agreement.md), but a layer the guard then keeps in float
+# keeps its corrected bias, computed for its INT8 error: on a model with an outlier channel that float layer
+# is wrong, and the fallback cannot recover (tests/backends/test_tflite.py's outlier CNN is refused).
+TFLITE_PASS_DEFAULTS = {"equalize": False, "bias_correction": False}
 _ONNX_QUANTIZER_ONLY = ("range_search", "weight_rounding")
 
 
@@ -87,7 +92,7 @@ def passes_before_conversion(model: onnx.ModelProto, quant: Any) -> tuple[onnx.M
     arithmetic, as an ARM CPU computes it. On EfficientNet-Lite0 this raised TFLite INT8's agreement with
     FP32 from 86.2% to 90.3% over 298 held-out photos (bench/ptq.md). A layer the guard later keeps in float
     keeps its corrected bias: the guard still judges the result against the untouched FP32 model."""
-    chosen = {key: quant.overrides[key] for key in BEFORE_CONVERSION if quant.overrides.get(key)}
+    chosen = {key: True for key in BEFORE_CONVERSION if chosen_pass(quant, key)}
     if not chosen:
         return model, []
     from toolchain.passes.calibrate import prepared_for_int8
@@ -101,6 +106,11 @@ def passes_before_conversion(model: onnx.ModelProto, quant: Any) -> tuple[onnx.M
                             guard_runtime="reference", **chosen)
     corrected, _, report = prepare_int8(prepared, feeds, config)
     return corrected, notes + report.lines()
+
+
+def chosen_pass(quant: Any, key: str) -> bool:
+    """Whether the ``BEFORE_CONVERSION`` pass ``key`` runs: the user's choice, else the TFLite default."""
+    return bool(quant.overrides.get(key, TFLITE_PASS_DEFAULTS[key]))
 
 
 def load_samples(model: onnx.ModelProto, calibration: Any) -> Samples:
@@ -190,7 +200,8 @@ def quantize_int8(saved_model: Path, model: onnx.ModelProto, bindings: IOBinding
         log.info("TFLite INT8: %s%s", _describe_join(join), ": kept in float" if float_joins else "")
     model_bytes = lower(saved_model, config, _feeder(samples.calibration, bindings))
     details: dict[str, Any] = {"calibration": samples.summary, "per_channel": per_channel, "io_dtype": io_dtype,
-                               "bias_corrected": bool(quant.overrides.get("bias_correction"))}
+                               "bias_corrected": chosen_pass(quant, "bias_correction")}
+    details["all_int8_bytes"] = len(model_bytes) if not float_joins else None
     if joins:
         details["mixed_range_joins"] = [_describe_join(j) for j in joins]
     if float_joins:
@@ -261,6 +272,8 @@ def _fallback(saved_model: Path, model: onnx.ModelProto, bindings: IOBindings, s
                 candidate, quality, kept_names = largest
             else:
                 candidate, quality, kept_names = attempt(step)
+            if details.get("all_int8_bytes") is None and not config.float_nodes:
+                details["all_int8_bytes"] = len(model_bytes)
             if guard.add(kept_names, quality):
                 return accept(step, candidate, quality)
     raise budget_error(guard, layers, names, len(samples.holdout), allow_float_fallback,
@@ -284,6 +297,21 @@ def budget_error(guard: GuardLog, layers: list[LayerError], names: dict[str, str
         hint=refusal_hint(bias_corrected, methods=False))
     error.report = guard.to_dict()  # type: ignore[attr-defined]  # the build reports the attempts
     return error
+
+
+def kept_float_note(details: dict[str, Any], model_bytes: int) -> str | None:
+    """The console's line about layers kept in float and what they cost in size, or None."""
+    kept = details.get("kept_float") or []
+    if not kept:
+        return None
+    full = details.get("all_int8_bytes")
+    cost = f"; {_size(full)} with every layer INT8" if full else ""
+    shown = "; ".join(kept[:3]) + (f"; and {len(kept) - 3} more (manifest: int8.kept_float)" if len(kept) > 3 else "")
+    return f"{len(kept)} layer(s) kept in float to meet the accuracy budget (model {_size(model_bytes)}{cost}): {shown}"
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 1024:.1f} KiB"
 
 
 def describe(layer: LayerError, names: dict[str, str]) -> str:

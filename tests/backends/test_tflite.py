@@ -450,3 +450,44 @@ def test_padded_maxpool_after_relu_quantizes_and_loads(tmp_path):
     result = api.compile(tmp_path / "stem.onnx", tmp_path / "art", backend="tflite", precision="int8", calib=images,
                          calib_size=40, holdout=20, no_cache=True, guard=False, min_cosine=0.95)
     assert result.artifact.model_path.is_file()
+
+
+def _boxes_and_scores_model() -> onnx.ModelProto:
+    """YOLO's output in small: boxes in pixels (0..320) and scores (0..1) joined in one tensor."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array((rng.standard_normal((6, 1, 3, 3)) * 0.5).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 6, 64], np.int64), "shape"),
+             numpy_helper.from_array(np.array([2, 4], np.int64), "split"),
+             numpy_helper.from_array(np.array(160.0, np.float32), "pixels")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Reshape", ["c", "shape"], ["r"], name="reshape"),
+             helper.make_node("Split", ["r", "split"], ["raw_boxes", "logits"], axis=1, name="split"),
+             helper.make_node("Sigmoid", ["raw_boxes"], ["unit_boxes"], name="box_sigmoid"),
+             helper.make_node("Mul", ["unit_boxes", "pixels"], ["boxes"], name="to_pixels"),
+             helper.make_node("Sigmoid", ["logits"], ["scores"], name="score_sigmoid"),
+             helper.make_node("Concat", ["boxes", "scores"], ["output0"], axis=1, name="join")]
+    graph = helper.make_graph(nodes, "boxes_scores",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("output0", onnx.TensorProto.FLOAT, [1, 6, 64])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_join_of_pixels_and_scores_stays_float_and_the_console_says_so(work):
+    from backends.onnxruntime.runner import OnnxRuntimeRunner
+    from backends.tflite.runner import TFLiteRunner
+
+    model = _boxes_and_scores_model()
+    onnx.save(model, str(work / "boxes_scores.onnx"))
+    result = api.compile(work / "boxes_scores.onnx", work / "boxes_scores_rpi4", target="rpi4", calib=work / "gray",
+                         guard=False, verify=False, **CALIB)
+    details = _details(result)
+    (join,) = details["int8"]["mixed_range_joins"]
+    assert "CONCATENATION" in join and "of 256 levels" in join
+    assert any(note.startswith("1 layer(s) kept in float to meet the accuracy budget") for note in details["notes"])
+    runner = TFLiteRunner.from_path(result.artifact.model_path, **result.artifact.manifest["runtime_options"])
+    feed = {"x": np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)}
+    scores = runner.run(feed)["output0"][:, 2:]
+    expected = OnnxRuntimeRunner.from_model(model).run(feed)["output0"][:, 2:]
+    assert np.abs(scores - expected).max() < 0.02  # at the joined scale (160/255) every score was 0 or 0.63

@@ -120,3 +120,12 @@ def test_rpi_targets_default_to_four_threads_and_xnnpack():
     plan = BuildPlan.from_options(CompileOptions(precision="fp32", target="rpi5"))
     assert (plan.threads, plan.xnnpack, plan.io_dtype, plan.micro) == (4, True, "float32", False)
     assert BuildPlan.from_options(CompileOptions(precision="fp32", target="rpi5", threads=2)).threads == 2
+
+
+def test_layers_kept_in_float_are_counted_named_and_priced():
+    from backends.tflite.int8 import kept_float_note
+
+    assert kept_float_note({"kept_float": []}, 10) is None
+    note = kept_float_note({"kept_float": ["a", "b", "c", "d"], "all_int8_bytes": 5 * 2**20}, 8 * 2**20)
+    assert note == ("4 layer(s) kept in float to meet the accuracy budget (model 8.0 MiB; 5.0 MiB with every "
+                    "layer INT8): a; b; c; and 1 more (manifest: int8.kept_float)")
