@@ -186,6 +186,8 @@ def _tried(guard: dict[str, Any] | None) -> list[str]:
             parts.append(f"min cosine {quality['min_cosine']:.4f}")
         where = f"{len(kept)} layer(s) in float ({', '.join(map(str, kept[:3]))}{' ...' if len(kept) > 3 else ''})" \
             if kept else "all layers INT8"
+        if attempt.get("bias_corrected"):
+            where += ", bias-corrected weights"
         lines.append(f"{where}: {', '.join(parts) or 'measured'}{stopped_note(quality)}")
     return lines
 

@@ -76,7 +76,8 @@ def print_guard(guard: dict) -> None:
         drop, bound = quality.get("drop_points"), quality.get("drop_bound_points")
         detections = quality.get("detections")
         rows.append((number, len(attempt["kept_float"]), ", ".join(attempt["kept_float"][:4]) +
-                     (" ..." if len(attempt["kept_float"]) > 4 else ""),
+                     (" ..." if len(attempt["kept_float"]) > 4 else "") +
+                     (" (bias-corrected weights)" if attempt.get("bias_corrected") else ""),
                      "-" if quality.get("top1_agreement") is None else f"{quality['top1_agreement']:.2%}",
                      "-" if quality.get("accuracy_candidate") is None else
                      f"{quality['accuracy_reference']:.2%} -> {quality['accuracy_candidate']:.2%}",

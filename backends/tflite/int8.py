@@ -43,7 +43,9 @@ BEFORE_CONVERSION = ("equalize", "bias_correction")
 # Both stay opt-in here too. Bias correction raised TFLite INT8's agreement with FP32 on EfficientNet-Lite0 by
 # 5.7 points over 298 held-out images (bench/tflite_agreement.md), but a layer the guard then keeps in float
 # keeps its corrected bias, computed for its INT8 error: on a model with an outlier channel that float layer
-# is wrong, and the fallback cannot recover (tests/backends/test_tflite.py's outlier CNN is refused).
+# is wrong, and the fallback cannot recover (tests/backends/test_tflite.py's outlier CNN is refused). So,
+# unless the user chose, the guard tries it as a candidate when plain INT8 misses (``Alternative``) and keeps
+# walking the layer fallback from whichever of the two measured better.
 TFLITE_PASS_DEFAULTS = {"equalize": False, "bias_correction": False}
 _ONNX_QUANTIZER_ONLY = ("range_search", "weight_rounding")
 
@@ -84,7 +86,8 @@ def check_overrides(overrides: dict[str, Any]) -> bool:
     return bool(overrides.get("per_channel", True))
 
 
-def passes_before_conversion(model: onnx.ModelProto, quant: Any) -> tuple[onnx.ModelProto, list[str]]:
+def passes_before_conversion(model: onnx.ModelProto, quant: Any,
+                             force: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, list[str]]:
     """``model`` with the chosen ``BEFORE_CONVERSION`` passes applied, and what each did (unchanged: none chosen).
 
     Bias correction needs the INT8 model's error: edgekiln's quantizer stands in for TFLite's with TFLite's
@@ -92,7 +95,7 @@ def passes_before_conversion(model: onnx.ModelProto, quant: Any) -> tuple[onnx.M
     arithmetic, as an ARM CPU computes it. On EfficientNet-Lite0 this raised TFLite INT8's agreement with
     FP32 from 86.2% to 90.3% over 298 held-out photos (bench/ptq.md). A layer the guard later keeps in float
     keeps its corrected bias: the guard still judges the result against the untouched FP32 model."""
-    chosen = {key: True for key in BEFORE_CONVERSION if chosen_pass(quant, key)}
+    chosen = {key: True for key in BEFORE_CONVERSION if chosen_pass(quant, key) or key in force}
     if not chosen:
         return model, []
     from toolchain.passes.calibrate import prepared_for_int8
@@ -187,38 +190,98 @@ def _describe_join(join: Join) -> str:
             f"(the narrowest keeps {join.levels:.1f} of 256 levels)")
 
 
-def quantize_int8(saved_model: Path, model: onnx.ModelProto, bindings: IOBindings, quant: Any, *,
-                  io_dtype: str, allow_float_fallback: bool) -> Int8Result:
-    """Calibrate, convert and (unless ``quant.budget`` is None) guard a full-integer INT8 model."""
-    per_channel = check_overrides(dict(quant.overrides))
-    samples = load_samples(model, quant.calibration)
+@dataclass
+class Alternative:
+    """A second starting point for the guard: the same model with bias correction, converted only if asked."""
+
+    make: Callable[[], tuple[Path, list[str]]]
+    """-> (its SavedModel, what the pass did)."""
+
+
+@dataclass
+class _Start:
+    """One full-INT8 starting point: its SavedModel, float profile, config and first attempt."""
+
+    saved_model: Path
+    stats: dict[str, TensorStats]
+    joins: list[Join]
+    config: LowerConfig
+    model_bytes: bytes
+
+
+def _start(saved_model: Path, samples: Samples, bindings: IOBindings, io_dtype: str, per_channel: bool,
+           allow_float_fallback: bool) -> _Start:
     stats, joins = _float_profile(saved_model, samples, bindings)
     float_joins = tuple(j.tensor for j in joins) if allow_float_fallback and io_dtype == "float32" else ()
     config = LowerConfig("int8", io_dtype, per_channel, float_joins)
-    log.info("TFLite INT8: calibrating on %d samples", len(samples.calibration))
     for join in joins:
         log.info("TFLite INT8: %s%s", _describe_join(join), ": kept in float" if float_joins else "")
-    model_bytes = lower(saved_model, config, _feeder(samples.calibration, bindings))
+    return _Start(saved_model, stats, joins, config, lower(saved_model, config, _feeder(samples.calibration, bindings)))
+
+
+def _describe_start(start: _Start, details: dict[str, Any]) -> None:
+    details["all_int8_bytes"] = len(start.model_bytes) if not start.config.float_nodes else None
+    details.pop("mixed_range_joins", None)
+    details.pop("kept_float", None)
+    if start.joins:
+        details["mixed_range_joins"] = [_describe_join(j) for j in start.joins]
+    if start.config.float_nodes:
+        details["kept_float"] = [f"{_describe_join(j)}: kept in float" for j in start.joins]
+
+
+def _preference(quality: Quality, budget: Budget) -> tuple[float, ...]:
+    """Which of two missed attempts is nearer the budget: fewer misses, then the task figure, then cosine."""
+    detections = quality.detections or {}
+    kept = detections["matched"] / detections["reference"] if detections.get("reference") else None
+    task = quality.top1_agreement if quality.top1_agreement is not None else kept
+    return (-len(quality.misses(budget)), task if task is not None else 0.0, quality.mean_cosine)
+
+
+def quantize_int8(saved_model: Path, model: onnx.ModelProto, bindings: IOBindings, quant: Any, *,
+                  io_dtype: str, allow_float_fallback: bool, alternative: Alternative | None = None) -> Int8Result:
+    """Calibrate, convert and (unless ``quant.budget`` is None) guard a full-integer INT8 model.
+
+    ``alternative``: tried when the plain model misses the budget (see ``TFLITE_PASS_DEFAULTS``)."""
+    per_channel = check_overrides(dict(quant.overrides))
+    samples = load_samples(model, quant.calibration)
+    log.info("TFLite INT8: calibrating on %d samples", len(samples.calibration))
+    start = _start(saved_model, samples, bindings, io_dtype, per_channel, allow_float_fallback)
     details: dict[str, Any] = {"calibration": samples.summary, "per_channel": per_channel, "io_dtype": io_dtype,
                                "bias_corrected": chosen_pass(quant, "bias_correction")}
-    details["all_int8_bytes"] = len(model_bytes) if not float_joins else None
-    if joins:
-        details["mixed_range_joins"] = [_describe_join(j) for j in joins]
-    if float_joins:
-        details["kept_float"] = [f"{_describe_join(j)}: kept in float" for j in joins]
+    _describe_start(start, details)
     if quant.budget is None:  # --no-guard: no held-out comparison either (as on the ONNX Runtime path)
-        return Int8Result(model_bytes, None, details)
+        return Int8Result(start.model_bytes, None, details)
     if len(samples.holdout) == 0:
         raise UsageError("the accuracy guard needs held-out samples; raise --holdout or pass --no-guard")
     reference = _reference_outputs(model, samples)
-    quality = measure(model_bytes, bindings, samples, reference, quant.budget.task)
+    quality = measure(start.model_bytes, bindings, samples, reference, quant.budget.task)
     details["quality"] = quality.to_dict()
     guard = GuardLog(quant.budget)
     try:
         if guard.add([], quality):
-            return Int8Result(model_bytes, quality, details)
-        return _fallback(saved_model, model, bindings, samples, reference, config, guard, details,
-                         allow_float_fallback, stats, joins)
+            return Int8Result(start.model_bytes, quality, details)
+        if alternative is not None:
+            log.info("TFLite INT8 misses the budget; trying bias correction")
+            corrected_model, notes = alternative.make()
+            corrected = _start(corrected_model, samples, bindings, io_dtype, per_channel, allow_float_fallback)
+            corrected_quality = measure(corrected.model_bytes, bindings, samples, reference, quant.budget.task)
+            guard.add([], corrected_quality)
+            guard.attempts[-1]["bias_corrected"] = True
+            # A hopeless corrected model is never the starting point: its biases were fitted to a broken INT8
+            # model, and a layer kept in float would keep them (the outlier CNN of the tests).
+            better = (not corrected_quality.hopeless(quant.budget)
+                      and _preference(corrected_quality, quant.budget) > _preference(quality, quant.budget))
+            guard.attempts[0 if guard.passed or better else -1]["set_aside"] = True
+            if guard.passed or better:
+                start, quality = corrected, corrected_quality
+                details.update(bias_corrected=True, ptq=notes, quality=quality.to_dict())
+                _describe_start(start, details)
+            if guard.passed:
+                return Int8Result(start.model_bytes, quality, details)
+            log.info("TFLite INT8: layer fallback from the %s model",
+                     "bias-corrected" if details["bias_corrected"] else "plain")
+        return _fallback(start.saved_model, model, bindings, samples, reference, start.config, guard, details,
+                         allow_float_fallback, start.stats, start.joins)
     finally:
         details["guard"] = guard.to_dict()
 
@@ -283,18 +346,20 @@ def _fallback(saved_model: Path, model: onnx.ModelProto, bindings: IOBindings, s
 def budget_error(guard: GuardLog, layers: list[LayerError], names: dict[str, str], samples: int,
                  fallback_allowed: bool, bias_corrected: bool = False, hopeless: bool = False,
                  joins: list[Join] = ()) -> VerificationError:
-    last = guard.attempts[-1]["quality"]
-    quality = Quality.from_dict(last)
+    final = next(a for a in reversed(guard.attempts) if not a.get("set_aside"))
+    quality = Quality.from_dict(final["quality"])
     worst = ", ".join(describe(layer, names) for layer in layers[:3]) or "no single layer stands out"
     if joins and not fallback_allowed:
         worst = f"{_describe_join(joins[0])}; {worst}"
     skipped = " (missed by far, so fewer were not tried)" if hopeless else ""
-    fallback = (f" even with {len(guard.attempts[-1]['kept_float'])} layer(s) kept in float{skipped}"
-                if len(guard.attempts) > 1 else "" if fallback_allowed else " (full-integer target: no float fallback)")
+    corrected = " (bias correction tried too)" if any(a.get("bias_corrected") for a in guard.attempts) else ""
+    fallback = (f" even with {len(final['kept_float'])} layer(s) kept in float{skipped}{corrected}"
+                if any(a["kept_float"] for a in guard.attempts)
+                else corrected if fallback_allowed else f" (full-integer target: no float fallback){corrected}")
     error = VerificationError(
         f"TFLite INT8 misses the accuracy budget on {samples} held-out samples{fallback}: "
         f"{'; '.join(quality.misses(guard.budget))}; layers with the largest INT8 error: {worst}",
-        hint=refusal_hint(bias_corrected, methods=False))
+        hint=refusal_hint(bias_corrected or bool(corrected), methods=False))
     error.report = guard.to_dict()  # type: ignore[attr-defined]  # the build reports the attempts
     return error
 
