@@ -400,8 +400,8 @@ def _pi_section(record: dict) -> list[str]:
 
         def peer(name: str) -> str:
             entry = model["variants"].get(name) or {}
-            if entry.get("refused"):
-                return "refused"
+            if entry.get("refused"):  # edgekiln's guard refuses; a peer's quantizer can only fail
+                return "refused" if name == "edgekiln" else f"failed: {entry['refused'][:80]}"
             q = entry.get("quality") or {}
             value = q.get("agreement", q.get("kept"))
             return f"{_pct(value)} / {_num(q.get('cosine_mean'))}" if value is not None else "—"

@@ -42,28 +42,13 @@ class Join:
     """max |x| of each input on the samples."""
 
 
-def _interpreter(model: bytes):
-    from backends.tflite.runner import interpreter_class
-
-    import sys
-    import warnings
-
-    from toolchain.quiet import native_stderr_captured
-
-    cls = interpreter_class()
-    resolver = sys.modules[cls.__module__].OpResolverType
-    with warnings.catch_warnings(), native_stderr_captured():
-        warnings.simplefilter("ignore")
-        interpreter = cls(model_content=model, experimental_preserve_all_tensors=True,
-                          experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        interpreter.allocate_tensors()
-    return interpreter
-
-
 def float_tensor_stats(model: bytes, samples: Iterable[Sequence[np.ndarray]]) -> tuple[dict[str, TensorStats],
                                                                                        list[Join]]:
     """RMS and max |x| of every float tensor over ``samples`` (TFLite layout), and the lossy joins."""
-    interpreter = _interpreter(model)
+    from backends.tflite.runner import make_interpreter
+
+    # No delegate: XNNPACK computes in its own buffers, out of reach of preserve_all_tensors.
+    interpreter = make_interpreter(model, xnnpack=False, preserve_all_tensors=True)
     inputs = interpreter.get_input_details()
     floats = [d for d in interpreter.get_tensor_details() if d["dtype"] == np.float32]
     squares: dict[int, float] = {}

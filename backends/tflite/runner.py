@@ -33,9 +33,13 @@ def interpreter_class() -> type:
         return tf.lite.Interpreter
 
 
-def make_interpreter(model: Path | bytes, threads: int | None = None, xnnpack: bool = True):
+def make_interpreter(model: Path | bytes, threads: int | None = None, xnnpack: bool = True,
+                     preserve_all_tensors: bool = False):
+    """A LiteRT interpreter with tensors allocated; ``preserve_all_tensors`` keeps every intermediate readable."""
     cls = interpreter_class()
     kwargs: dict[str, Any] = {"num_threads": threads} if threads else {}
+    if preserve_all_tensors:
+        kwargs["experimental_preserve_all_tensors"] = True
     if not xnnpack:
         # Both interpreters' modules define OpResolverType; "without default delegates" means no XNNPACK.
         resolver = sys.modules[cls.__module__].OpResolverType
