@@ -68,11 +68,16 @@ def apply_precision(model_path: Path, precision: str, workdir: Path, *, target: 
 def _static_int8(model_path: Path, workdir: Path, target: str | Target | None, quant: QuantOptions) -> LoweredModel:
     from toolchain.passes.calibrate import calibrate
     from toolchain.passes.quantize import QuantizeConfig, scheme_note
+    from toolchain.quant_guard import float_layers_note
 
     require_samples(quant.calibration)
     config = QuantizeConfig.for_target(target, **quant.overrides)
     result = calibrate(model_path, workdir / "model.int8.onnx", quant.calibration, config, quant.budget)
     note = scheme_note(target, config)
+    # The first attempt's "kept" layers are the user's own exclusions, not the guard's fallback.
+    fell_back = result.guard is not None and len(result.guard.attempts) > 1
+    kept = float_layers_note(list(result.guard.final.kept_float)) if fell_back else None
     details = {"quantize": config.model_dump(mode="json"), "calibration": result.calibration_summary,
-               "guard": result.guard.to_dict() if result.guard else None, "notes": ([note] if note else []) + result.notes}
+               "guard": result.guard.to_dict() if result.guard else None,
+               "notes": [n for n in (note, kept) if n] + result.notes}
     return LoweredModel(result.output, details, [result.ranges_path])

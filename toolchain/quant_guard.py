@@ -391,6 +391,20 @@ class _Judge:
         return 100.0 * rate_lower_bound(self.diverged, self.total) > self.budget.max_drop + 1e-9
 
 
+def float_layers_note(kept: list[str], model_bytes: int | None = None, all_int8_bytes: int | None = None) -> str | None:
+    """One line for the console: how many layers the guard kept in float, which, and (when known) the size cost."""
+    if not kept:
+        return None
+
+    def size(count: int) -> str:
+        return f"{count / 2**20:.1f} MiB" if count >= 2**20 else f"{count / 1024:.1f} KiB"
+
+    cost = f"; {size(all_int8_bytes)} with every layer INT8" if model_bytes and all_int8_bytes else ""
+    sizes = f" (model {size(model_bytes)}{cost})" if model_bytes else ""
+    shown = "; ".join(kept[:3]) + (f"; and {len(kept) - 3} more (the manifest lists all)" if len(kept) > 3 else "")
+    return f"{len(kept)} layer(s) kept in float to meet the accuracy budget{sizes}: {shown}"
+
+
 def refusal_hint(bias_corrected: bool, methods: bool = True) -> str:
     """What a refused INT8 build can try next (bias correction first where it was off: bench/tflite_agreement.md)."""
     tries = [] if bias_corrected else ["--bias-correction"]

@@ -25,7 +25,7 @@ from backends.tflite.converter import LayerError, LowerConfig, layer_errors, low
 from backends.tflite.float_stats import Join, TensorStats, float_tensor_stats
 from backends.tflite.io_binding import IOBindings
 from toolchain.errors import UsageError, VerificationError
-from toolchain.quant_guard import Budget, Quality, compare_quality, refusal_hint
+from toolchain.quant_guard import Budget, Quality, compare_quality, float_layers_note, refusal_hint
 
 log = logging.getLogger("edgekiln.tflite")
 
@@ -366,17 +366,7 @@ def budget_error(guard: GuardLog, layers: list[LayerError], names: dict[str, str
 
 def kept_float_note(details: dict[str, Any], model_bytes: int) -> str | None:
     """The console's line about layers kept in float and what they cost in size, or None."""
-    kept = details.get("kept_float") or []
-    if not kept:
-        return None
-    full = details.get("all_int8_bytes")
-    cost = f"; {_size(full)} with every layer INT8" if full else ""
-    shown = "; ".join(kept[:3]) + (f"; and {len(kept) - 3} more (manifest: int8.kept_float)" if len(kept) > 3 else "")
-    return f"{len(kept)} layer(s) kept in float to meet the accuracy budget (model {_size(model_bytes)}{cost}): {shown}"
-
-
-def _size(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 1024:.1f} KiB"
+    return float_layers_note(details.get("kept_float") or [], model_bytes, details.get("all_int8_bytes"))
 
 
 def describe(layer: LayerError, names: dict[str, str]) -> str:

@@ -128,4 +128,4 @@ def test_layers_kept_in_float_are_counted_named_and_priced():
     assert kept_float_note({"kept_float": []}, 10) is None
     note = kept_float_note({"kept_float": ["a", "b", "c", "d"], "all_int8_bytes": 5 * 2**20}, 8 * 2**20)
     assert note == ("4 layer(s) kept in float to meet the accuracy budget (model 8.0 MiB; 5.0 MiB with every "
-                    "layer INT8): a; b; c; and 1 more (manifest: int8.kept_float)")
+                    "layer INT8): a; b; c; and 1 more (the manifest lists all)")
