@@ -199,3 +199,40 @@ def test_the_declared_task_reaches_the_guard_and_a_wrong_one_is_one_line(tmp_pat
     code, _, err = run_main([*common, "--task", "detect", "-o", str(tmp_path / "d.onnx")], capsys)
     assert_one_line_error(code, err, "--task detect needs a YOLO-style output")
     assert not (tmp_path / "d.onnx").exists()
+
+
+def _two_class_race(samples: int, lead: float, flipped: int) -> tuple[dict, dict]:
+    """Logits where class 0 leads class 1 by ``lead`` (the other 8 far behind), and a candidate whose first
+    ``flipped`` samples choose class 1 instead: the same top-1 changes, as sure or as unsure as ``lead`` says."""
+    rng = np.random.default_rng(5)
+    reference = rng.normal(-6.0, 0.1, (samples, 10))
+    reference[:, 0], reference[:, 1] = lead, 0.0
+    candidate = reference.copy()
+    candidate[:flipped, 1] = lead + 0.01
+    return {"y": reference}, {"y": candidate}
+
+
+def test_a_top1_change_costs_the_accuracy_fp32_was_sure_of():
+    """Issue #42: without labels, 8 top-1 changes in 40 samples between two classes the FP32 model holds
+    nearly equally likely cost next to nothing, and the same 8 changes away from a class it is sure of cost
+    8 points of expected accuracy: the first passes a 1-point budget, the second is refused by it."""
+    from toolchain.quant_guard import Budget, compare_quality
+
+    budget = Budget(min_cosine=-1.0, task="classify")  # the top-1 rule alone
+    unsure = compare_quality(*_two_class_race(40, 0.1, 8), task="classify")  # 52.5% vs 47.5%, not a tie
+    sure = compare_quality(*_two_class_race(40, 6.0, 8), task="classify")
+    assert unsure.top1_agreement == sure.top1_agreement == 0.8 and unsure.lost == sure.lost == 8
+    assert 0.9 < unsure.drop_points < 1.1 and not unsure.misses(budget)
+    assert 19 < sure.drop_points < 20 and sure.drop_bound_points > 9
+    assert "top-1 accuracy lost by FP32's own probabilities (8 top-1 changes of 40)" in sure.misses(budget)[0]
+    assert compare_quality(*_two_class_race(40, 6.0, 0), task="classify").drop_points == 0.0
+
+
+def test_class_probabilities_read_softmax_outputs_as_they_are_and_logits_through_a_softmax():
+    from toolchain.quality import class_probabilities
+
+    logits = np.array([[2.0, 1.0, -1.0], [0.0, 0.0, 3.0]])
+    softmax = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert np.allclose(class_probabilities(logits), softmax)
+    assert np.allclose(class_probabilities(softmax), softmax)  # not flattened by a second softmax
+    assert np.allclose(class_probabilities(np.array([[0.9, 0.3]])), [[0.75, 0.25]])  # sigmoid scores, scaled

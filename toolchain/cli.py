@@ -356,7 +356,7 @@ def compile_command(model: Path, output: Path, backend: str | None, target: str 
     say(f"compiled {model} with {result.artifact.backend} ({built}) -> {result.artifact.path} "
         f"({result.seconds:.1f} s)")
     for note in details.get("notes", []):
-        say(f"  note: {note}")
+        say(f"  {note}" if note.startswith("warning:") else f"  note: {note}")
     if details.get("not_verified_here"):
         say(f"  not verified on this machine: {details['not_verified_here']}")
     guard = result.artifact.guard

@@ -20,8 +20,8 @@ import onnx
 from calibration.ranges import ActivationRanges
 from toolchain.errors import UsageError, VerificationError
 from toolchain.frontends.base import Feed
-from toolchain.quality import (broken_floor, guess_task, match_detections, non_finite, rate_lower_bound,
-                               sample_cosines, yolo_layout)
+from toolchain.quality import (broken_floor, expected_top1_losses, guess_task, match_detections, mean_lower_bound,
+                               non_finite, rate_lower_bound, sample_cosines, yolo_layout)
 from toolchain.passes.quantize import QuantizeConfig, quantize_static
 from toolchain.sensitivity import SENSITIVITY_METRIC, concatenated, layer_sensitivity, run_all, with_float_biases
 
@@ -38,8 +38,9 @@ HOPELESS_POINTS = 10.0
 @dataclass(frozen=True)
 class Budget:
     max_drop: float = 1.0
-    """Percentage points of top-1 that may be lost: accuracy with labels, else agreement with FP32. Judged
-    by a one-sided 95% lower bound on the observed rate, so it means the same for 40 or 400 samples."""
+    """Percentage points of top-1 accuracy that may be lost: measured with labels, else expected by the FP32
+    model's own probabilities (``expected_top1_losses``). Judged by a one-sided 95% lower bound on the
+    observed drop, so it means the same for 40 or 400 samples."""
     min_cosine: float = 0.99
     """Per-sample cosine between FP32 and INT8 outputs (channels scaled alike) under which a sample counts as
     diverged. The share of diverged samples is held to ``max_drop`` by the same 95% lower bound, and one sample
@@ -75,12 +76,22 @@ class Quality:
     how many were compared)."""
     cosines: tuple[float, ...] = ()
     """Per sample, its lowest cosine over the outputs (empty in records from before the share rule)."""
+    expected_losses: tuple[float, ...] = ()
+    """Classifiers without labels, per sample: the top-1 accuracy the candidate is expected to lose by FP32's
+    own probabilities (``expected_top1_losses``); empty with labels and in records from before it."""
+
+    @property
+    def labelled(self) -> bool:
+        return self.accuracy_reference is not None and self.accuracy_candidate is not None
 
     @property
     def drop_points(self) -> float | None:
-        """Accuracy lost in points when labels exist, else disagreement with FP32 in points."""
-        if self.accuracy_reference is not None and self.accuracy_candidate is not None:
+        """Accuracy lost in points: measured with labels, else expected by FP32's probabilities (older records:
+        disagreement with FP32)."""
+        if self.labelled:
             return 100.0 * (self.accuracy_reference - self.accuracy_candidate)
+        if self.expected_losses:
+            return 100.0 * float(np.mean(self.expected_losses))
         if self.top1_agreement is not None:
             return 100.0 * (1.0 - self.top1_agreement)
         return None
@@ -90,9 +101,19 @@ class Quality:
         """A one-sided 95% lower bound on the drop in points: what the budget is compared with."""
         if self.drop_points is None:
             return None
+        if not self.labelled and self.expected_losses:
+            return 100.0 * mean_lower_bound(self.expected_losses)
         if self.lost is None:  # a record from before the bound existed
             return self.drop_points
         return 100.0 * (rate_lower_bound(self.lost, self.samples) - self.gained / max(self.samples, 1))
+
+    def _drop_kind(self) -> str:
+        if self.labelled:
+            return "top-1 accuracy lost"
+        if self.expected_losses:
+            return (f"top-1 accuracy lost by FP32's own probabilities ({self.lost} top-1 change"
+                    f"{'s' if self.lost != 1 else ''} of {self.samples})")
+        return "top-1 disagreement with FP32"
 
     @property
     def detections_kept(self) -> float | None:
@@ -107,8 +128,7 @@ class Quality:
         reasons = []
         bound = self.drop_bound_points
         if bound is not None and bound > budget.max_drop + 1e-9:
-            kind = "top-1 accuracy lost" if self.accuracy_reference is not None else "top-1 disagreement with FP32"
-            reasons.append(f"{kind} {self.drop_points:.2f} points on {self.samples} samples (at least "
+            reasons.append(f"{self._drop_kind()} {self.drop_points:.2f} points on {self.samples} samples (at least "
                            f"{bound:.2f} with 95% confidence) > {budget.max_drop:g}")
         # A detector is judged by its detections: its score channels near zero make any cosine harsh.
         if self.task != "detect":
@@ -159,6 +179,7 @@ class Quality:
         data = asdict(self)
         data["non_finite"] = list(self.non_finite)
         data["cosines"] = [round(c, 6) for c in self.cosines]
+        data["expected_losses"] = [round(c, 6) for c in self.expected_losses]
         data["drop_points"] = self.drop_points
         data["drop_bound_points"] = self.drop_bound_points
         return data
@@ -169,6 +190,7 @@ class Quality:
         values = {k: v for k, v in data.items() if k in names}
         values["non_finite"] = tuple(values.get("non_finite", ()))
         values["cosines"] = tuple(values.get("cosines", ()))
+        values["expected_losses"] = tuple(values.get("expected_losses", ()))
         return cls(**values)
 
 
@@ -268,8 +290,10 @@ def compare_quality(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
     flips = (ref_top1 != cand_top1) & ~tied_flips(reference[scores], candidate[scores])
     agreement = float(1.0 - flips.mean())
     if labels is None or len(labels) != len(ref_top1):
+        losses = expected_top1_losses(reference[scores], cand_top1)
         return Quality(**common, top1_agreement=agreement, lost=int(flips.sum()),
-                       ties=int(((ref_top1 != cand_top1) & ~flips).sum()))
+                       ties=int(((ref_top1 != cand_top1) & ~flips).sum()),
+                       expected_losses=tuple(float(v) for v in losses))
     ref_right, cand_right = ref_top1 == labels, cand_top1 == labels
     return Quality(**common, top1_agreement=agreement, accuracy_reference=float(ref_right.mean()),
                    accuracy_candidate=float(cand_right.mean()), lost=int((ref_right & ~cand_right).sum()),

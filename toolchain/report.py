@@ -41,7 +41,7 @@ def print_parity(reports: Sequence[ParityReport]) -> None:
         criterion = (f"cosine >= {first.min_cosine:g}" if first.min_cosine is not None
                      else f"atol {first.atol:g}, rtol {first.rtol:g}")
         rows = [(o.name, r.inputs, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.cosine:.6f}",
-                 "ok" if o.passed else "FAIL") for r in members for o in r.outputs]
+                 "ok" if o.passed else "under" if r.advisory else "FAIL") for r in members for o in r.outputs]
         print_table(f"verify: {candidate} vs {reference} ({criterion})",
                     ["output", "inputs", "max abs", "max rel", "cosine", ""], rows)
 

@@ -103,8 +103,9 @@ class QuantSettings(OptionGroup):
         None, description="learned: round each weight up or down to minimise its layer's output error on the "
                           "calibration samples (AdaRound's objective; seconds per layer; default nearest).")
     max_drop: _Number = Field(
-        1.0, ge=0, description="Top-1 points INT8 may lose on the held-out samples (accuracy with labels, else "
-                               "agreement with FP32), judged by a 95% lower bound of the observed drop.")
+        1.0, ge=0, description="Top-1 accuracy points INT8 may lose on the held-out samples (measured with "
+                               "labels, else expected by the FP32 model's own class probabilities: a top-1 change "
+                               "costs what FP32 was sure of), judged by a 95% lower bound of the observed drop.")
     min_cosine: _Number = Field(DEFAULT_MIN_COSINE, gt=0, le=1,
                                 description="Cosine between FP32 and the lossy model's outputs. The guard counts held-out "
                                             "samples under it as diverged (their share is held to --max-drop by "

@@ -192,7 +192,8 @@ def compile_artifact(model_path: Path, out_dir: Path, backend_name: str, options
     quant = quant or QuantOptions()
     lossy = options.precision in LOSSY
     # Static INT8 is only meaningful on in-distribution data: check it on the images, not random noise.
-    lossy_verify = replace(verify, random_inputs=options.precision != "int8")
+    static_int8 = options.precision == "int8"
+    lossy_verify = replace(verify, random_inputs=not static_int8)
     with tempfile.TemporaryDirectory(prefix="edgekiln-lower-") as work, atomic_directory(out_dir) as staging:
         via_onnx = backend.capabilities.precision_via_onnx
         profile = find_target(options.target) if options.target else None  # plugins' targets too
@@ -204,7 +205,8 @@ def compile_artifact(model_path: Path, out_dir: Path, backend_name: str, options
             # An INT8 model made for another CPU (or TensorRT) is checked with exact integer arithmetic.
             exact = lowered.details.get("quantize", {}).get("guard_runtime") == "reference"
             parity += verify_callables(_ort_runner(source).run, _ort_runner(model, exact).run, inputs, lossy_verify,
-                                       reference="FP32 model", candidate=f"{options.precision} model", lossy=True)
+                                       reference="FP32 model", candidate=f"{options.precision} model", lossy=True,
+                                       advisory=static_int8)
         compiled = backend.compile(lowered.path, replace(options, quant=quant), staging)
         compiled.details.setdefault("notes", []).extend(lowered.details.get("notes", []))
         for extra in lowered.extra_files:
@@ -216,9 +218,12 @@ def compile_artifact(model_path: Path, out_dir: Path, backend_name: str, options
             with backend.load(staging / compiled.model_file, compiled.runtime_options) as runner:
                 parity += verify_callables(_ort_runner(model).run, runner.run, inputs,
                                            lossy_verify if own_lossy else verify, lossy=own_lossy,
-                                           reference="ONNX model in ONNX Runtime", candidate=f"{backend_name} artifact")
+                                           reference="ONNX model in ONNX Runtime", candidate=f"{backend_name} artifact",
+                                           advisory=own_lossy and static_int8)
         else:
             compiled.details["not_verified_here"] = why_not
+        if static_int8:
+            compiled.details["notes"].extend(int8_fidelity_notes(parity, guarded=quant.budget is not None))
         manifest = {
             "backend": backend_name,
             "model_file": compiled.model_file,
@@ -240,6 +245,25 @@ def compile_artifact(model_path: Path, out_dir: Path, backend_name: str, options
         }
         write_manifest(staging, manifest)
     return CompileResult(Artifact.open(out_dir), parity, time.perf_counter() - started)
+
+
+def int8_fidelity_notes(parity: list[Any], guarded: bool) -> list[str]:
+    """Warnings for static INT8: built without the guard (``--no-guard``: delivered as asked, with its
+    figures), or under ``--min-cosine`` on the verification images where the guard's held-out verdict
+    (which counts such samples against ``--max-drop``) is the one that decides."""
+    lossy = [r for r in parity if r.min_cosine is not None]
+    figures = "; ".join(f"{o.name} {o.cosine:.4f}" for r in lossy for o in r.outputs)
+    where = f" on {lossy[0].inputs}" if lossy else ""
+    measured = f"cosine with FP32{where}: {figures}" if figures else "no images to compare it with FP32 on"
+    if not guarded:
+        return [f"warning: INT8 built without the accuracy guard (--no-guard): it was not checked on held-out "
+                f"samples; {measured} (--min-cosine {lossy[0].min_cosine:g})" if lossy else
+                f"warning: INT8 built without the accuracy guard (--no-guard) and {measured}"]
+    under = [o for r in lossy for o in r.outputs if not o.passed]
+    if not under:
+        return []
+    return [f"warning: {measured}, under --min-cosine {lossy[0].min_cosine:g}; the accuracy guard's verdict on "
+            f"the held-out samples decides (it passed)"]
 
 
 def _tensor_dict(info: TensorInfo) -> dict[str, Any]:

@@ -61,12 +61,15 @@ class ParityReport:
     outputs: list[OutputParity] = field(default_factory=list)
     min_cosine: float | None = None
     """Set for lossy transformations (FP16, INT8): outputs pass on cosine instead of allclose."""
+    advisory: bool = False
+    """Outputs beyond the tolerance are a warning, not a failure (``verify_callables``)."""
 
     @property
     def passed(self) -> bool:
         return all(o.passed for o in self.outputs)
 
-    def raise_if_failed(self) -> None:
+    def raise_if_broken(self) -> None:
+        """Raise for outputs that are broken (non-finite, constant), whatever the tolerance."""
         failing = [o for o in self.outputs if not o.passed]
         for kind, message, hint in self._broken_messages():
             found = [o for o in failing if o.kind == kind]
@@ -74,6 +77,10 @@ class ParityReport:
                 # replace, not format: labels hold folder names, which may hold braces
                 raise VerificationError(message.replace("{details}", "; ".join(o.describe() for o in found)),
                                         hint=hint)
+
+    def raise_if_failed(self) -> None:
+        self.raise_if_broken()
+        failing = [o for o in self.outputs if not o.passed]
         if failing:
             details = "; ".join(o.describe() for o in failing)
             criterion = (f"cosine >= {self.min_cosine:g}" if self.min_cosine is not None
@@ -252,8 +259,11 @@ def verification_feeds(inputs: list, options: VerifyOptions) -> list[tuple[str, 
 
 def verify_callables(reference_fn: Callable[[Feed], Feed], candidate_fn: Callable[[Feed], Feed], inputs: list,
                      options: VerifyOptions, *, reference: str, candidate: str,
-                     lossy: bool = False) -> list[ParityReport]:
-    """Compare two callables on every feed group; raise ``VerificationError`` if any output fails."""
+                     lossy: bool = False, advisory: bool = False) -> list[ParityReport]:
+    """Compare two callables on every feed group; raise ``VerificationError`` if any output fails.
+
+    ``advisory``: the verdict on fidelity belongs elsewhere (static INT8: the accuracy guard, or the user's
+    ``--no-guard``), so outputs beyond the tolerance are returned, not raised; broken outputs still raise."""
     if not options.enabled:
         return []
     reports = [run_and_compare(feeds, reference_fn, candidate_fn, reference=reference, candidate=candidate,
@@ -262,5 +272,6 @@ def verify_callables(reference_fn: Callable[[Feed], Feed], candidate_fn: Callabl
                                distinct_samples=real and distinct_feeds(feeds))
                for label, feeds, real in verification_feeds(inputs, options)]
     for report in reports:
-        report.raise_if_failed()
+        report.advisory = advisory
+        report.raise_if_broken() if advisory else report.raise_if_failed()
     return reports
