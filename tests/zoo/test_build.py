@@ -3,6 +3,7 @@ sample-folder cases of issue #14 ("Sample folders of any size", "Bad input")."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -36,11 +37,20 @@ def test_default_build_on_the_photo_folder_writes_every_target_that_passes(zoo):
     # The FP32 targets need no calibration and pass on their own (test_targets): they must be delivered.
     for folder in ("x86", "jetson-nano"):
         assert (output / folder / "manifest.json").is_file(), f"{folder} was not delivered:\n{result.describe()}"
-    # Every target that a single-target build delivered must be delivered here too.
+    # Every target that a single-target build delivered must be delivered here too, unless the accuracy guard
+    # refused it with its figures: the single-target builds calibrate on the zoo's split of this folder, this
+    # build on the whole folder, so a guard near its budget (FER's rpi4: 2 of 48 held-out samples under the
+    # cosine, 1 of 27 in the single build) may judge the two sample sets differently. Any other outcome is a bug.
+    outcomes = {t["artifact"]: t for t in json.loads(report.read_text())["targets"]}
     for target in ALL_TARGETS:
         single = zoo.build(FER, target)
-        if single.artifact() is not None:
-            assert (output / single.artifact().name / "manifest.json").is_file(), target
+        if single.artifact() is None:
+            continue
+        name = single.artifact().name
+        here = outcomes.get(name, {})
+        refused_by_guard = (here.get("status") == "refused"
+                            and "misses the accuracy budget" in (here.get("error") or {}).get("message", ""))
+        assert (output / name / "manifest.json").is_file() or refused_by_guard, (target, here.get("error"))
 
 
 @pytest.mark.parametrize("kind", ["three images", "identical images"])
