@@ -147,10 +147,8 @@ class TFLiteBackend(Backend):
         if not plan.micro and plan.target in ("rpi4", "rpi5"):
             from backends.tflite.emulate import build_check, check_skipped  # aarch64 LiteRT under qemu-user
 
-            attempts = ((details.get("int8") or {}).get("guard") or {}).get("attempts") or []
-            accepted = attempts[-1]["quality"].get("cosines") if attempts else None  # the delivered attempt's
             details.update(build_check(out_dir / MODEL_FILE, built.bindings, plan.target, plan.threads,
-                                       plan.xnnpack, model, options.quant, accepted) if options.verify
+                                       plan.xnnpack, model, options.quant) if options.verify
                            else check_skipped("--no-verify"))
         if plan.precision == "int8":
             from backends.tflite.int8 import kept_float_note

@@ -295,11 +295,8 @@ def raw_feeds(model: Path | bytes, bindings: "IOBindings", feeds: list[dict[str,
 
 
 def compare_with_x86(model: Path, input_sets: list[list[np.ndarray]], *, target: str | None, threads: int | None,
-                     xnnpack: bool, cache_root: Path, accepted_cosines: list[float] | None = None) -> dict:
-    """aarch64 LiteRT under QEMU against x86 LiteRT (same threads and delegate); raises when they differ.
-
-    ``accepted_cosines``: per input set, the cosine with FP32 that the accuracy guard accepted for this
-    artifact on x86 (a model with layers in float may differ from x86 by as much, see below)."""
+                     xnnpack: bool, cache_root: Path) -> dict:
+    """aarch64 LiteRT under QEMU against x86 LiteRT (same threads and delegate); raises when they differ."""
     from backends.tflite.firmware.check import MAX_LSB, max_lsb, output_lsb_scales
     from backends.tflite.flatbuffer import parse_tflite
     from backends.tflite.runner import make_interpreter
@@ -311,10 +308,8 @@ def compare_with_x86(model: Path, input_sets: list[list[np.ndarray]], *, target:
     ins, outs = interpreter.get_input_details(), interpreter.get_output_details()
     graph = parse_tflite(model.read_bytes(), model.name)
     scales, mixed = output_lsb_scales(graph), has_float_layers(graph)
-    worst_lsb, worst_abs, identical, worst_cosine, worst_margin = 0.0, 0.0, True, 1.0, float("inf")
-    for position, (inputs, got) in enumerate(zip(input_sets, emulated.outputs)):
-        floor = platform_floor(accepted_cosines[position] if accepted_cosines and position < len(accepted_cosines)
-                               else None)
+    worst_lsb, worst_abs, identical, worst_cosine = 0.0, 0.0, True, 1.0
+    for inputs, got in zip(input_sets, emulated.outputs):
         for detail, value in zip(ins, inputs):
             interpreter.set_tensor(detail["index"], value)
         interpreter.invoke()
@@ -323,9 +318,8 @@ def compare_with_x86(model: Path, input_sets: list[list[np.ndarray]], *, target:
         worst_abs = max(worst_abs, max(float(np.abs(a.astype(np.float64) - b).max(initial=0.0))
                                        for a, b in zip(got, want)))
         for a, b, scale in zip(got, want, scales):
-            cosine = float(np.nan_to_num(
-                sample_cosines(b.reshape(1, -1).astype(np.float64), a.reshape(1, -1).astype(np.float64)), nan=-1.0)[0])
-            worst_cosine, worst_margin = min(worst_cosine, cosine), min(worst_margin, cosine - floor)
+            worst_cosine = min(worst_cosine, float(np.nan_to_num(
+                sample_cosines(b.reshape(1, -1).astype(np.float64), a.reshape(1, -1).astype(np.float64)), nan=-1.0)[0]))
             if scale is not None:  # integer output, or dequantized from one: compare in its LSBs
                 worst_lsb = max(worst_lsb, max_lsb([a], [b], [scale]))
             elif not np.allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(b).max(initial=0.0)))):
@@ -334,25 +328,17 @@ def compare_with_x86(model: Path, input_sets: list[list[np.ndarray]], *, target:
              emulated.cpu, emulated.seconds, "bit-identical to x86" if identical else f"max abs {worst_abs:.3g}")
     # A model with layers kept in float sums those layers' products in NEON's order on the Pi and AVX's here; a
     # value on a rounding edge then lands one level apart at the next QUANTIZE and moves a few LSB downstream
-    # (EfficientNet-Lite0 with 6 float layers: 3-4 LSB, cosines 0.9989-0.9994). Such a model is held to a cosine
-    # (``platform_floor``); an integer-only model to MAX_LSB.
-    if (worst_margin < 0) if mixed else (worst_lsb > MAX_LSB):
-        limit = (f"cosine {worst_cosine:.6f}, under what the guard accepted against FP32 on that input"
-                 if mixed else f"{worst_lsb:g} LSB")
+    # (EfficientNet-Lite0 with 6 float layers: 3-4 LSB, cosine 0.9991). Such a model is held to a cosine a tenth
+    # as far from 1 as INT8 may be from FP32; an integer-only model to MAX_LSB.
+    platform_floor = 1.0 - (1.0 - DEFAULT_MIN_COSINE) / 10
+    if (worst_cosine < platform_floor) if mixed else (worst_lsb > MAX_LSB):
+        limit = f"cosine {worst_cosine:.6f} < {platform_floor:g} with layers in float" if mixed else f"{worst_lsb:g} LSB"
         raise VerificationError(f"aarch64 LiteRT under QEMU ({emulated.cpu}) differs from x86 LiteRT: max abs "
                                 f"{worst_abs:.3g} ({limit}) on {len(input_sets)} input(s)")
     return {"where": AARCH64, "machine": emulated.machine, "cpu": emulated.cpu,
             "runtime": f"ai-edge-litert {litert_version()} (aarch64 wheel)", "inputs": len(input_sets),
             "bit_identical": identical, "max_abs": worst_abs, "max_diff_lsb": worst_lsb, "min_cosine": worst_cosine,
             "float_layers": mixed, "threads": threads, "xnnpack": xnnpack}
-
-
-def platform_floor(accepted: float | None) -> float:
-    """The lowest cosine with x86 LiteRT a model with float layers may give on the Pi for one input: as far from
-    the x86 artifact as the x86 artifact is from FP32 there (the error the accuracy guard accepted), and never
-    less than a tenth of the INT8 allowance: a broken aarch64 kernel is far beyond either."""
-    slack = 1.0 - (1.0 - DEFAULT_MIN_COSINE) / 10
-    return slack if accepted is None else min(slack, max(float(accepted), 1.0 - (1.0 - DEFAULT_MIN_COSINE)))
 
 
 _WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
@@ -376,9 +362,8 @@ def check_skipped(why: str) -> dict:
 
 
 def build_check(model_path: Path, bindings: "IOBindings", target: str, threads: int | None, xnnpack: bool,
-                onnx_model, quant, accepted_cosines: list[float] | None = None) -> dict:
-    """What ``compile --target rpi4/rpi5`` records: the aarch64 run where it can happen, else why not.
-    ``accepted_cosines``: the guard's per-sample cosines with FP32 on the held-out samples (``compare_with_x86``)."""
+                onnx_model, quant) -> dict:
+    """What ``compile --target rpi4/rpi5`` records: the aarch64 run where it can happen, else why not."""
     from backends.tflite.firmware.check import X86_LITERT
     from toolchain.feeds import random_feed
 
@@ -398,12 +383,8 @@ def build_check(model_path: Path, bindings: "IOBindings", target: str, threads: 
         for feed, sample in zip(feeds, chosen[:BUILD_SAMPLES]):
             feed[samples.name] = sample[None]
         origin = "held-out calibration samples"
-        if not len(samples.holdout):
-            accepted_cosines = None  # the guard's cosines are of held-out samples
-    else:
-        accepted_cosines = None
     record = compare_with_x86(model_path, raw_feeds(model_path, bindings, feeds), target=target, threads=threads,
-                              xnnpack=xnnpack, cache_root=cache_root, accepted_cosines=accepted_cosines)
+                              xnnpack=xnnpack, cache_root=cache_root)
     record["input_source"] = origin
     same = ("bit-identical to" if record["bit_identical"] else f"within {record['max_diff_lsb']:g} LSB (cosine "
             f"{record['min_cosine']:.5f}{', layers in float' if record['float_layers'] else ''}) of")
