@@ -195,23 +195,6 @@ def test_guard_keeps_the_layers_around_an_outlier_in_float(work):
     assert guard["attempts"][0]["quality"]["top1_agreement"] < 0.5  # plain INT8 is broken by the outlier
     assert {"conv1", "conv2"} <= set(guard["attempts"][-1]["kept_float"])
     assert guard["sensitivity"][0]["node"] in ("conv1", "conv2")
-    # The emulated Pi holds a model with float layers to a cosine, an integer-only one to 1 LSB.
-    from backends.tflite.emulate import AARCH64, cache_root_default, has_float_layers, missing
-    from backends.tflite.flatbuffer import parse_tflite
-
-    model = (work / "outlier_rpi" / "model.tflite").read_bytes()
-    assert has_float_layers(parse_tflite(model, "model.tflite"))
-    aarch64 = [r for r in _details(result)["executed_on"] if r["where"] == AARCH64]
-    assert len(aarch64) == (missing(cache_root_default()) is None)  # run wherever the emulation is prepared
-    assert all(r["float_layers"] and r["min_cosine"] >= 0.999 for r in aarch64)
-
-
-def test_an_integer_only_tflite_model_has_no_float_layers(int8_rpi):
-    from backends.tflite.emulate import has_float_layers
-    from backends.tflite.flatbuffer import parse_tflite
-
-    model = (int8_rpi.artifact.path / "model.tflite").read_bytes()
-    assert not has_float_layers(parse_tflite(model, "model.tflite"))
 
 
 def test_no_verify_skips_the_emulated_device_check_and_says_so(work):
