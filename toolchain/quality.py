@@ -209,7 +209,7 @@ def rate_lower_bound(events: int, trials: int) -> float:
     return max(0.0, (centre - margin) / (1 + z2 / trials))
 
 
-def mean_lower_bound(values: "np.ndarray | list[float]") -> float:
+def mean_lower_bound(values: np.ndarray | list[float]) -> float:
     """One-sided 95% lower bound of the mean of ``values`` (normal approximation; 0 for fewer than two)."""
     array = np.asarray(values, dtype=np.float64)
     if len(array) < 2:
