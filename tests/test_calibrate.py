@@ -178,3 +178,19 @@ def test_no_guard_delivers_the_int8_model_with_its_figures_and_a_warning(tmp_pat
     lossy = [r for r in manifest["metrics"]["verify"] if r.get("min_cosine") is not None]
     assert lossy[0]["advisory"] and lossy[0]["outputs"][0]["cosine"] < 0.9  # the collapsed INT8, delivered as asked
     assert "under" in out and "FAIL" not in out
+
+
+def test_a_guarded_int8_model_under_the_verification_cosine_is_a_warning_not_a_second_verdict(tmp_path, images, capsys):
+    """Issue #42: the guard's held-out verdict decides. Its budget here (--max-drop 100) lets samples under the
+    cosine pass; verification's pooled cosine on 8 images is then reported as a warning, not a refusal."""
+    from helpers import run_main
+
+    onnx.save(make_outlier_cnn(300.0), str(tmp_path / "m.onnx"))
+    code, out, err = run_main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "art"), "--precision", "int8",
+                               "--calib", str(images), "--no-cache", "--max-drop", "100"], capsys)
+    assert code == 0, err
+    assert "the accuracy guard's verdict on the held-out samples decides (it passed)" in out
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert manifest["metrics"]["precision"]["guard"]["passed"]
+    lossy = [r for r in manifest["metrics"]["verify"] if r.get("min_cosine") is not None]
+    assert lossy[0]["advisory"] and lossy[0]["outputs"][0]["cosine"] < 0.99

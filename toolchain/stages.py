@@ -252,18 +252,19 @@ def int8_fidelity_notes(parity: list[Any], guarded: bool) -> list[str]:
     figures), or under ``--min-cosine`` on the verification images where the guard's held-out verdict
     (which counts such samples against ``--max-drop``) is the one that decides."""
     lossy = [r for r in parity if r.min_cosine is not None]
-    figures = "; ".join(f"{o.name} {o.cosine:.4f}" for r in lossy for o in r.outputs)
-    where = f" on {lossy[0].inputs}" if lossy else ""
-    measured = f"cosine with FP32{where}: {figures}" if figures else "no images to compare it with FP32 on"
+    if not lossy:
+        return [] if guarded else ["warning: INT8 built without the accuracy guard (--no-guard) and not compared "
+                                   "with FP32 (no verification images)"]
+    measured = (f"cosine with FP32 on {lossy[0].inputs}: " + "; ".join(f"{o.name} {o.cosine:.4f}" for r in lossy
+                                                                        for o in r.outputs))
+    floor = f"--min-cosine {lossy[0].min_cosine:g}"
     if not guarded:
         return [f"warning: INT8 built without the accuracy guard (--no-guard): it was not checked on held-out "
-                f"samples; {measured} (--min-cosine {lossy[0].min_cosine:g})" if lossy else
-                f"warning: INT8 built without the accuracy guard (--no-guard) and {measured}"]
-    under = [o for r in lossy for o in r.outputs if not o.passed]
-    if not under:
+                f"samples; {measured} ({floor})"]
+    if all(r.passed for r in lossy):
         return []
-    return [f"warning: {measured}, under --min-cosine {lossy[0].min_cosine:g}; the accuracy guard's verdict on "
-            f"the held-out samples decides (it passed)"]
+    return [f"warning: {measured}, under {floor}; the accuracy guard's verdict on the held-out samples decides "
+            f"(it passed)"]
 
 
 def _tensor_dict(info: TensorInfo) -> dict[str, Any]:
